@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ from ._checks import Tensorish, as_scalar, as_tensor, check_points
 
 __all__ = ["GaussianMixture", "Condition", "normalize_condition"]
 
-Condition = Union[None, int, str, Sequence[str]]
+Condition = None | int | str | Sequence[str]
 _UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 _LOG_2PI = math.log(2.0 * math.pi)
 #: largest dimension evaluated through quadratic features (one [N, D] x [D, K] product) instead of whitening
@@ -301,7 +301,8 @@ class GaussianMixture:
         return (self._w64 @ self._mu64).to(self._dtype)
 
     def covariance(self) -> torch.Tensor:
-        r"""Mixture covariance (law of total covariance): :math:`\sum_k \pi_k(\Sigma_k + \mu_k\mu_k^\top) - m m^\top`."""
+        r"""Mixture covariance (law of total covariance),
+        :math:`\sum_k \pi_k(\Sigma_k + \mu_k\mu_k^\top) - m m^\top`, ``[d, d]``."""
         m = self._w64 @ self._mu64
         second = torch.einsum("k,kij->ij", self._w64, self._cov64 + self._mu64[:, :, None] * self._mu64[:, None, :])
         return (second - torch.outer(m, m)).to(self._dtype)
@@ -443,7 +444,8 @@ class GaussianMixture:
 
     # --- one-dimensional helpers ----------------------------------------------------------------------
     def cdf(self, x: Tensorish) -> torch.Tensor:
-        r"""CDF of a one-dimensional mixture, :math:`\sum_k \pi_k \Phi((x - \mu_k)/\sqrt{\Sigma_k})`, ``[N, 1] -> [N]``."""
+        r"""CDF of a one-dimensional mixture, :math:`\sum_k \pi_k \Phi((x - \mu_k)/\sqrt{\Sigma_k})`,
+        ``[N, 1] -> [N]``."""
         if self.dim != 1:
             raise ValueError(f"x: cdf is defined for d = 1 only, this mixture has d = {self.dim}")
         pts = self._points(x).to(torch.float64)

@@ -45,6 +45,7 @@ __all__ = [
     "v_to_eps",
     "v_to_x0",
     "x0_to_eps",
+    "x0_to_v",
 ]
 
 Coefficient = float | torch.Tensor
@@ -52,9 +53,9 @@ PARAMETRIZATIONS = ("eps", "score", "x0", "v")
 
 
 def _positive(value: Coefficient, name: str) -> Coefficient:
-    bad = (value <= 0).any() if isinstance(value, torch.Tensor) else not value > 0
+    bad = (~(value > 0)).any() if isinstance(value, torch.Tensor) else not value > 0  # NaN fails "> 0" too
     if bool(bad):
-        raise ValueError(f"{name}: must be > 0 for this conversion (it divides by {name})")
+        raise ValueError(f"{name}: must be > 0 for this conversion (it divides by {name}); NaN is rejected")
     return value
 
 
@@ -69,7 +70,8 @@ def score_to_eps(score: torch.Tensor, sigma: Coefficient) -> torch.Tensor:
 
 
 def eps_to_x0(x: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
-    r""":math:`\hat x_0 = (x - \sigma\varepsilon)/\alpha`; loses precision as :math:`\alpha \to 0` (module docstring)."""
+    r""":math:`\hat x_0 = (x - \sigma\varepsilon)/\alpha`; loses precision as :math:`\alpha \to 0` (see the
+    module docstring)."""
     return (x - sigma * eps) / _positive(alpha, "alpha")
 
 
@@ -81,6 +83,12 @@ def x0_to_eps(x: torch.Tensor, x0: torch.Tensor, alpha: Coefficient, sigma: Coef
 def eps_to_v(x: torch.Tensor, eps: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
     r""":math:`v = \alpha\varepsilon - \sigma x_0 = ((\alpha^2 + \sigma^2)\varepsilon - \sigma x)/\alpha`."""
     return ((alpha * alpha + sigma * sigma) * eps - sigma * x) / _positive(alpha, "alpha")
+
+
+def x0_to_v(x: torch.Tensor, x0: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
+    r""":math:`v = (\alpha x - (\alpha^2 + \sigma^2) x_0)/\sigma`: no division by :math:`\alpha`, so exact at
+    :math:`\alpha = 0` (:math:`v = -x_0` there on a VP schedule)."""
+    return (alpha * x - (alpha * alpha + sigma * sigma) * x0) / _positive(sigma, "sigma")
 
 
 def v_to_eps(x: torch.Tensor, v: torch.Tensor, alpha: Coefficient, sigma: Coefficient) -> torch.Tensor:
@@ -107,7 +115,8 @@ def convert(pred: torch.Tensor, source: str, target: str, *, x: torch.Tensor, al
             sigma: Coefficient) -> torch.Tensor:
     """Convert a prediction between any two of ``"eps"``, ``"score"``, ``"x0"``, ``"v"``.
 
-    Routes through eps, except ``v -> x0``, which uses the direct formula (stable as alpha -> 0).
+    Routes through eps, except ``v -> x0`` and ``x0 -> v``, which use the direct formulas (stable as
+    alpha -> 0, where the eps route divides by alpha).
     """
     for name, kind in (("source", source), ("target", target)):
         if kind not in PARAMETRIZATIONS:
@@ -116,6 +125,8 @@ def convert(pred: torch.Tensor, source: str, target: str, *, x: torch.Tensor, al
         return pred.clone()
     if source == "v" and target == "x0":
         return v_to_x0(x, pred, alpha, sigma)
+    if source == "x0" and target == "v":
+        return x0_to_v(x, pred, alpha, sigma)
     eps = _to_eps(source, pred, x, alpha, sigma)
     if target == "eps":
         return eps if eps is not pred else pred.clone()

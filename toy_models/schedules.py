@@ -18,7 +18,8 @@ Named schedules (DESIGN.md section 3):
 * ``vp-cosine`` — Nichol & Dhariwal (2021), eq. 17 with :math:`s = 0.008`:
   :math:`\bar\alpha_t = \cos^2(\phi_t)/\cos^2(\phi_0)`, :math:`\phi_t = \tfrac{\pi}{2}\,\tfrac{t + s}{1 + s}`.
 * ``ve`` — the VE-SDE of Song et al. (2021): :math:`\alpha = 1`,
-  :math:`\sigma_t = \sigma_{\min} (\sigma_{\max}/\sigma_{\min})^t`, :math:`\sigma_{\min} = 0.01`, :math:`\sigma_{\max} = 50`.
+  :math:`\sigma_t = \sigma_{\min} (\sigma_{\max}/\sigma_{\min})^t`, :math:`\sigma_{\min} = 0.01`,
+  :math:`\sigma_{\max} = 50`.
 * ``edm`` — Karras et al. (2022): :math:`\alpha = 1`, :math:`\sigma` on the :math:`\rho = 7` ramp
   :math:`\sigma_t = (\sigma_{\min}^{1/\rho} + t(\sigma_{\max}^{1/\rho} - \sigma_{\min}^{1/\rho}))^\rho`,
   :math:`\sigma_{\min} = 0.002`, :math:`\sigma_{\max} = 80` (their eq. 5 as a continuous map of t).
@@ -26,8 +27,8 @@ Named schedules (DESIGN.md section 3):
 
 Time domain. Every function accepts ``t`` in ``[0, 1]`` and raises ``ValueError`` outside it. ``vp-cosine`` and
 ``rectified-flow`` reach :math:`\alpha = 0` at ``t = 1`` (``vp-cosine`` to rounding, 6e-17); there ``alpha``,
-``sigma`` and ``log_snr`` still answer but ``drift`` and ``diffusion_squared`` are singular and raise. At ``t = 0`` the VP and flow schedules
-have :math:`\sigma = 0` and :math:`\lambda = +\infty`.
+``sigma`` and ``log_snr`` still answer but ``drift`` and ``diffusion_squared`` are singular and raise. At ``t = 0``
+the VP and flow schedules have :math:`\sigma = 0` and :math:`\lambda = +\infty`.
 
 All values are float64 tensors with the shape of ``t``.
 """
@@ -178,22 +179,29 @@ class VPCosine(Schedule):
     def _phi(self, t):
         return 0.5 * math.pi * (t + self.s) / (1.0 + self.s)
 
+    def _phi0(self) -> float:
+        return 0.5 * math.pi * self.s / (1.0 + self.s)
+
     def _alpha(self, t):
-        return (torch.cos(self._phi(t)) / math.cos(self._phi(torch.tensor(0.0, dtype=torch.float64)))).clamp_min(0.0)
+        return (torch.cos(self._phi(t)) / math.cos(self._phi0())).clamp_min(0.0)
 
     def _sigma(self, t):
-        a = self._alpha(t)
-        return torch.sqrt(((1.0 - a) * (1.0 + a)).clamp_min(0.0))
+        # sigma^2 = 1 - cos^2(phi_t)/cos^2(phi_0) = sin(phi_t - phi_0) sin(phi_t + phi_0) / cos^2(phi_0), with
+        # phi_t - phi_0 = (pi/2) t/(1+s) formed directly: no cancellation as t -> 0 (1 - alpha^2 loses u/sigma^2).
+        phi0 = self._phi0()
+        diff = 0.5 * math.pi * t / (1.0 + self.s)
+        return torch.sqrt((torch.sin(diff) * torch.sin(diff + 2 * phi0)).clamp_min(0.0)) / math.cos(phi0)
 
     def _log_snr(self, t):
         a = self._alpha(t)
         return 2.0 * (torch.log(a) - torch.log(self._sigma(t)))
 
     def _t_from_log_snr(self, lam):
-        # alpha^2 = sigmoid(lambda) and alpha = cos(phi_t) / cos(phi_0)
-        c0 = math.cos(0.5 * math.pi * self.s / (1.0 + self.s))
-        phi = torch.arccos((c0 * torch.sqrt(torch.sigmoid(lam))).clamp(-1.0, 1.0))
-        return phi * 2.0 * (1.0 + self.s) / math.pi - self.s
+        # cos(phi) = c0 alpha with alpha^2 = sigmoid(lambda); sin^2(phi) = sin^2(phi_0) + c0^2 sigmoid(-lambda).
+        # atan2 of the two keeps full precision at both ends (arccos of a number near 1 would not).
+        c0, s0 = math.cos(self._phi0()), math.sin(self._phi0())
+        phi = torch.atan2(torch.sqrt(s0**2 + c0**2 * torch.sigmoid(-lam)), c0 * torch.sqrt(torch.sigmoid(lam)))
+        return (phi - self._phi0()) * 2.0 * (1.0 + self.s) / math.pi
 
     def _drift(self, t):
         return -torch.tan(self._phi(t)) * 0.5 * math.pi / (1.0 + self.s)

@@ -25,6 +25,8 @@ __all__ = ["spd_matrices", "simplex_weights", "mixtures", "times", "log_uniform"
            "cfg_strengths", "guidance_scales", "points"]
 
 _UNIT = st.floats(-1.0, 1.0, allow_nan=False, allow_infinity=False)
+_DEFAULT_DIMS = st.integers(1, 5)
+_DEFAULT_COMPONENTS = st.integers(1, 4)
 
 
 def log_uniform(low: float, high: float) -> st.SearchStrategy[float]:
@@ -53,8 +55,8 @@ def simplex_weights(k: int, min_weight: float = 0.02) -> st.SearchStrategy[np.nd
 
 
 @st.composite
-def mixtures(draw, dims: st.SearchStrategy[int] | int = st.integers(1, 5),
-             components: st.SearchStrategy[int] | int = st.integers(1, 4), n_classes: int | None = None,
+def mixtures(draw, dims: st.SearchStrategy[int] | int = _DEFAULT_DIMS,
+             components: st.SearchStrategy[int] | int = _DEFAULT_COMPONENTS, n_classes: int | None = None,
              mean_scale: float = 3.0, max_condition: float = 50.0, dtype: torch.dtype = torch.float64
              ) -> GaussianMixture:
     """Random labelled mixtures: simplex weights, means in ``[-mean_scale, mean_scale]^d``, SPD covariances with

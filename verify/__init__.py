@@ -1,0 +1,1 @@
+"""Everything that judges a model: tolerances, claim checks, the ledger and its report."""
