@@ -77,14 +77,14 @@ def test_score_matches_central_differences(gm, data):
 
 
 @given(mixtures(dims=st.integers(1, 4), components=st.integers(1, 5)), st.data())
-def test_feature_engine_agrees_with_whitening_engine(gm, data):
-    """d <= 4 runs the quadratic-feature engine; force the whitening engine on a copy and compare."""
+def test_feature_engine_agrees_with_precision_engine(gm, data):
+    """d <= 4 runs the quadratic-feature engine; force the precision engine on a copy and compare."""
     x = _as_points(data.draw(points(gm.dim, scale=6.0)))
-    whitening = gm.to(torch.float32).to(F64)  # a fresh object with the same parameters
-    whitening._use_features = False
+    other = gm.to(torch.float32).to(F64)  # a fresh object with the same parameters
+    other._use_features = False
     tol = 2.0 * score_rounding_bound(gm, x)
-    assert bool((torch.linalg.vector_norm(gm.score(x) - whitening.score(x), dim=-1) <= tol).all())
-    assert bool(((gm.log_prob(x) - whitening.log_prob(x)).abs() <= 2.0 * log_prob_rounding_bound(gm, x)).all())
+    assert bool((torch.linalg.vector_norm(gm.score(x) - other.score(x), dim=-1) <= tol).all())
+    assert bool(((gm.log_prob(x) - other.log_prob(x)).abs() <= 2.0 * log_prob_rounding_bound(gm, x)).all())
 
 
 @given(mixtures(), st.data())

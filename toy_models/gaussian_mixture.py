@@ -12,9 +12,9 @@ the weights renormalised.
 
 Numerics
 --------
-* Every covariance is held through its Cholesky factor :math:`\Sigma_k = L_k L_k^\top`; the whitened residual
-  :math:`z_k = L_k^{-1}(x - \mu_k)` gives :math:`\log \mathcal N_k = -\tfrac12 |z_k|^2 - \sum_i \log L_{k,ii}
-  - \tfrac d2 \log 2\pi` and the component score :math:`s_k = -\Sigma_k^{-1}(x - \mu_k) = -L_k^{-\top} z_k`.
+* Every covariance is held through its Cholesky factor :math:`\Sigma_k = L_k L_k^\top`, which validates it (SPD),
+  gives :math:`\log\det\Sigma_k = 2\sum_i \log L_{k,ii}` and the precision
+  :math:`P_k = L_k^{-\top} L_k^{-1}`; the component score is :math:`s_k = -P_k(x - \mu_k)`.
 * Everything is in log space: the responsibilities :math:`r_k(x) = \pi_k \mathcal N_k / p` are a softmax of the
   log joint, the mixture score is :math:`\sum_k r_k s_k`, so scores stay finite far from every mode and at tiny
   :math:`\sigma` (no 0/0 of raw densities).
@@ -24,8 +24,9 @@ Numerics
 * No ``[N, K, d, d]`` intermediate. For :math:`d \le 4` the log joint is linear in the quadratic features
   :math:`\phi(x) = (x_i x_j)_{i \le j} \oplus x \oplus 1`, so all components are one ``[N, D] x [D, K]`` product
   and the score is :math:`r B - (\sum_k r_k P_k) x` with :math:`B_k = P_k \mu_k`: memory :math:`O(N (K + d^2))`.
-  Above that, the whitening of all components is one ``[N, d] x [d, K d]`` product and the score one
-  ``[N, K d] x [K d, d]`` product: memory :math:`O(N K d)`.
+  Above that, :math:`g_k = \Sigma_k^{-1}(x - \mu_k)` for all components is one ``[N, d] x [d, K d]`` product;
+  the quadratic forms are :math:`x \cdot g_k - b_k \cdot x + c_k` and the score is :math:`-\sum_k r_k g_k`, so
+  that product is the only one of its size: memory :math:`O(N K d)`.
 
 Conditions
 ----------
@@ -49,7 +50,7 @@ __all__ = ["GaussianMixture", "Condition", "normalize_condition"]
 Condition = None | int | str | Sequence[str]
 _UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 _LOG_2PI = math.log(2.0 * math.pi)
-#: largest dimension evaluated through quadratic features (one [N, D] x [D, K] product) instead of whitening
+#: largest dimension evaluated through quadratic features (one [N, D] x [D, K] product) instead of precisions
 _FEATURE_DIM_MAX = 4
 
 
@@ -154,29 +155,25 @@ class GaussianMixture:
         n_comp, dim = mu.shape
         eye = torch.eye(dim, dtype=torch.float64).expand(n_comp, dim, dim)
         whiten = torch.linalg.solve_triangular(chol, eye, upper=False)  # W_k = L_k^{-1}, [K, d, d]
-        self._log_w = torch.log(w).to(dtype)  # -inf for a zero weight; the softmax handles it
-        self._mu = mu.to(dtype)
-        self._whiten = whiten.to(dtype)
-        # x @ _whiten_cols gives [N, K d] with block k equal to (W_k x)^T
-        self._whiten_cols = whiten.transpose(1, 2).permute(1, 0, 2).reshape(dim, n_comp * dim).to(dtype)
-        # (r z) @ _whiten_rows gives sum_k r_k W_k^T z_k, [N, d]
-        self._whiten_rows = whiten.reshape(n_comp * dim, dim).to(dtype)
-        self._whitened_means = torch.einsum("kij,kj->ki", whiten, mu).to(dtype)  # W_k mu_k, [K, d]
+        precision = whiten.transpose(1, 2) @ whiten  # P_k = W_k^T W_k = Sigma_k^{-1}, [K, d, d]
+        precision = 0.5 * (precision + precision.transpose(1, 2))
+        lin_coef = torch.einsum("kij,kj->ki", precision, mu)  # b_k = P_k mu_k, [K, d]
+        quad_const = (lin_coef * mu).sum(-1)  # c_k = mu_k^T P_k mu_k, [K]
         log_det_half = torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # log |L_k| = log det(S_k) / 2
-        self._log_norm = (-log_det_half - 0.5 * dim * _LOG_2PI).to(dtype)
-        self._ones = torch.ones(dim, dtype=dtype)
+        log_norm = -log_det_half - 0.5 * dim * _LOG_2PI  # [K]
+        self._log_w = torch.log(w).to(dtype)  # -inf for a zero weight; the softmax handles it
         self._use_features = dim <= _FEATURE_DIM_MAX
-        if self._use_features:
-            # log pi_k + log N_k(x) = phi(x) . c_k + log pi_k with phi(x) = [x_i x_j (i <= j), x, 1]; see the
-            # module docstring. Coefficients in float64, then cast.
-            precision = whiten.transpose(1, 2) @ whiten  # P_k = W_k^T W_k = Sigma_k^{-1}, [K, d, d]
-            precision = 0.5 * (precision + precision.transpose(1, 2))
-            quad_coef = -0.5 * precision.reshape(n_comp, dim * dim)  # all d^2 products x_i x_j, [K, d^2]
-            lin_coef = torch.einsum("kij,kj->ki", precision, mu)  # b_k = P_k mu_k, [K, d]
-            const = -log_det_half - 0.5 * dim * _LOG_2PI - 0.5 * (lin_coef * mu).sum(-1)  # [K]
-            self._feature_coef = torch.cat([quad_coef, lin_coef, const[:, None]], dim=1).T.contiguous().to(dtype)
-            # coef @ _score_coef = [sum_k c_k b_k, vec(sum_k c_k P_k)], [N, d + d^2]
-            self._score_coef = torch.cat([lin_coef, precision.reshape(n_comp, dim * dim)], dim=1).to(dtype)
+        # Features engine (see _prepare): log pi_k + log N_k(x) = phi(x) . c_k + log pi_k with
+        # phi(x) = [x_i x_j (all i, j), x, 1]. Coefficients in float64, then cast.
+        quad_coef = -0.5 * precision.reshape(n_comp, dim * dim)  # [K, d^2]
+        feature_coef = torch.cat([quad_coef, lin_coef, (log_norm - 0.5 * quad_const)[:, None]], dim=1)
+        self._feature_coef = feature_coef.T.contiguous().to(dtype)  # [d^2 + d + 1, K]
+        # coef @ _score_coef = [sum_k c_k b_k, vec(sum_k c_k P_k)], [N, d + d^2]
+        self._score_coef = torch.cat([lin_coef, precision.reshape(n_comp, dim * dim)], dim=1).to(dtype)
+        # Precision engine: x @ _precision_cols gives [N, K d] with block k equal to (P_k x)^T (P_k symmetric)
+        self._precision_cols = precision.permute(1, 0, 2).reshape(dim, n_comp * dim).to(dtype)
+        self._lin_coef = lin_coef.to(dtype)  # [K, d]
+        self._log_joint_const = (log_norm - 0.5 * quad_const).to(dtype)  # [K]
         self._classes = torch.unique(labels)
         self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
 
@@ -313,54 +310,44 @@ class GaussianMixture:
 
     # --- densities and scores -------------------------------------------------------------------------
     # Two engines compute the same quantities. For d <= 4 the log joint is linear in the quadratic features
-    # phi(x) = [x_i x_j (i <= j), x, 1], so all K log densities are one [N, D] x [D, K] product and the score is
-    # r @ B - (r @ vec P) x: nothing of size [N, K, d] exists. Above that, the whitened residuals z_k are one
-    # [N, d] x [d, K d] product. Both take x in absolute coordinates, so both round like u |P| |x| |x - mu| in the
-    # quadratic form (the tests compare them with mpmath far from and near the modes).
+    # phi(x) = [x_i x_j, x, 1], so all K log densities are one [N, D] x [D, K] product and the score is
+    # r @ B - (r @ vec P) x: nothing of size [N, K, d] exists. Above that, g_k = P_k x - b_k for all k is one
+    # [N, d] x [d, K d] product, the quadratic forms are x . g_k - b_k . x + c_k and the score is -sum_k r_k g_k.
+    # Both take x in absolute coordinates; verify.tolerances bounds their rounding (and the tests compare them with
+    # each other and with 40-digit mpmath, near and far from the modes).
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-point state of the engine: the features ``phi(x)`` ``[N, D]`` or the whitened residuals ``[N, K, d]``."""
+        """Per-point state: the features ``phi(x)`` ``[N, D]``, or ``g_k = Sigma_k^{-1}(x - mu_k)`` ``[N, K, d]``."""
+        n, d = x.shape
         if self._use_features:
-            n, d = x.shape
             return torch.cat([(x.unsqueeze(2) * x.unsqueeze(1)).view(n, d * d), x, torch.ones_like(x[:, :1])],
                              dim=1)  # [N, d^2 + d + 1]
-        return self._whitened(x)
+        # the shift is in place: the product's output is not needed by autograd
+        return (x @ self._precision_cols).view(n, self.n_components, d).sub_(self._lin_coef)  # [N, K, d]
 
-    def _whitened(self, x: torch.Tensor) -> torch.Tensor:
-        """``z[n, k] = L_k^{-1}(x_n - mu_k)``, ``[N, K, d]``: one matrix product, then an in-place shift.
-
-        The shift is in place (the product's output is not needed by autograd), so the only ``[N, K, d]``
-        allocation of a score evaluation is this one.
-        """
-        n = x.shape[0]
-        return (x @ self._whiten_cols).view(n, self.n_components, self.dim).sub_(self._whitened_means)
-
-    def _log_joint(self, state: torch.Tensor) -> torch.Tensor:
+    def _log_joint(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``log pi_k + log N(x; mu_k, Sigma_k)``, ``[N, K]``."""
         if self._use_features:
             return torch.addmm(self._log_w, state, self._feature_coef)  # [N, K]
-        if self.dim < 16:  # measured: a matrix-vector product beats einsum and sum(-1) for short rows
-            quad = ((state * state).view(-1, self.dim) @ self._ones).view(state.shape[:2])
-        else:
-            quad = torch.einsum("nkd,nkd->nk", state, state)  # [N, K], no [N, K, d] temporary
-        return (self._log_w + self._log_norm) - 0.5 * quad  # [N, K]
+        # (x - mu)^T P (x - mu) = x . (P x - b) - b . x + c
+        quad = torch.einsum("nd,nkd->nk", x, state) - x @ self._lin_coef.T  # [N, K]
+        return (self._log_w + self._log_joint_const) - 0.5 * quad
 
     def _weighted_component_score(self, coef: torch.Tensor, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         r""":math:`\sum_k c_k s_k` with :math:`s_k = -\Sigma_k^{-1}(x - \mu_k)`, ``[N, d]``.
 
-        Features engine: :math:`c B - (\sum_k c_k P_k) x`. Whitening engine: :math:`-\sum_k c_k W_k^\top z_k` as one
-        ``[N, K d] x [K d, d]`` product, scaling ``z`` in place unless autograd needs it.
+        Features engine: :math:`c B - (\sum_k c_k P_k) x`. Precision engine: :math:`-\sum_k c_k g_k`.
         """
-        n = x.shape[0]
         if self._use_features:
+            n = x.shape[0]
             mixed = coef @ self._score_coef  # [N, d + d^2]
             mixed_precision = mixed[:, self.dim:].view(n, self.dim, self.dim)  # sum_k c_k P_k, [N, d, d]
             return mixed[:, :self.dim] - (mixed_precision @ x.unsqueeze(-1)).squeeze(-1)
-        cz = state * coef.unsqueeze(-1) if state.requires_grad else state.mul_(coef.unsqueeze(-1))  # [N, K, d]
-        return -(cz.view(n, -1) @ self._whiten_rows)  # [N, d]
+        return -torch.einsum("nk,nkd->nd", coef, state)
 
     def component_log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log \pi_k + \log\mathcal N(x; \mu_k, \Sigma_k)` for every component, ``[N, K]``."""
-        return self._log_joint(self._prepare(self._points(x)))
+        pts = self._points(x)
+        return self._log_joint(self._prepare(pts), pts)
 
     def log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log p(x) = \operatorname{logsumexp}_k(\log\pi_k + \log\mathcal N_k(x))`, ``[N, d] -> [N]``."""
@@ -378,7 +365,7 @@ class GaussianMixture:
         """``log p(x)`` and the score from one pass of the engine."""
         pts = self._points(x)
         state = self._prepare(pts)
-        log_p, r = _logsumexp_softmax(self._log_joint(state))  # [N], [N, K]
+        log_p, r = _logsumexp_softmax(self._log_joint(state, pts))  # [N], [N, K]
         return log_p, self._weighted_component_score(r, state, pts)
 
     # --- class posteriors -----------------------------------------------------------------------------
@@ -414,7 +401,7 @@ class GaussianMixture:
         mask = self.matches(condition)
         pts = self._points(x)
         state = self._prepare(pts)
-        log_joint = self._log_joint(state)
+        log_joint = self._log_joint(state, pts)
         r = _logsumexp_softmax(log_joint)[1]
         r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
         return self._weighted_component_score(r_c - r, state, pts)

@@ -18,8 +18,7 @@ perturbation :math:`|\delta l_k| \le \Delta = \gamma_n \max_k E_k` keeps each re
 :math:`\Delta` is small, and no longer a small number when :math:`\Delta \gtrsim 1`. That happens in float32 far
 from the modes of a narrow mixture, where each log joint is ~1e11 and its rounding ~1e4: there a float32 score can
 put its weight on the wrong component, and the bound says so instead of hiding it. Each component score is
-formed from absolute coordinates (:math:`W_k^\top(W_k x - W_k\mu_k)` or :math:`P_k\mu_k - P_k x`), whose terms are
-at most
+formed from absolute coordinates (:math:`P_k x - b_k`, in either engine), whose terms are at most
 :math:`M_k = \|W_k\|(\|W_k\|\,|x| + |W_k\mu_k|)`, so the weighted sum adds :math:`\gamma_n \sum_k r_k M_k`
 (this term dominates at a mode, where the score itself vanishes). So, per point,
 
@@ -27,10 +26,14 @@ at most
            + \sum_k \min\big(r_k \operatorname{expm1}(2\Delta), 1\big)\,|s_k - s|,
 
 with :math:`n` the length of the longest chain of roundings either engine applies to one term: the log joint (the
-feature product has :math:`d^2 + d + 1` terms; the whitening product :math:`d + 1` and its squares :math:`d`), the
-softmax (shift, exp, sum of K, divide: :math:`K + 3`), and the score product (features: :math:`K + d + 1`;
-whitening: :math:`K d + 2`). So :math:`n = d^2 + d + 1 + K + 3 + K d + d + 2`. A reference computed by autograd of
-``log_prob`` runs the chain forward and back: ``backward=True`` doubles :math:`n`.
+feature product has :math:`d^2 + d + 1` terms; the precision engine's :math:`g_k = P_k x - b_k` has :math:`d + 1`,
+then :math:`x \cdot g_k - b_k \cdot x + c_k` adds :math:`2d + 2`), the softmax (shift, exp, sum of K, divide:
+:math:`K + 3`), and the score (features: a K-term then a d-term product and a subtraction, :math:`K + d + 1`;
+precision: a K-term sum). Taking the longer of each stage, :math:`n = d^2 + 3d + 3 + (K + 3) + (K + d + 1)`. A
+reference computed by autograd of ``log_prob`` runs the chain forward and back: ``backward=True`` doubles :math:`n`.
+The term scales: the features engine's terms are :math:`x^\top P_k x`, :math:`b_k \cdot x`, :math:`c_k`; the
+precision engine's are :math:`x \cdot g_k`, :math:`b_k \cdot x`, :math:`c_k`; all are at most :math:`E_k` since
+:math:`\|P_k\| = \|W_k\|^2` and :math:`|b_k| \le \|W_k\|\,|W_k\mu_k|`.
 Everything is evaluated in float64 from the mixture's float64 parameters.
 """
 
@@ -61,7 +64,7 @@ def gamma(n: int, dtype: torch.dtype) -> float:
 
 def _operation_count(gm: GaussianMixture, backward: bool = False) -> int:
     d, k = gm.dim, gm.n_components
-    n = (d * d + d + 1) + (k + 3) + (k * d + d + 2)
+    n = (d * d + 3 * d + 3) + (k + 3) + (k + d + 1)
     return 2 * n if backward else n
 
 

@@ -1,0 +1,105 @@
+"""AnalyticDenoiser: eps and x0 against closed forms that share no code with the library."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from toy_models import AnalyticDenoiser, Denoiser, GaussianMixture, get_schedule, get_world
+from verify.tolerances import score_rounding_bound, unit_roundoff
+
+F64 = torch.float64
+U64 = unit_roundoff(F64)
+
+
+def _posterior_mean_x0(gm: GaussianMixture, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    r"""E[x0 | x_t = x] for a mixture, by Gaussian conditioning per component:
+    sum_k r_k(x) [mu_k + a S_k (a^2 S_k + s^2 I)^{-1} (x - a mu_k)], r_k the noised responsibilities."""
+    noised = gm.noised(alpha, sigma)
+    r = torch.softmax(noised.component_log_prob(x), dim=-1)  # [N, K]
+    out = torch.zeros_like(x)
+    eye = torch.eye(gm.dim, dtype=F64)
+    for k in range(gm.n_components):
+        cov, mu = gm.covariances[k], gm.means[k]
+        gain = alpha * cov @ torch.linalg.inv(alpha**2 * cov + sigma**2 * eye)
+        out += r[:, k:k + 1] * (mu + (x - alpha * mu) @ gain.T)
+    return out
+
+
+@pytest.mark.parametrize("t", [0.05, 0.3, 0.7, 0.95])
+def test_gauss1d_eps_matches_closed_form(t):
+    den = AnalyticDenoiser(get_world("gauss1d"), "vp-linear")
+    a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
+    x = torch.linspace(-4, 4, 17, dtype=F64)[:, None]
+    # eps = sigma (x - a m) / (a^2 v + s^2) for N(m, v) noised; conditional (1, 0.5), unconditional (0, 1)
+    expected_c = s * (x - a * 1.0) / (a * a * 0.5 + s * s)
+    expected_u = s * x / (a * a + s * s)
+    # a handful of roundings on values of size |x| s / var: 8 u relative
+    torch.testing.assert_close(den.eps(x, t, 1), expected_c, rtol=8 * U64, atol=8 * U64)
+    torch.testing.assert_close(den.eps(x, t, None), expected_u, rtol=8 * U64, atol=8 * U64)
+
+
+@pytest.mark.parametrize("world", ["ring2d", "attributes2d", "tokens16d"])
+@pytest.mark.parametrize("t", [0.02, 0.4, 0.9])
+def test_x0_is_the_posterior_mean(world, t):
+    """Tweedie's formula through eps equals per-component Gaussian conditioning (an independent formula)."""
+    w = get_world(world)
+    den = AnalyticDenoiser(w, "vp-linear")
+    a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
+    gm = w.unconditional
+    x = gm.noised(a, s).sample(64, torch.Generator().manual_seed(2))
+    expected = _posterior_mean_x0(gm, x, a, s)
+    # x0 = (x + s^2 score)/a: the score's rounding bound scaled by s^2/a, plus u |x|/a for the sum and division,
+    # plus the reference's own inverse and products (a few u on each component mean); x4 for both sides.
+    tol = 4 * (score_rounding_bound(gm.noised(a, s), x) * s * s / a
+               + 8 * U64 * (x.norm(dim=-1) / a + expected.norm(dim=-1) + 1))
+    err = (den.x0(x, t) - expected).norm(dim=-1)
+    assert bool((err <= tol).all()), float((err / tol).max())
+
+
+def test_per_row_times_match_scalar_calls():
+    den = AnalyticDenoiser(get_world("ring2d"))
+    x = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.1, 0.5, 0.1, 0.9, 0.5, 0.1], dtype=F64)
+    rows = den.eps(x, t, 3)
+    for i in range(6):
+        assert torch.equal(rows[i], den.eps(x[i:i + 1], float(t[i]), 3)[0])
+
+
+def test_eps_is_minus_sigma_score_and_float32_path():
+    den = AnalyticDenoiser(get_world("attributes2d"), "ve", dtype=torch.float32)
+    assert isinstance(den, Denoiser)
+    x = torch.randn(5, 2, generator=torch.Generator().manual_seed(1))
+    eps = den.eps(x, 0.5, ("red", "dog"))
+    assert eps.dtype == torch.float32 and eps.shape == (5, 2)
+    sigma = float(get_schedule("ve").sigma(0.5))
+    torch.testing.assert_close(eps, -sigma * den.score(x, 0.5, ("red", "dog")), rtol=4 * 2**-24, atol=0)
+    x_before = x.clone()
+    den.x0(x, 0.5, "blue")
+    assert torch.equal(x, x_before)  # inputs never modified
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2), 1.5), "t"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2), -0.1), "t"),
+    (lambda: AnalyticDenoiser(get_world("ring2d"), "rectified-flow").eps(torch.zeros(2, 2), 1.0), "t.*alpha"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2), torch.tensor([0.1, 0.2, 0.3])), "t"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2), 0.5, 99), "condition"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 3), 0.5), "x"),
+    (lambda: AnalyticDenoiser(get_world("ring2d"), "cosine"), "schedule"),
+    (lambda: AnalyticDenoiser("ring2d"), "world"),
+])
+def test_bad_denoiser_input_raises(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_t_zero_gives_the_data_score():
+    """At t = 0 (sigma = 0) eps is 0 and x0 is x itself."""
+    den = AnalyticDenoiser(get_world("bimodal1d"))
+    x = torch.tensor([[-2.5], [0.1], [1.7]], dtype=F64)
+    assert torch.equal(den.eps(x, 0.0), torch.zeros_like(x))
+    torch.testing.assert_close(den.x0(x, 0.0), x, rtol=0, atol=0)
+    assert math.isinf(float(get_schedule("vp-linear").log_snr(0.0)))
