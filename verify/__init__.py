@@ -1,1 +1,8 @@
-"""Everything that judges a model: tolerances, claim checks, the ledger and its report."""
+"""Everything that judges a model: guidance rules, target laws, tolerances, statistics, the claims ledger, the audit.
+
+Public contract (DESIGN.md section 5): ``from verify import audit_cfg``.
+"""
+
+from .audit import AuditResult, audit_cfg
+
+__all__ = ["AuditResult", "audit_cfg"]

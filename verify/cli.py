@@ -6,6 +6,11 @@ Commands
     Evaluate every claim, write ``DIR/ledger.json``, ``DIR/ledger.md`` and ``DIR/figures/``.
 ``cfgtruth figures [--out DIR]``
     Regenerate the committed figures (default ``figures/``).
+``cfgtruth proofs``
+    Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
+``cfgtruth audit MODULE:FUNCTION``
+    Audit a CFG combiner ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma)`` against the analytic
+    guided prediction; exit 0 if it passes, 1 with the failed checks otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +50,20 @@ def _cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_proofs(args: argparse.Namespace) -> int:
+    import proofs
+
+    results = proofs.run_all()
+    print(proofs.format_results(results))
+    return 0 if all(r.as_expected for r in results) else 1
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from verify.audit import audit_command
+
+    return audit_command(args.target)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfgtruth", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,6 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     figs = sub.add_parser("figures", help="regenerate the committed figures")
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")
     figs.set_defaults(func=_cmd_figures)
+    sub.add_parser("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
+    audit = sub.add_parser("audit", help="audit a CFG combiner MODULE:FUNCTION against the analytic prediction")
+    audit.add_argument("target", help="MODULE:FUNCTION, e.g. mypkg.guidance:combine")
+    audit.set_defaults(func=_cmd_audit)
     return parser
 
 

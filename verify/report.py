@@ -41,10 +41,7 @@ def _provenance(config: RunConfig) -> dict[str, Any]:
 
 def _headline(record: ClaimRecord) -> str:
     """One short evidence line for the summary table."""
-    ev = record.evidence
-    if "max_error_over_bound" in ev:
-        return f"max error / derived bound = {ev['max_error_over_bound']:.2g} on {', '.join(ev['worlds_checked'])}"
-    return record.uncertainty or ""
+    return record.headline or record.uncertainty or ""
 
 
 def _cell(text: str) -> str:

@@ -44,6 +44,8 @@ class ClaimRecord:
     uncertainty: str = ""
     tests: list[str] = field(default_factory=list)
     figure: str = ""
+    #: one line of the evidence for the summary table (the full evidence is in ``evidence``)
+    headline: str = ""
 
     def __post_init__(self):
         if self.verdict not in VERDICTS:
@@ -53,8 +55,21 @@ class ClaimRecord:
         return asdict(self)
 
 
+#: the ledger's order: source 000, then source 001, then the literature
+ORDER = ("S0-BAYES", "S0-CG-SCORE", "S0-CLEAN-CLASSIFIER", "S0-PROP1", "S0-CFG-COST", "S0-NULL-TOKEN", "S0-XATTN",
+         "S0-PROP2-SCORE", "S0-PROP2-SAMPLES", "S0-TEMPERATURE", "S0-WINF", "S0-QUALITY-DIVERSITY", "S0-THRESHOLDING",
+         "S0-NEGPROMPT-DENSITY", "S0-COMPOSITION", "S0-PURPLE-DOG", "S1-CG-EPS", "S1-DROPOUT", "S1-CFG-FORM",
+         "S1-SCORE-FORM", "S1-SCALE-TABLE", "S1-NEGPROMPT", "S1-FID-IS", "L-DDIM-DDPM", "L-OVERSHOOT", "L-INTERVAL",
+         "L-RESCALE")
+
+
 def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     """Every claim family, in ledger order."""
-    from . import bayes
+    from . import algebra, bayes, classifier, pending, targets
 
-    return bayes.evaluate(config)
+    records = [r for family in (bayes, algebra, classifier, targets, pending) for r in family.evaluate(config)]
+    by_id = {r.id: r for r in records}
+    missing = set(ORDER) - set(by_id)
+    if missing or len(by_id) != len(records):
+        raise RuntimeError(f"ledger: missing or duplicated claim records: {sorted(missing)}")
+    return [by_id[cid] for cid in ORDER]

@@ -29,6 +29,7 @@ from toy_models.scenarios import WORLDS
 from verify.tolerances import bayes_identity_tolerance, score_bounds
 
 from . import ClaimRecord, RunConfig
+from ._common import proof_status
 
 SOURCE = "000_7b33d4deec361bc5.txt, section '출발점: Bayes' rule과 score 분해' (first display)"
 STATEMENT = "grad log p_t(x|y) = grad log p_t(x) + grad log p_t(y|x) at every noise level t"
@@ -100,10 +101,13 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
                              "and the identity holds by its definition")
             entry["largest_p_c_admitting_a_joint_law"] = bounds
     checked = [n for n, e in per_world.items() if e["joint_law"]]
-    verdict = "holds" if all_within else "fails"
+    proof = proof_status("S0-BAYES")
+    verdict = ("proved" if proof["all_hold"] else "holds") if all_within else "fails"
     worst = max(per_world[n]["max_error_over_bound"] for n in checked)
     return [ClaimRecord(
         id="S0-BAYES",
+        headline=f"max error / derived bound {worst:.2g} on {len(checked)} joint worlds"
+                 + ("; sympy residual 0" if verdict == "proved" else ""),
         source=SOURCE,
         statement=STATEMENT,
         procedure=("float64, vp-linear schedule, t in " + ", ".join(f"{t:g}" for t in times) + f"; per world and "
@@ -114,11 +118,11 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
         verdict=verdict,
         conditions="" if all_within else "see evidence: some world exceeds the rounding bound",
         evidence={"worlds": per_world, "worlds_checked": checked, "max_error_over_bound": worst,
-                  "times": list(times)},
+                  "times": list(times), **proof},
         uncertainty=(f"deterministic float64 check; the largest error is {worst:.3g} of the derived rounding bound "
                      f"(1.0 would be a failure)" if math.isfinite(worst) else "n/a"),
         tests=["tests/test_gaussian_mixture.py::test_bayes_identity_at_every_noise_level",
-               "tests/test_claims.py::test_bayes_record"],
+               "tests/test_claims.py::test_bayes_record", "tests/test_proofs.py"],
         figure="figures/worlds.png",
     )]
 

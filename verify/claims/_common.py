@@ -1,0 +1,93 @@
+"""Shared pieces of the claim checks: source locations, time grids, check points, proof status, perturbed models."""
+
+from __future__ import annotations
+
+import functools
+import zlib
+from collections.abc import Iterator
+
+import torch
+
+from toy_models import AnalyticDenoiser, World, get_schedule, get_world
+from toy_models.gaussian_mixture import Condition
+from toy_models.scenarios import WORLDS
+
+S0 = "000_7b33d4deec361bc5.txt"
+S1 = "001_f3d00070d6a11d28.txt"
+TIMES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+QUICK_TIMES = (0.01, 0.5, 1.0)
+SCHEDULE = "vp-linear"
+
+
+def times(quick: bool) -> tuple[float, ...]:
+    return QUICK_TIMES if quick else TIMES
+
+
+def alpha_sigma(t: float) -> tuple[float, float]:
+    a, s = get_schedule(SCHEDULE).alpha_sigma(t)
+    return float(a), float(s)
+
+
+def worlds() -> Iterator[World]:
+    for name in WORLDS:
+        yield get_world(name)
+
+
+def first_conditions(world: World, k: int = 3) -> list[Condition]:
+    """A few class conditions of the world (all of them when there are at most ``k``)."""
+    return world.class_conditions()[:k]
+
+
+def check_points(world: World, condition: Condition, t: float, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Points from the noised conditional and unconditional laws (the bulk), and the same spread 3x (the tails)."""
+    a, s = alpha_sigma(t)
+    bulk = torch.cat([world.law(condition).noised(a, s).sample(n, generator),
+                      world.law(None).noised(a, s).sample(n, generator)])
+    centre = bulk.mean(0)
+    return torch.cat([bulk, centre + 3.0 * (bulk - centre)])
+
+
+@functools.lru_cache(maxsize=1)
+def _proof_results():
+    import proofs
+
+    return tuple(proofs.run_all())
+
+
+def proof_status(claim_id: str) -> dict:
+    """The sympy proofs that bear on ``claim_id``: names, whether each came out as expected, residuals."""
+    results = [r for r in _proof_results() if claim_id in r.claim_ids]
+    return {"proofs": [{"module": f"proofs/{r.name}.py", "residual": r.residual, "holds": r.holds,
+                        "as_expected": r.as_expected, "corrected_residual": r.corrected_residual or None}
+                       for r in results],
+            "all_hold": bool(results) and all(r.holds for r in results),
+            "all_as_expected": all(r.as_expected for r in results)}
+
+
+class PerturbedDenoiser:
+    r"""A model with a known, smooth error: :math:`\varepsilon + \epsilon\,\mathrm{rms}(\varepsilon)\tanh(Ax + b)` with
+    ``A, b`` drawn once per condition from ``seed``. Stands in for a trained network whose relative eps error is
+    ``relative_error``, so the claims can show how each identity degrades with model error."""
+
+    def __init__(self, denoiser: AnalyticDenoiser, relative_error: float, seed: int = 0):
+        self.denoiser, self.relative_error, self.seed = denoiser, float(relative_error), seed
+
+    @property
+    def schedule(self):
+        return self.denoiser.schedule
+
+    @property
+    def dim(self) -> int:
+        return self.denoiser.dim
+
+    def _field(self, condition) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(str(condition).encode()))  # stable
+        d = self.dim
+        return (torch.randn(d, d, dtype=torch.float64, generator=gen) / d**0.5,
+                torch.randn(d, dtype=torch.float64, generator=gen))
+
+    def eps(self, x: torch.Tensor, t, condition: Condition = None) -> torch.Tensor:
+        eps = self.denoiser.eps(x, t, condition)
+        mat, bias = self._field(condition)
+        rms = eps.pow(2).mean().sqrt()
+        return eps + self.relative_error * rms * torch.tanh(x @ mat.T + bias)

@@ -1,0 +1,338 @@
+r"""The target law a linear guidance rule implies: :math:`q(x) \propto \prod_i p_i(x)^{e_i}`.
+
+A guided prediction :math:`\sum_i a_i \varepsilon(x, c_i)` with :math:`\sum_i a_i = 1` has, at each noise level, the
+score of :math:`\prod_i p_t(x \mid c_i)^{a_i}` (``proofs/prop2_tilted_score.py``, ``proofs/composition.py``). This
+module builds that *tilted* law from a :class:`~verify.guidance.LinearRule`, decides whether it is normalisable,
+and computes its normaliser, moments and the mass of regions.
+
+Normalisability (tail analysis). Along a unit direction :math:`u`, a mixture's log density behaves like
+:math:`-\tfrac{r^2}{2}\min_k u^\top P_k u + O(r)` (its slowest-decaying component dominates), so
+:math:`\log q(ru) = -\tfrac{r^2}{2} A(u) + O(r)` with :math:`A(u) = \sum_i e_i \min_{k \in i} u^\top P_{ik} u`.
+:math:`q` is normalisable if :math:`\min_{|u|=1} A(u) > 0` and not if :math:`A(u) < 0` for some :math:`u` (then
+it grows along a cone). Certificates:
+
+* all factors single Gaussians: :math:`A(u) = u^\top \Lambda u` with :math:`\Lambda = \sum_i e_i P_i`, exact;
+* lower bound in any dimension: for any choice of one component per negative-exponent factor,
+  :math:`e_i \min_k q_{ik} \ge e_i q_{ik'}`, so :math:`\min_u A \ge \min_{\text{positive choices}}
+  \max_{\text{negative choices}} \lambda_{\min}(\sum_i e_i P_{i k_i})`;
+* upper bound: :math:`A` evaluated on directions (exact in 1-D, a fine angular grid in 2-D with a Lipschitz
+  margin, random directions refined by local search above), which can prove non-normalisability.
+
+When neither bound decides, :meth:`TiltedLaw.check_normalisable` raises with both numbers.
+
+Normaliser and moments: Gaussian factors in closed form; otherwise trapezoidal quadrature in 1-D and 2-D (its
+error estimated by halving the grid, which for these rapidly decaying analytic integrands converges
+geometrically) and importance sampling above 2-D, with the standard error and effective sample size stated.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from toy_models import World, get_schedule
+from toy_models.gaussian_mixture import GaussianMixture
+
+from .guidance import LinearRule
+
+__all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law"]
+
+F64 = torch.float64
+
+
+class NotNormalisableError(ValueError):
+    """The implied target :math:`\\prod_i p_i^{e_i}` has infinite mass."""
+
+
+@dataclass(frozen=True)
+class TiltedSummary:
+    """Normaliser and moments of a tilted law, with the method and its error estimate."""
+
+    log_normaliser: float
+    log_normaliser_error: float  # absolute error estimate of log Z (0 for closed forms to rounding)
+    mean: torch.Tensor  # [d]
+    cov: torch.Tensor  # [d, d]
+    method: str
+    moment_error: float = 0.0  # error estimate of the moments (max abs over entries)
+    effective_sample_size: float | None = None
+
+
+@dataclass(frozen=True)
+class TiltedLaw:
+    r""":math:`q(x) \propto \prod_i p_i(x)^{e_i}` for Gaussian-mixture factors ``(law, exponent)``."""
+
+    factors: tuple[tuple[GaussianMixture, float], ...]
+    name: str = ""
+
+    def __post_init__(self):
+        if not self.factors:
+            raise ValueError("factors: need at least one (law, exponent) pair")
+        dims = {law.dim for law, _ in self.factors}
+        if len(dims) != 1:
+            raise ValueError(f"factors: all laws must share one dimension, got {sorted(dims)}")
+        kept = tuple((law.to(F64), float(e)) for law, e in self.factors if float(e) != 0.0)
+        object.__setattr__(self, "factors", kept or ((self.factors[0][0].to(F64), 0.0),))
+
+    @property
+    def dim(self) -> int:
+        return self.factors[0][0].dim
+
+    @property
+    def exponents(self) -> list[float]:
+        return [e for _, e in self.factors]
+
+    def log_unnormalized(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_i e_i \log p_i(x)`, ``[N]``."""
+        return sum(e * law.log_prob(x) for law, e in self.factors)
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\nabla \log q = \sum_i e_i \nabla \log p_i`, ``[N, d]``."""
+        return sum(e * law.score(x) for law, e in self.factors)
+
+    # --- normalisability ----------------------------------------------------------------------------------
+    def _precisions(self) -> list[list[torch.Tensor]]:
+        out = []
+        for law, _ in self.factors:
+            active = law.weights > 0
+            out.append([p for p, a in zip(torch.linalg.inv(law.covariances), active, strict=True) if a])
+        return out
+
+    def tail_coefficient(self, u: torch.Tensor) -> torch.Tensor:
+        r""":math:`A(u) = \sum_i e_i \min_k u^\top P_{ik} u` for unit directions ``u`` ``[M, d]``, ``[M]``."""
+        total = torch.zeros(u.shape[0], dtype=F64)
+        for (_, e), precisions in zip(self.factors, self._precisions(), strict=True):
+            quad = torch.stack([torch.einsum("mi,ij,mj->m", u, p, u) for p in precisions], dim=1)
+            total = total + e * quad.min(dim=1).values
+        return total
+
+    def tail_bounds(self, n_directions: int = 4096, seed: int = 0) -> tuple[float, float]:
+        """``(lower, upper)`` bounds on :math:`\\min_{|u|=1} A(u)` (see the module docstring)."""
+        precisions = self._precisions()
+        pos = [i for i, e in enumerate(self.exponents) if e > 0]
+        neg = [i for i, e in enumerate(self.exponents) if e < 0]
+        lower = math.inf
+        for choice in itertools.product(*[range(len(precisions[i])) for i in pos]):
+            base = sum(self.exponents[i] * precisions[i][k] for i, k in zip(pos, choice, strict=True))
+            best = -math.inf
+            for neg_choice in itertools.islice(itertools.product(*[range(len(precisions[i])) for i in neg]), 4096):
+                mat = base + sum(self.exponents[i] * precisions[i][k] for i, k in zip(neg, neg_choice, strict=True))
+                best = max(best, float(torch.linalg.eigvalsh(0.5 * (mat + mat.T))[0]))
+            lower = min(lower, best)
+        upper = float(self.tail_coefficient(self._directions(n_directions, seed)).min())
+        if self.dim == 1:
+            lower = upper  # u = +-1 are the only directions: A is exact
+        elif self.dim == 2:
+            # A is Lipschitz in the angle with constant <= 2 sum_i |e_i| max_k ||P_ik||; the grid spacing is
+            # 2 pi / n, so the true minimum is at least the grid minimum minus L pi / n.
+            lip = 2 * sum(abs(e) * max(float(torch.linalg.matrix_norm(p, 2)) for p in ps)
+                          for e, ps in zip(self.exponents, precisions, strict=True))
+            lower = max(lower, upper - lip * math.pi / n_directions)
+        return lower, upper
+
+    def _directions(self, n: int, seed: int) -> torch.Tensor:
+        if self.dim == 1:
+            return torch.tensor([[1.0], [-1.0]], dtype=F64)
+        if self.dim == 2:
+            theta = torch.linspace(0, 2 * math.pi, n + 1, dtype=F64)[:-1]
+            return torch.stack([torch.cos(theta), torch.sin(theta)], dim=1)
+        gen = torch.Generator().manual_seed(seed)
+        u = torch.randn(n, self.dim, dtype=F64, generator=gen)
+        u = u / u.norm(dim=1, keepdim=True)
+        # refine the best few by projected gradient descent on the sphere
+        best = u[self.tail_coefficient(u).argsort()[:16]].clone()
+        for _ in range(200):
+            v = best.clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.tail_coefficient(v / v.norm(dim=1, keepdim=True)).sum(), v)
+            best = best - 0.05 * grad / grad.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            best = best / best.norm(dim=1, keepdim=True)
+        return torch.cat([u, best])
+
+    def is_normalisable(self) -> bool | None:
+        """True, False, or None when the tail bounds do not decide."""
+        lower, upper = self.tail_bounds()
+        if lower > 0:
+            return True
+        if upper < 0:
+            return False
+        return None
+
+    def check_normalisable(self) -> None:
+        """Raise :class:`NotNormalisableError` (a ``ValueError``) unless normalisability is certified."""
+        lower, upper = self.tail_bounds()
+        if upper < 0:
+            raise NotNormalisableError(
+                f"factors: the target {self.name or 'prod p_i^e_i'} is not normalisable: along some direction its "
+                f"log density grows like +{-upper / 2:.3g} r^2 (tail coefficient min A(u) <= {upper:.3g} < 0)")
+        if lower <= 0:
+            raise NotNormalisableError(
+                f"factors: normalisability of {self.name or 'the target'} is undecided: min A(u) lies in "
+                f"[{lower:.3g}, {upper:.3g}]")
+
+    # --- closed form for Gaussian factors -----------------------------------------------------------------
+    def is_gaussian(self) -> bool:
+        return all(law.n_components == 1 for law, _ in self.factors)
+
+    def gaussian(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        r"""Closed form for single-Gaussian factors: :math:`q = \mathcal N(m, \Lambda^{-1})` with
+        :math:`\Lambda = \sum_i e_i P_i`, :math:`m = \Lambda^{-1}\sum_i e_i P_i \mu_i` (``proofs/gaussian_tilted.py``),
+        and :math:`\log Z = \log\int \prod_i \mathcal N_i^{e_i}`. Returns ``(mean, cov, log_Z)``."""
+        if not self.is_gaussian():
+            raise ValueError("factors: the closed form needs single-Gaussian factors")
+        self.check_normalisable()
+        d = self.dim
+        lam = torch.zeros(d, d, dtype=F64)
+        eta = torch.zeros(d, dtype=F64)
+        const = 0.0
+        for law, e in self.factors:
+            prec = torch.linalg.inv(law.covariances[0])
+            mu = law.means[0]
+            lam += e * prec
+            eta += e * prec @ mu
+            const += e * (-0.5 * float(torch.logdet(2 * math.pi * law.covariances[0])) - 0.5 * float(mu @ prec @ mu))
+        cov = torch.linalg.inv(0.5 * (lam + lam.T))
+        mean = cov @ eta
+        log_z = const + 0.5 * float(torch.logdet(2 * math.pi * cov)) + 0.5 * float(eta @ mean)
+        return mean, cov, log_z
+
+    # --- normaliser, moments, masses ----------------------------------------------------------------------
+    def _grid(self, n: int, span: float) -> tuple[torch.Tensor, float]:
+        r"""A tensor grid covering every factor's components with ``span`` standard deviations of margin, and at
+        least the radius ``sqrt(100 / A_lower)`` around them, beyond which the certified tail decay
+        :math:`\exp(-A r^2/2)` has fallen below :math:`e^{-50}` (the tilted law can be wider than every factor)."""
+        means = torch.cat([law.means for law, _ in self.factors])
+        stds = torch.cat([torch.diagonal(law.covariances, dim1=1, dim2=2).sqrt() for law, _ in self.factors])
+        modes = self.modes()
+        radius = math.sqrt(100.0 / self.tail_bounds(n_directions=720)[0])
+        lo = torch.minimum((means - span * stds).min(0).values, modes.min(0).values - radius)
+        hi = torch.maximum((means + span * stds).max(0).values, modes.max(0).values + radius)
+        axes = [torch.linspace(float(lo[i]), float(hi[i]), n, dtype=F64) for i in range(self.dim)]
+        cell = math.prod(float(a[1] - a[0]) for a in axes)
+        mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
+        return mesh, cell
+
+    def modes(self) -> torch.Tensor:
+        """Local maxima of the tilted density found by L-BFGS from every factor's component means, ``[M, d]``.
+
+        A tilted law's mass can sit far from every factor (a negative exponent pushes it away), so quadrature
+        windows are placed around these, not around the factors."""
+        from scipy.optimize import minimize
+
+        found = []
+        for start in torch.cat([law.means for law, _ in self.factors]):
+            def objective(v):
+                x = torch.as_tensor(v, dtype=F64)[None, :]
+                return -float(self.log_unnormalized(x)[0]), -self.score(x)[0].numpy()
+
+            res = minimize(objective, start.numpy(), jac=True, method="L-BFGS-B")
+            found.append(torch.as_tensor(res.x, dtype=F64))
+        return torch.stack(found)
+
+    def _quadrature(self, n: int, span: float):
+        mesh, cell = self._grid(n, span)
+        logq = self.log_unnormalized(mesh)
+        peak = float(logq.max())
+        # the grid's edge must be far in the tail: the density there must be below e^-40 of the peak
+        edge = self._edge_mask(n)
+        if float(logq[edge].max()) > peak - 40:
+            raise NotNormalisableError("factors: the target does not decay inside the quadrature window; it is "
+                                       "not normalisable or far wider than its factors")
+        weights = torch.exp(logq - peak)
+        log_z = peak + math.log(float(weights.sum()) * cell)
+        prob = weights / weights.sum()
+        return mesh, prob, log_z
+
+    def _edge_mask(self, n: int) -> torch.Tensor:
+        idx = torch.arange(n)
+        grids = torch.meshgrid(*([idx] * self.dim), indexing="ij")
+        edge = torch.zeros_like(grids[0], dtype=torch.bool)
+        for g in grids:
+            edge |= (g == 0) | (g == n - 1)
+        return edge.reshape(-1)
+
+    def summary(self, *, n_grid: int | None = None, n_samples: int = 200_000, seed: int = 0) -> TiltedSummary:
+        """Normaliser and moments: closed form, quadrature (d <= 2) or importance sampling (d > 2)."""
+        self.check_normalisable()
+        if self.is_gaussian():
+            mean, cov, log_z = self.gaussian()
+            return TiltedSummary(log_z, 0.0, mean, cov, "closed form (Gaussian factors)")
+        if self.dim <= 2:
+            n = n_grid or (4001 if self.dim == 1 else 401)
+            fine = self._moments_on_grid(n)
+            coarse = self._moments_on_grid((n + 1) // 2)
+            moment_err = max(float((fine[1] - coarse[1]).abs().max()), float((fine[2] - coarse[2]).abs().max()))
+            return TiltedSummary(fine[0], abs(fine[0] - coarse[0]), fine[1], fine[2],
+                                 f"trapezoid, {n}^{self.dim} points (error: halving the grid)", moment_err)
+        return self._importance_summary(n_samples, seed)
+
+    def _moments_on_grid(self, n: int):
+        mesh, prob, log_z = self._quadrature(n, span=12.0)
+        mean = prob @ mesh
+        centred = mesh - mean
+        cov = (centred * prob[:, None]).T @ centred
+        return log_z, mean, cov
+
+    def _proposal(self) -> GaussianMixture:
+        """Every component of the positive-exponent factors, covariances doubled: heavier tails than the target."""
+        laws = [law for law, e in self.factors if e > 0]
+        means = torch.cat([law.means for law in laws])
+        covs = torch.cat([2.0 * law.covariances for law in laws])
+        k = means.shape[0]
+        return GaussianMixture(torch.full((k,), 1.0 / k, dtype=F64), means, covs)
+
+    def _importance_summary(self, n: int, seed: int) -> TiltedSummary:
+        proposal = self._proposal()
+        x = proposal.sample(n, torch.Generator().manual_seed(seed))
+        log_w = self.log_unnormalized(x) - proposal.log_prob(x)
+        peak = float(log_w.max())
+        w = torch.exp(log_w - peak)
+        mean_w = float(w.mean())
+        # log Z = log E_q[w]; delta method: se(log Z) = sd(w) / (mean(w) sqrt(n))
+        se_log_z = float(w.std()) / (mean_w * math.sqrt(n))
+        prob = w / w.sum()
+        mean = prob @ x
+        centred = x - mean
+        cov = (centred * prob[:, None]).T @ centred
+        ess = float(w.sum() ** 2 / (w * w).sum())
+        moment_se = float((((centred**2) * prob[:, None]).sum(0) / ess).sqrt().max())
+        return TiltedSummary(peak + math.log(mean_w), se_log_z, mean, cov,
+                             f"importance sampling, {n} draws from the doubled-covariance positive factors "
+                             f"(errors: one standard error)", moment_se, ess)
+
+    def probability(self, region: Callable[[torch.Tensor], torch.Tensor], *, n_grid: int | None = None,
+                    n_samples: int = 200_000, seed: int = 0) -> tuple[float, float]:
+        """``(mass, error)`` of ``region`` (a function from points ``[M, d]`` to a bool mask ``[M]``)."""
+        self.check_normalisable()
+        if self.dim <= 2:
+            n = n_grid or (4001 if self.dim == 1 else 401)
+            masses = []
+            for m in (n, (n + 1) // 2):
+                mesh, prob, _ = self._quadrature(m, span=12.0)
+                masses.append(float(prob[region(mesh)].sum()))
+            # a region's boundary cuts grid cells, so the error is first order in the spacing: the halving
+            # difference itself (not a Richardson fraction of it) bounds it
+            return masses[0], abs(masses[0] - masses[1])
+        proposal = self._proposal()
+        x = proposal.sample(n_samples, torch.Generator().manual_seed(seed))
+        w = torch.exp(self.log_unnormalized(x) - proposal.log_prob(x) - float(
+            (self.log_unnormalized(x) - proposal.log_prob(x)).max()))
+        inside = region(x).to(F64)
+        mass = float((w * inside).sum() / w.sum())
+        ess = float(w.sum() ** 2 / (w * w).sum())
+        return mass, math.sqrt(max(mass * (1 - mass), 0.0) / ess)
+
+
+def tilted_law(world: World, rule: LinearRule, *, t: float | None = None, schedule: str = "vp-linear"
+               ) -> TiltedLaw:
+    """The law ``rule`` implies on ``world`` at time ``t`` (``None``: the data level, t = 0)."""
+    factors = []
+    for cond, weight in rule.terms:
+        law = world.law(cond)
+        if t is not None:
+            alpha, sigma = (float(v) for v in get_schedule(schedule).alpha_sigma(t))
+            law = law.noised(alpha, sigma)
+        factors.append((law, weight))
+    return TiltedLaw(tuple(factors), rule.name)
