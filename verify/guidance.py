@@ -225,7 +225,21 @@ def _scalar_time(t) -> float:
     return float(tt.reshape(()))
 
 
-class LinearGuidedDenoiser:
+class _Wrapper:
+    """A denoiser built on another: it shares the wrapped one's schedule and dimension."""
+
+    denoiser: Denoiser
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.denoiser.schedule
+
+    @property
+    def dim(self) -> int:
+        return self.denoiser.dim
+
+
+class LinearGuidedDenoiser(_Wrapper):
     """A Denoiser whose prediction is a :class:`LinearRule` of another denoiser's predictions.
 
     ``interval = (sigma_lo, sigma_hi)`` applies the rule only for noise levels in that closed interval and the
@@ -240,14 +254,6 @@ class LinearGuidedDenoiser:
             raise ValueError(f"interval: need 0 <= sigma_lo <= sigma_hi, got {interval!r}")
         self.denoiser, self.rule, self.interval = denoiser, rule, interval
         self.fallback = normalize_condition(conditional_fallback)
-
-    @property
-    def schedule(self) -> Schedule:
-        return self.denoiser.schedule
-
-    @property
-    def dim(self) -> int:
-        return self.denoiser.dim
 
     def eps(self, x: Tensor, t, condition: Condition = None) -> Tensor:
         sigma = self.schedule.sigma(_scalar_time(t))
@@ -266,7 +272,7 @@ class CFGDenoiser(LinearGuidedDenoiser):
         super().__init__(denoiser, rule, interval=interval, conditional_fallback=condition)
 
 
-class ClassifierGuidedDenoiser:
+class ClassifierGuidedDenoiser(_Wrapper):
     r"""Classifier guidance: ``eps(x, t, None) - scale * sigma_t * grad_log_classifier(x, t, condition)``.
 
     ``grad_log_classifier(x, t, condition) -> [N, d]`` is any classifier gradient: the world's exact noisy
@@ -277,14 +283,6 @@ class ClassifierGuidedDenoiser:
                  scale: float):
         self.denoiser, self.grad_log_classifier, self.scale = denoiser, grad_log_classifier, float(scale)
 
-    @property
-    def schedule(self) -> Schedule:
-        return self.denoiser.schedule
-
-    @property
-    def dim(self) -> int:
-        return self.denoiser.dim
-
     def eps(self, x: Tensor, t, condition: Condition = None) -> Tensor:
         eps = self.denoiser.eps(x, t, None)
         if condition is None:
@@ -293,19 +291,11 @@ class ClassifierGuidedDenoiser:
         return classifier_guidance(eps, self.grad_log_classifier(x, t, condition), sigma, self.scale)
 
 
-class CountingDenoiser:
+class CountingDenoiser(_Wrapper):
     """Wraps a denoiser and counts its evaluations (calls and points), for compute claims (``S0-CFG-COST``)."""
 
     def __init__(self, denoiser: Denoiser):
         self.denoiser, self.calls, self.points = denoiser, 0, 0
-
-    @property
-    def schedule(self) -> Schedule:
-        return self.denoiser.schedule
-
-    @property
-    def dim(self) -> int:
-        return self.denoiser.dim
 
     def eps(self, x: Tensor, t, condition: Condition = None) -> Tensor:
         self.calls += 1
