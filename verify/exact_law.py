@@ -1,0 +1,139 @@
+r"""The exact law that continuous-time guided sampling produces, for Gaussian worlds.
+
+With Gaussian :math:`p(x|c) = \mathcal N(m_c, S_c)` and :math:`p(x) = \mathcal N(m_u, S_u)`, the noised laws are
+:math:`\mathcal N(\alpha m, C)` with :math:`C(t) = \alpha_t^2 S + \sigma_t^2 I`, and the CFG score is affine,
+
+.. math::  \tilde s(x, t) = (1 + w)\nabla\log p_t(x|c) - w \nabla\log p_t(x) = -A(t)\,x + b(t), \qquad
+           A = (1 + w) C_c^{-1} - w C_u^{-1}, \quad b = \alpha\,[(1 + w) C_c^{-1} m_c - w C_u^{-1} m_u].
+
+So the guided probability-flow ODE :math:`\dot x = f x - \tfrac{g^2}{2}\tilde s` and the guided reverse SDE
+:math:`dx = (f x - g^2 \tilde s)\,dt + g\,d\bar W` (Song et al. 2021, eqs. 6 and 13, run from t = 1 to 0) map a
+Gaussian start to a Gaussian, whose mean :math:`\mu` and covariance :math:`\Sigma` solve the moment ODEs
+
+.. math::
+    \text{ODE:}\quad \dot\mu = M\mu - \tfrac{g^2}{2} b,\quad \dot\Sigma = M\Sigma + \Sigma M^\top,\quad
+    M = f I + \tfrac{g^2}{2} A;
+    \qquad
+    \text{SDE:}\quad \dot\mu = N\mu - g^2 b,\quad \dot\Sigma = N\Sigma + \Sigma N^\top - g^2 I,\quad N = f I + g^2 A
+
+(the SDE's noise adds :math:`g^2\,|dt|` of covariance per step backwards in time). These are integrated with an
+8th-order Dormand-Prince method at relative tolerance 1e-12. In one dimension on a VP schedule the ODE's variance
+has a closed form (:func:`closed_form_ode_variance_1d`), and the tests check the two agree. At ``w = 0`` from the
+marginal start both ODE and SDE return the data law :math:`p_0(x|c)` exactly, another check.
+
+Note the tilted target :math:`p(x|c)^{1+w}p(x)^{-w}` appears nowhere in these equations: the guided score at time t
+is the score of the tilted *noised* laws, which are not the noised tilted law (``proofs/prop2_tilted_score.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+from toy_models.gaussian_mixture import GaussianMixture
+from toy_models.schedules import Schedule, get_schedule
+
+__all__ = ["exact_gaussian_cfg_law", "closed_form_ode_variance_1d"]
+
+F64 = torch.float64
+SAMPLERS = ("ode", "sde")
+STARTS = ("prior", "marginal")
+
+
+def _single_gaussian(law: GaussianMixture, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(law, GaussianMixture) or law.n_components != 1:
+        raise ValueError(f"{name}: expected a single-component GaussianMixture")
+    return law.means[0].to(F64).numpy(), law.covariances[0].to(F64).numpy()
+
+
+def _start(schedule: Schedule, start: str, m_c: np.ndarray, s_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    d = len(m_c)
+    alpha, sigma = (float(v) for v in schedule.alpha_sigma(1.0))
+    if start == "marginal":  # the noised conditional at t = 1
+        return alpha * m_c, alpha**2 * s_c + sigma**2 * np.eye(d)
+    # the prior: N(0, I) for VP schedules (alpha_1^2 + sigma_1^2 = 1), N(0, sigma_1^2 I) when alpha = 1
+    prior_var = 1.0 if abs(alpha**2 + sigma**2 - 1.0) < 1e-12 else sigma**2
+    return np.zeros(d), prior_var * np.eye(d)
+
+
+def exact_gaussian_cfg_law(cond: GaussianMixture, uncond: GaussianMixture, w: float, sampler: str = "ode",
+                           schedule: str | Schedule = "vp-linear", start: str = "prior", *, t_end: float = 0.0,
+                           rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``[d]`` and covariance ``[d, d]`` (float64) of the law of x at ``t_end`` (default 0) produced by the
+    continuous-time CFG probability-flow ODE (``sampler="ode"``) or reverse SDE (``"sde"``) run from t = 1.
+
+    ``w`` is Ho & Salimans' strength (``w = 0``: the conditional score). ``start="prior"`` draws x_1 from the prior
+    (N(0, I) on VP schedules), ``start="marginal"`` from the noised conditional at t = 1. The public contract of
+    DESIGN.md section 5.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: must be one of {SAMPLERS}, got {sampler!r}")
+    if start not in STARTS:
+        raise ValueError(f"start: must be one of {STARTS}, got {start!r}")
+    w = float(w)
+    if not math.isfinite(w):
+        raise ValueError("w: must be finite")
+    sched = get_schedule(schedule)
+    if sched.alpha_vanishes_at_one:
+        raise ValueError(f"schedule: {sched.name!r} has alpha = 0 at t = 1, where the guided drift is singular")
+    if not 0.0 <= t_end < 1.0:
+        raise ValueError(f"t_end: must lie in [0, 1), got {t_end!r}")
+    m_c, s_c = _single_gaussian(cond, "cond")
+    m_u, s_u = _single_gaussian(uncond, "uncond")
+    if m_c.shape != m_u.shape:
+        raise ValueError(f"cond, uncond: dimensions differ ({len(m_c)} vs {len(m_u)})")
+    d = len(m_c)
+    eye = np.eye(d)
+    noise_factor = 1.0 if sampler == "ode" else 2.0  # M uses g^2/2, N uses g^2
+
+    def rhs(t: float, state: np.ndarray) -> np.ndarray:
+        tt = torch.tensor(t, dtype=F64)
+        alpha, sigma = (float(v) for v in sched.alpha_sigma(tt))
+        f, g2 = float(sched.drift(tt)), float(sched.diffusion_squared(tt))
+        inv_c = np.linalg.inv(alpha**2 * s_c + sigma**2 * eye)
+        inv_u = np.linalg.inv(alpha**2 * s_u + sigma**2 * eye)
+        a_mat = (1 + w) * inv_c - w * inv_u
+        b_vec = alpha * ((1 + w) * inv_c @ m_c - w * inv_u @ m_u)
+        mu, cov = state[:d], state[d:].reshape(d, d)
+        k = noise_factor * g2 / 2.0
+        drift_mat = f * eye + k * a_mat
+        dmu = drift_mat @ mu - k * b_vec
+        dcov = drift_mat @ cov + cov @ drift_mat.T
+        if sampler == "sde":
+            dcov = dcov - g2 * eye
+        return np.concatenate([dmu, dcov.ravel()])
+
+    mu0, cov0 = _start(sched, start, m_c, s_c)
+    sol = solve_ivp(rhs, (1.0, t_end), np.concatenate([mu0, cov0.ravel()]), method="DOP853", rtol=rtol,
+                    atol=rtol * 1e-2)
+    if not sol.success:
+        raise RuntimeError(f"moment ODE failed: {sol.message}")
+    final = sol.y[:, -1]
+    cov = final[d:].reshape(d, d)
+    return torch.as_tensor(final[:d], dtype=F64), torch.as_tensor(0.5 * (cov + cov.T), dtype=F64)
+
+
+def closed_form_ode_variance_1d(v_c: float, v_u: float, w: float, start_var: float,
+                                schedule: str | Schedule = "vp-linear", t_end: float = 0.0) -> float:
+    r"""The guided PF-ODE's variance at ``t_end`` in one dimension on a VP schedule, in closed form.
+
+    :math:`\dot\Sigma = 2M\Sigma` gives :math:`\Sigma(t_e) = \Sigma(1)\exp(-2\int_{t_e}^1 M)`, and with
+    :math:`u = \alpha^2` (:math:`\dot u = 2fu`, :math:`g^2 = -2f` on VP) and :math:`C = u(v - 1) + 1`,
+    :math:`\int \tfrac{g^2}{2C} dt = -\tfrac12 \ln(u/C)`. So
+    :math:`\int_{t_e}^1 M = \ln\tfrac{\alpha_1}{\alpha_{t_e}} - \tfrac{1+w}{2}\Big[\ln\tfrac{u}{C_c}\Big]_{t_e}^{1}
+    + \tfrac{w}{2}\Big[\ln\tfrac{u}{C_u}\Big]_{t_e}^{1}`."""
+    sched = get_schedule(schedule)
+    a1, s1 = (float(v) for v in sched.alpha_sigma(1.0))
+    ae, se = (float(v) for v in sched.alpha_sigma(t_end))
+    if abs(a1**2 + s1**2 - 1) > 1e-12 or abs(ae**2 + se**2 - 1) > 1e-12:
+        raise ValueError(f"schedule: the closed form needs a VP schedule, got {sched.name!r}")
+
+    def log_u_over_c(u: float, v: float) -> float:
+        return math.log(u) - math.log(u * (v - 1.0) + 1.0)
+
+    integral = (math.log(a1 / ae) - 0.5 * (1 + w) * (log_u_over_c(a1**2, v_c) - log_u_over_c(ae**2, v_c))
+                + 0.5 * w * (log_u_over_c(a1**2, v_u) - log_u_over_c(ae**2, v_u)))
+    return start_var * math.exp(-2.0 * integral)
