@@ -378,7 +378,7 @@ def plot_guided_score_fields(path: str | pathlib.Path, *, ts: Sequence[float] = 
     means = get_world("ring2d").unconditional.means.numpy()
     levels = np.linspace(-clip, 0.0, 16)
     with mpl.rc_context(_STYLE):
-        fig = Figure(figsize=(13.5, 11.5), layout="constrained")
+        fig = Figure(figsize=(14, 11), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(len(ts), len(ws), sharex=True, sharey=True, squeeze=False)
         for i, (t, a, s) in enumerate(zip(ts, alphas.tolist(), sigmas.tolist(), strict=True)):
@@ -387,10 +387,15 @@ def plot_guided_score_fields(path: str | pathlib.Path, *, ts: Sequence[float] = 
                 background, u, v = fields[t, w]
                 cs = ax.contourf(axis, axis, np.maximum(background, -clip), levels=levels, cmap="Greys", alpha=0.6)
                 sp = ax.streamplot(stream, stream, u, v, color=log_mag[t, w], cmap="magma_r", norm=norm,
-                                   density=1.0, linewidth=0.8, arrowsize=0.8)
+                                   density=0.8, linewidth=0.8, arrowsize=0.8)
+                mode = np.unravel_index(background.argmax(), background.shape)
+                ax.scatter(axis[mode[1]], axis[mode[0]], s=60, marker="P", color="white", edgecolor="k", zorder=4)
+                ax.text(0.03, 0.03, f"mode ({axis[mode[1]]:.2f}, {axis[mode[0]]:.2f})",
+                        transform=ax.transAxes, fontsize=9, va="bottom",
+                        bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85})
                 others = np.arange(len(means)) != condition
                 ax.scatter(*(a * means[others]).T, s=14, color="k", zorder=4)
-                ax.scatter(*(a * means[condition]), s=130, marker="*", color="#d62728", edgecolor="k", zorder=5)
+                ax.scatter(*(a * means[condition]), s=110, marker="*", color="#d62728", edgecolor="k", zorder=5)
                 ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
                 if i == 0:
                     ax.set_title(f"w = {w:g}" + (" (conditional)" if w == 0 else ""), fontsize=12)
@@ -403,8 +408,9 @@ def plot_guided_score_fields(path: str | pathlib.Path, *, ts: Sequence[float] = 
                            f"$-{clip:g}$)")
         fig.suptitle("Guided score field (1+w) s(x|c) - w s(x) on ring2d, class 0: the field pushes away from "
                      "the other classes as w grows\n"
-                     "lines: streamlines of the guided score (vp-linear schedule);  red star: class 0's noised mean "
-                     "$\\alpha_t\\mu_0$;  dots: the other classes' $\\alpha_t\\mu_k$", fontsize=12)
+                     "streamlines: guided score (vp-linear schedule);  red star: class 0's noised mean "
+                     "$\\alpha_t\\mu_0$;  dots: the other classes' $\\alpha_t\\mu_k$;  white cross: mode of the "
+                     "guided density", fontsize=12)
         return _save(fig, path)
 
 
@@ -448,15 +454,14 @@ def plot_tilted_densities(path: str | pathlib.Path, *, ws_gauss: Sequence[float]
             tempered = 0.5 / (1 + w)
             ax_g.plot(x, np.exp(-((x - 1) ** 2) / (2 * tempered)) / math.sqrt(2 * math.pi * tempered),
                       color=colour, lw=1.5, ls="--")
-        for x0, text in [(1.0, "conditional mean 1"), (2.0, "tilted limit 2")]:
+        for x0, text, ha in [(1.0, "conditional mean 1 ", "right"), (2.0, " tilted limit 2", "left")]:
             ax_g.axvline(x0, color="0.5", lw=0.8, ls=":")
-            ax_g.text(x0, 3.35, text, ha="center", va="bottom", fontsize=9, color="0.3",
-                      bbox={"fc": "white", "ec": "none", "pad": 1})
-        ax_g.set(xlim=(-1.5, 3.5), ylim=(0, 3.7), xlabel="x", ylabel="normalised density",
+            ax_g.text(x0, 3.5, text, ha=ha, va="center", fontsize=9, color="0.3")
+        ax_g.set(xlim=(-1.5, 5.0), ylim=(0, 3.7), xlabel="x", ylabel="normalised density",
                  title="(a) gauss1d: tilted $p(x|c)^{1+w}p(x)^{-w}$ (solid) vs tempered conditional "
                        "$\\mathcal{N}(1, \\frac{0.5}{1+w})$ (dashed)\nthe tilted mean drifts to 2: CFG is not "
                        "sampling $p(x|c)$ at a lower temperature")
-        ax_g.legend(frameon=False, loc="upper left", title="tilted target")
+        ax_g.legend(frameon=False, loc="upper right", bbox_to_anchor=(1.0, 0.93), title="tilted target (solid)")
         gm = bimodal.unconditional
         ax_b.fill_between(x, _density(gm, x[:, None]), color="0.6", alpha=0.4, label="p(x)")
         for w, colour in zip(ws_bimodal, mpl.colormaps["viridis"](np.linspace(0, 0.9, len(ws_bimodal))),
@@ -470,7 +475,7 @@ def plot_tilted_densities(path: str | pathlib.Path, *, ws_gauss: Sequence[float]
         ax_b.legend(frameon=False, loc="upper left", title="tilted target")
         for (name, var), colour in zip(variances.items(), ["#d62728", "#1f77b4"], strict=True):
             ax_v.plot(w_axis, var, color=colour, lw=2, marker="o", ms=3, label=name)
-        ax_v.plot(w_axis, 1 / (2 + w_axis), color="k", lw=0.8, ls=":", label="closed form 1/(2 + w)")
+        ax_v.plot(w_axis, 1 / (2 + w_axis), color="k", lw=1.2, ls=":", zorder=3, label="gauss1d closed form 1/(2 + w)")
         ax_v.axhline(0.5, color="0.5", lw=1, ls="--", label="0.5 = variance of p(x|c) in both worlds")
         ax_v.set_xscale("symlog", linthresh=1.0, linscale=0.6)
         ax_v.set_xticks([0, 0.5, 1, 3, 10, 30, 100], ["0", "0.5", "1", "3", "10", "30", "100"])
@@ -486,6 +491,18 @@ def plot_tilted_densities(path: str | pathlib.Path, *, ws_gauss: Sequence[float]
 # --------------------------------------------------------------------------------------------------------------
 # Figure 3: negative prompts and composition on attributes2d
 # --------------------------------------------------------------------------------------------------------------
+def _white_floor(name: str, n_blend: int = 12) -> ListedColormap:
+    """``name`` (a light-to-dark sequential map) with its lowest ``n_blend`` of 256 colours blended into white,
+    so that zero density reads as the white page."""
+    colours = mpl.colormaps[name](np.linspace(0.0, 1.0, 256))
+    ramp = np.clip(np.arange(256) / n_blend, 0.0, 1.0)[:, None]
+    colours[:, :3] = ramp * colours[:, :3] + (1.0 - ramp)
+    return ListedColormap(colours, name=f"{name}_white")
+
+
+_DENSITY_CMAP = _white_floor("magma_r")
+
+
 def _attribute_means(ax: Axes, world: World, colour: str = "k") -> None:
     """Mark and label the four component means of attributes2d."""
     gm = world.unconditional
@@ -498,11 +515,12 @@ def _attribute_means(ax: Axes, world: World, colour: str = "k") -> None:
                     bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.75})
 
 
-def _density_panel(ax: Axes, density: np.ndarray, title: str, label: str = "density", cmap: str = "magma_r"):
+def _density_panel(ax: Axes, density: np.ndarray, title: str, label: str = "density",
+                   cmap: str | ListedColormap = _DENSITY_CMAP):
     """``imshow`` of a grid density on the attributes2d grid, with its colorbar; returns the image."""
     extent = (_ATTR_X1[0], _ATTR_X1[-1], _ATTR_X2[0], _ATTR_X2[-1])
     im = ax.imshow(density, origin="lower", extent=extent, cmap=cmap, interpolation="bilinear")
-    ax.figure.colorbar(im, ax=ax, label=label, shrink=0.85, pad=0.02)
+    ax.figure.colorbar(im, ax=ax, label=label, shrink=0.9, pad=0.02)
     ax.set_title(title, loc="left")
     return im
 
@@ -540,32 +558,32 @@ def plot_negative_and_composition(path: str | pathlib.Path, *, guidance_scale: f
     as_written = TiltedLaw(tuple((world.law(c), e) for c, e in terms))
     growth = -as_written.tail_bounds()[1] / 2
     with mpl.rc_context(_STYLE):
-        fig = Figure(figsize=(18, 9), layout="constrained")
+        fig = Figure(figsize=(18, 7.4), layout="constrained")
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 3, sharex=True, sharey=True)
         (a, b, c), (d, e, f) = axes
         _density_panel(a, normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=pos, w=0)),
                                                      pts, gx.shape), x1, x2),
-                       "(a) no negative prompt: $p(x\\,|\\,\\mathrm{dog})$")
+                       "(a) no negative prompt:\n$p(x\\,|\\,\\mathrm{dog})$\nhalf red dogs, half blue dogs")
         _density_panel(b, dens[0], f"(b) source 001, the negative replaces the null, g = {guidance_scale:g}:\n"
-                       f"{_formula(rules[0].terms)}: peak at $x_1$ = {peaks[0]:.1f}, far past the blue dog")
+                       f"{_formula(rules[0].terms)}\nmass moves far past the blue dog: peak at $x_1$ = {peaks[0]:.1f}")
         _density_panel(c, dens[1], f"(c) source 000, correct exponents, $w_+$ = {w_pos:g}, $w_-$ = {w_neg:g}:\n"
-                       f"{_formula(rules[1].terms)}: mass moves beyond the blue dog, peak at $x_1$ = {peaks[1]:.1f}")
+                       f"{_formula(rules[1].terms)}\nmass moves beyond the blue dog: peak at $x_1$ = {peaks[1]:.1f}")
         for cond, colour in [(("red", "dog"), "#d62728"), (("blue", "dog"), "#1f77b4")]:
             p = _density(world.law(cond), pts.numpy()).reshape(gx.shape)
             d.contour(gx, gy, p, levels=p.max() * np.array([0.1, 0.3, 0.5, 0.7, 0.9]), colors=colour, linewidths=1.2)
-        d.figure.colorbar(a.images[0], ax=d, shrink=0.85, pad=0.02).ax.set_visible(False)  # keep panels aligned
+        d.figure.colorbar(a.images[0], ax=d, shrink=0.9, pad=0.02).ax.set_visible(False)  # keep panels aligned
         d.set_title("(d) $p(x\\,|\\,\\mathrm{red\\ dog})$ (red) and $p(x\\,|\\,\\mathrm{blue\\ dog})$ (blue)\n"
-                    "contours at 10, 30, 50, 70, 90% of each peak", loc="left")
+                    "the two laws being composed\ncontours at 10, 30, 50, 70, 90% of each peak", loc="left")
         e.axvspan(-1, 1, color="#9467bd", alpha=0.18, lw=0)
         _density_panel(e, composed, "(e) composition, weights 1 and 1: "
                        "$p(x\\,|\\,\\mathrm{red\\ dog})\\,p(x\\,|\\,\\mathrm{blue\\ dog})\\,/\\,p(x)$\n"
                        "the 'purple dog' between red and blue (shaded: $|x_1| < 1$)")
-        e.images[0].set_alpha(np.where(composed > 0.002 * composed.max(), 1.0, 0.0))
-        e.text(1.3, -3.6, f"mass in $|x_1| < 1$: {band:.4f}", color="#5b2c83", fontsize=11, weight="bold")
+        e.text(3.5, -0.2, f"mass in the band\n$|x_1| < 1$: {band:.4f}", color="#5b2c83", fontsize=11, weight="bold")
         log_written = _log_q(as_written, pts, gx.shape)
-        _density_panel(f, log_written, f"(f) as written in source 000: {_formula(terms)}\nnot normalisable "
-                       f"(grows like $e^{{+{growth:g} r^2}}$ in every direction)",
+        _density_panel(f, log_written, f"(f) as written in source 000: {_formula(terms)}\nnot normalisable: "
+                       f"grows like $e^{{+{growth:g} r^2}}$ as $r \\to \\infty$ in every direction\n"
+                       "(log of the unnormalised density; no normaliser exists)",
                        label="log of the unnormalised density", cmap="viridis")
         for ax in axes.ravel():
             _attribute_means(ax, world)
