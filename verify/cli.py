@@ -37,16 +37,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
     records = evaluate_all(config)
     json_path, md_path = write_ledger(records, args.out, config)
     figure = plot_worlds(pathlib.Path(args.out) / "figures" / "worlds.png", seed=args.seed)
-    print(ledger_table(records))
+    table = ledger_table(records)
+    print(table)
+    if args.update_readme:
+        _replace_between_markers(pathlib.Path(args.update_readme), "ledger", table)
     print(f"\nwrote {json_path}, {md_path} and {figure} in {time.perf_counter() - start:.1f} s")
     return 0
 
 
-def _cmd_figures(args: argparse.Namespace) -> int:
-    from verify.figures import plot_worlds
+def _replace_between_markers(path: pathlib.Path, name: str, text: str) -> None:
+    """Replace what stands between ``<!-- name -->`` and ``<!-- /name -->`` in ``path``."""
+    content = path.read_text(encoding="utf-8")
+    begin, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+    if begin not in content or end not in content:
+        raise SystemExit(f"--update-readme: {path} has no {begin} ... {end} markers")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}", encoding="utf-8")
 
-    path = plot_worlds(pathlib.Path(args.out) / "worlds.png")
-    print(f"wrote {path}")
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from verify.figures import plot_all
+
+    for path in plot_all(args.out):
+        print(f"wrote {path}")
     return 0
 
 
@@ -73,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="smaller grids for a smoke run (same tolerances)")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--update-readme", metavar="PATH", help="also write the ledger table into PATH between "
+                     "<!-- ledger --> markers (how README.md's table is kept true)")
     run.set_defaults(func=_cmd_run)
     figs = sub.add_parser("figures", help="regenerate the committed figures")
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")

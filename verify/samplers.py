@@ -1,0 +1,441 @@
+r"""Samplers: DDPM ancestral, DDIM, Euler and Heun on the probability-flow ODE, Euler–Maruyama on the reverse SDE,
+DPM-Solver++(2M).
+
+Every sampler has one signature (k-diffusion's pattern, with times instead of sigmas)::
+
+    sampler(denoiser, x, timesteps, *, condition=None, eta=0.0, generator=None, noise=None, callback=None)
+
+* ``denoiser`` — any :class:`~toy_models.denoiser.Denoiser` (analytic, neural, or guided such as
+  ``CFGDenoiser(den, cond, w=3)``): guidance is a denoiser wrapper, so no sampler has guidance code.
+* ``x`` — the state at ``timesteps[0]``, ``[N, d]``; the sampler computes in ``x``'s dtype and returns it.
+  Schedule coefficients are formed in float64 and enter as Python floats.
+* ``timesteps`` — a strictly decreasing 1-D sequence in ``[0, 1]`` (``t_start`` first, ``t_end`` last);
+  :func:`time_grid` makes uniform or log-SNR-uniform grids. Every time but the last needs
+  :math:`\sigma_t > 0` and :math:`\alpha_t > 0`; the last may have :math:`\sigma = 0` (``t_end = 0`` on VP).
+* ``condition`` — passed to ``denoiser.eps``.
+* ``eta`` — the DDIM noise level (ignored by the other samplers).
+* ``generator`` / ``noise`` — the only sources of randomness. ``noise`` is ``[steps, N, d]`` (``steps =
+  len(timesteps) - 1``); without it a stochastic sampler draws ``torch.randn(x.shape, generator=generator)`` once
+  per step, every step, in order (:func:`sampler_noise` reproduces those draws). Deterministic samplers ignore
+  both.
+* ``callback(i, t, x, eps)`` — after step ``i`` (0-based): ``t = timesteps[i + 1]`` the time reached, ``x`` the new
+  state, ``eps`` the prediction made at ``timesteps[i]``.
+
+Notation: one step goes from ``t`` to ``s < t``; :math:`\hat\varepsilon` is the denoiser's prediction at
+``(x_t, t)``, :math:`\hat x_0 = (x_t - \sigma_t\hat\varepsilon)/\alpha_t` and :math:`\hat s = -\hat\varepsilon/
+\sigma_t` (:mod:`toy_models.parametrization`); :math:`f, g^2` are the forward SDE's coefficients
+(:mod:`toy_models.schedules`); :math:`\lambda = \log(\alpha^2/\sigma^2)` (DESIGN.md's log-SNR) and
+:math:`q_{ts} = 1 - e^{\lambda_t - \lambda_s} = \sigma_{t|s}^2/\sigma_t^2 \in (0, 1]` with
+:math:`\alpha_{t|s} = \alpha_t/\alpha_s`, :math:`\sigma_{t|s}^2 = \sigma_t^2 - \alpha_{t|s}^2\sigma_s^2`
+(Kingma et al. 2021, eq. 33). At :math:`\sigma_s = 0`, :math:`\lambda_s = +\infty` and :math:`q_{ts} = 1`.
+
+Function evaluations (:func:`sampler_nfe`): one denoiser call per step, except Heun, which makes two per step and
+one on a last step to :math:`\sigma = 0`. A CFG denoiser calls its base model twice per call (conditional and
+null, two separate calls): :func:`count_evaluations` counts both levels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from toy_models import parametrization as param
+from toy_models.denoiser import Denoiser
+from toy_models.gaussian_mixture import Condition
+from toy_models.schedules import Schedule, get_schedule
+
+from .guidance import CountingDenoiser
+
+__all__ = [
+    "SAMPLERS",
+    "STOCHASTIC",
+    "EvaluationCount",
+    "count_evaluations",
+    "ddim",
+    "ddpm",
+    "dpmpp_2m",
+    "euler",
+    "euler_maruyama",
+    "heun",
+    "sample",
+    "sampler_nfe",
+    "sampler_noise",
+    "time_grid",
+]
+
+Tensor = torch.Tensor
+Callback = Callable[[int, float, Tensor, Tensor], None]
+F64 = torch.float64
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation and the per-step coefficients
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Grid:
+    """Validated times and their schedule coefficients, all Python floats (formed in float64)."""
+
+    times: list[float]
+    alpha: list[float]
+    sigma: list[float]
+    log_snr: list[float]  # log(alpha^2 / sigma^2); +inf where sigma = 0
+    schedule: Schedule
+
+    @property
+    def steps(self) -> int:
+        return len(self.times) - 1
+
+    def q(self, i: int) -> float:
+        """:math:`q_{ts} = 1 - e^{\\lambda_t - \\lambda_s}` for step ``i`` (expm1: no cancellation on short steps)."""
+        return -math.expm1(self.log_snr[i] - self.log_snr[i + 1])
+
+
+def _check_times(timesteps, schedule: Schedule) -> _Grid:
+    try:
+        times = torch.as_tensor(timesteps, dtype=F64).detach()
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"timesteps: cannot be read as a 1-D tensor of times ({err})") from None
+    if times.ndim != 1 or times.numel() < 2:
+        raise ValueError(f"timesteps: expected a 1-D sequence of at least 2 times, got shape {list(times.shape)}")
+    if not bool(torch.isfinite(times).all()):
+        raise ValueError("timesteps: contains NaN or infinity")
+    if bool((times < 0).any()) or bool((times > 1).any()):
+        raise ValueError(f"timesteps: must lie in [0, 1], got range [{float(times.min()):.6g}, "
+                         f"{float(times.max()):.6g}]")
+    if not bool((times[1:] < times[:-1]).all()):
+        raise ValueError("timesteps: must be strictly decreasing (from t_start to t_end)")
+    if schedule.alpha_vanishes_at_one and float(times[0]) == 1.0:
+        raise ValueError(f"timesteps: schedule {schedule.name!r} has alpha = 0 at t = 1 (x0 and the drift are "
+                         f"singular there); start at t < 1")
+    alpha, sigma = schedule.alpha_sigma(times)
+    if not bool((alpha > 0).all()):
+        raise ValueError(f"timesteps: alpha(t) must be > 0 at every time on schedule {schedule.name!r}")
+    if not bool((sigma[:-1] > 0).all()):
+        raise ValueError("timesteps: sigma(t) must be > 0 at every time but the last (the denoiser's eps is "
+                         "undefined at sigma = 0)")
+    log_snr = schedule.log_snr(times)
+    return _Grid(times.tolist(), alpha.tolist(), sigma.tolist(), log_snr.tolist(), schedule)
+
+
+def _check_inputs(denoiser: Denoiser, x: Tensor, timesteps) -> tuple[Tensor, _Grid]:
+    if not callable(getattr(denoiser, "eps", None)) or not hasattr(denoiser, "schedule"):
+        raise ValueError(f"denoiser: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
+    if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64):
+        raise ValueError("x: expected a float32 or float64 torch.Tensor")
+    dim = getattr(denoiser, "dim", None)
+    if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
+        raise ValueError(f"x: expected shape [N, {dim if dim is not None else 'd'}], got {list(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x: contains NaN or infinity")
+    return x, _check_times(timesteps, get_schedule(denoiser.schedule))
+
+
+def _noise_source(grid: _Grid, x: Tensor, generator: torch.Generator | None, noise: Tensor | None,
+                  name: str) -> Callable[[int], Tensor]:
+    """``i -> z_i`` of shape ``x.shape``: rows of ``noise``, or one draw from ``generator`` per step."""
+    if noise is not None:
+        if not isinstance(noise, Tensor) or not noise.is_floating_point():
+            raise ValueError("noise: expected a floating-point torch.Tensor")
+        expected = [grid.steps, *x.shape]
+        if list(noise.shape) != expected:
+            raise ValueError(f"noise: expected shape [steps, N, d] = {expected}, got {list(noise.shape)}")
+        if not bool(torch.isfinite(noise).all()):
+            raise ValueError("noise: contains NaN or infinity")
+        noise = noise.to(dtype=x.dtype, device=x.device)
+        return lambda i: noise[i]
+    if generator is None:
+        raise ValueError(f"generator, noise: {name} is stochastic; pass a torch.Generator or a noise tensor "
+                         f"(no hidden randomness)")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    return lambda i: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def sampler_noise(steps: int, shape, generator: torch.Generator, dtype: torch.dtype = F64) -> Tensor:
+    """The ``[steps, *shape]`` noise a stochastic sampler draws from ``generator``: one ``torch.randn(shape)`` per
+    step, in order. Passing it as ``noise=`` reproduces the generator run exactly."""
+    return torch.stack([torch.randn(tuple(shape), generator=generator, dtype=dtype) for _ in range(steps)])
+
+
+def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition) -> Tensor:
+    eps = denoiser.eps(x, t, condition)
+    if eps.shape != x.shape:
+        raise ValueError(f"denoiser: eps returned shape {list(eps.shape)} for x of shape {list(x.shape)}")
+    return eps.to(x.dtype)
+
+
+def _pf_ode_velocity(grid: _Grid, i: int, x: Tensor, eps: Tensor, *, sde: bool = False) -> Tensor:
+    r"""Probability-flow velocity :math:`f x - \tfrac{g^2}{2}\hat s` at time index ``i`` (reverse-SDE drift
+    :math:`f x - g^2 \hat s` when ``sde``)."""
+    t = grid.times[i]
+    f, g2 = float(grid.schedule.drift(t)), float(grid.schedule.diffusion_squared(t))
+    score = param.eps_to_score(eps, grid.sigma[i])
+    return f * x - (g2 if sde else 0.5 * g2) * score
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The samplers
+# --------------------------------------------------------------------------------------------------------------
+def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+         generator: torch.Generator | None = None, noise: Tensor | None = None,
+         callback: Callback | None = None) -> Tensor:
+    r"""DDIM (Song, Meng & Ermon 2021, eq. 12 with eq. 16's :math:`\sigma_t(\eta)`), for any :math:`\alpha,\sigma`:
+
+    .. math::  x_s = \alpha_s \hat x_0 + \sqrt{\sigma_s^2 - c^2}\,\hat\varepsilon + c\,z, \qquad
+               c = \eta\,\sigma_s\sqrt{q_{ts}} = \eta\,\sigma_s\sqrt{1 - \Big(\frac{\alpha_t\sigma_s}
+               {\alpha_s\sigma_t}\Big)^2}.
+
+    :math:`c^2 = \eta^2\sigma_{t|s}^2\sigma_s^2/\sigma_t^2` is :math:`\eta^2` times the forward posterior variance;
+    on VP (:math:`\sigma^2 = 1 - \alpha^2`) it is eq. 16's :math:`\eta^2 \tfrac{1 - \bar a_s}{1 - \bar a_t}
+    (1 - \bar a_t/\bar a_s)` with :math:`\bar a = \alpha^2`. ``eta = 0`` is deterministic and is the first-order
+    exponential integrator of the PF-ODE in :math:`\lambda` (DPM-Solver-1, Lu et al. 2022a, eq. 3.7);
+    ``eta = 1`` makes :math:`\sqrt{\sigma_s^2 - c^2} = \alpha_{t|s}\sigma_s^2/\sigma_t` and equals :func:`ddpm`
+    (same mean and variance). ``eta`` in ``[0, 1]``. At :math:`\sigma_s = 0` the step returns
+    :math:`\alpha_s\hat x_0`.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    eta = float(eta)
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta: must lie in [0, 1], got {eta!r}")
+    draw = _noise_source(grid, x, generator, noise, "ddim with eta > 0") if eta > 0 else None
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
+        q = grid.q(i)
+        x_next = alpha_s * x0 + (sigma_s * math.sqrt(1.0 - eta * eta * q)) * eps
+        if draw is not None:
+            z = draw(i)  # drawn on every step (also where c = 0), so the stream does not depend on the grid
+            x_next = x_next + (eta * sigma_s * math.sqrt(q)) * z
+        x = x_next
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+def ddpm(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+         generator: torch.Generator | None = None, noise: Tensor | None = None,
+         callback: Callback | None = None) -> Tensor:
+    r"""DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) for any :math:`\alpha,\sigma`: draw from the forward
+    posterior :math:`q(x_s \mid x_t, x_0 = \hat x_0)` (Kingma et al. 2021, eqs. 32-33),
+
+    .. math::  x_s = \frac{\alpha_{t|s}\sigma_s^2}{\sigma_t^2} x_t + \alpha_s q_{ts}\,\hat x_0
+               + \sigma_s\sqrt{q_{ts}}\, z, \qquad
+               q_{ts} = \frac{\sigma_{t|s}^2}{\sigma_t^2} = 1 - e^{\lambda_t - \lambda_s}.
+
+    A last step to :math:`\sigma_s = 0` returns :math:`\alpha_s \hat x_0` (its variance is 0; the draw is still
+    made). ``eta`` is ignored.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    draw = _noise_source(grid, x, generator, noise, "ddpm")
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
+        q = grid.q(i)
+        coef_x = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2
+        x = coef_x * x + (alpha_s * q) * x0 + (sigma_s * math.sqrt(q)) * draw(i)
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+def euler(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+          generator: torch.Generator | None = None, noise: Tensor | None = None,
+          callback: Callback | None = None) -> Tensor:
+    r"""Explicit Euler in t on the probability-flow ODE (Song et al. 2021, eq. 13):
+
+    .. math::  x_s = x_t + (s - t)\big(f(t)\,x_t - \tfrac12 g(t)^2 \hat s\big), \qquad
+               \hat s = -\hat\varepsilon/\sigma_t.
+
+    Evaluates only at step starts, so ``t_end = 0`` needs nothing special. Deterministic.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps)
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+def heun(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+         generator: torch.Generator | None = None, noise: Tensor | None = None,
+         callback: Callback | None = None) -> Tensor:
+    r"""Heun's second-order method in t on the probability-flow ODE (Karras et al. 2022, Algorithm 1, written in t
+    with :math:`v(x, t) = f x - \tfrac12 g^2 \hat s`):
+
+    .. math::  \tilde x = x_t + (s - t)\,v(x_t, t), \qquad
+               x_s = x_t + \tfrac{s - t}{2}\big(v(x_t, t) + v(\tilde x, s)\big).
+
+    Where :math:`\sigma_s = 0` (the last step to ``t_end = 0`` on VP) the score is undefined and the step is Euler's
+    :math:`\tilde x`, as in Karras' Algorithm 1 (line 6). Two evaluations per step, one on such a last step.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        velocity = _pf_ode_velocity(grid, i, x, eps)
+        x_euler = x + (s - t) * velocity
+        if grid.sigma[i + 1] > 0:
+            eps_next = _eps(denoiser, x_euler, s, condition)
+            x = x + (0.5 * (s - t)) * (velocity + _pf_ode_velocity(grid, i + 1, x_euler, eps_next))
+        else:
+            x = x_euler
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+                   generator: torch.Generator | None = None, noise: Tensor | None = None,
+                   callback: Callback | None = None) -> Tensor:
+    r"""Euler–Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6; Anderson 1982), backwards in t:
+
+    .. math::  x_s = x_t + (s - t)\big(f(t)\,x_t - g(t)^2 \hat s\big) + g(t)\sqrt{t - s}\; z.
+
+    Noise is added on every step, the last included (no final denoising step), so the output is the
+    discretised SDE's state at ``t_end``. ``eta`` is ignored.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    draw = _noise_source(grid, x, generator, noise, "euler_maruyama")
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        g2 = float(grid.schedule.diffusion_squared(t))
+        x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps, sde=True) + math.sqrt(g2 * (t - s)) * draw(i)
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+             generator: torch.Generator | None = None, noise: Tensor | None = None,
+             callback: Callback | None = None) -> Tensor:
+    r"""DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2): multistep data prediction in
+    :math:`\ell = \log(\alpha/\sigma) = \lambda/2`, with :math:`h_i = \ell_s - \ell_t`, :math:`r_i = h_{i-1}/h_i`,
+
+    .. math::  D_i = \Big(1 + \frac{1}{2r_i}\Big)\hat x_0^{(i)} - \frac{1}{2r_i}\hat x_0^{(i-1)}, \qquad
+               x_s = \frac{\sigma_s}{\sigma_t} x_t - \alpha_s\big(e^{-h_i} - 1\big) D_i,
+
+    and :math:`D_0 = \hat x_0^{(0)}` on the first step (first order, DDIM). A last step to :math:`\sigma_s = 0`
+    (:math:`h = \infty`) is first order too, :math:`x_s = \alpha_s \hat x_0` (as k-diffusion's ``sample_dpmpp_2m``
+    and diffusers' ``final_sigmas_type="zero"``); that step's error is :math:`O(\sigma_t^2)`, which on a uniform
+    t grid to ``t_end = 0`` is :math:`O(1/n)`: for second-order convergence end at ``t_end > 0``. Deterministic.
+    """
+    x, grid = _check_inputs(denoiser, x, timesteps)
+    x0_prev, h_prev = None, None
+    for i in range(grid.steps):
+        t, s = grid.times[i], grid.times[i + 1]
+        alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
+        eps = _eps(denoiser, x, t, condition)
+        x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
+        if sigma_s == 0:
+            x, h = alpha_s * x0, math.inf
+        else:
+            h = 0.5 * (grid.log_snr[i + 1] - grid.log_snr[i])
+            if x0_prev is None:
+                data = x0
+            else:
+                half_inv_r = 0.5 * h / h_prev  # 1 / (2 r_i)
+                data = (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev
+            x = (sigma_s / sigma_t) * x - (alpha_s * math.expm1(-h)) * data
+        x0_prev, h_prev = x0, h
+        if callback is not None:
+            callback(i, s, x, eps)
+    return x
+
+
+SAMPLERS: dict[str, Callable[..., Tensor]] = {
+    "ddpm": ddpm,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "euler_maruyama": euler_maruyama,
+    "dpmpp_2m": dpmpp_2m,
+}
+#: samplers that draw noise (``ddim`` too when ``eta > 0``)
+STOCHASTIC = frozenset({"ddpm", "euler_maruyama"})
+
+
+def sample(name: str, denoiser: Denoiser, x: Tensor, timesteps, **kw) -> Tensor:
+    """Run the sampler called ``name`` (a key of :data:`SAMPLERS`) with the common signature."""
+    if name not in SAMPLERS:
+        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](denoiser, x, timesteps, **kw)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Grids and evaluation counts
+# --------------------------------------------------------------------------------------------------------------
+def time_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: str = "uniform",
+              schedule: str | Schedule | None = None) -> Tensor:
+    r"""``n_steps + 1`` decreasing float64 times from ``t_start`` to ``t_end``.
+
+    ``spacing="uniform"``: equal steps in t. ``"log_snr"``: equal steps in :math:`\lambda(t)` of ``schedule``
+    (DPM-Solver's "logSNR" skip type, Lu et al. 2022a, section 3.3); needs :math:`\sigma(t_{end}) > 0` (finite
+    :math:`\lambda`) and :math:`\alpha(t_{start}) > 0`.
+    """
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise ValueError(f"n_steps: must be a positive int, got {n_steps!r}")
+    t_start, t_end = float(t_start), float(t_end)
+    if not 0.0 <= t_end < t_start <= 1.0:
+        raise ValueError(f"t_start, t_end: need 0 <= t_end < t_start <= 1, got t_start={t_start!r}, t_end={t_end!r}")
+    if spacing == "uniform":
+        return torch.linspace(t_start, t_end, n_steps + 1, dtype=F64)
+    if spacing != "log_snr":
+        raise ValueError(f"spacing: must be 'uniform' or 'log_snr', got {spacing!r}")
+    if schedule is None:
+        raise ValueError("schedule: spacing='log_snr' needs the schedule")
+    sched = get_schedule(schedule)
+    lam_start, lam_end = (float(v) for v in sched.log_snr(torch.tensor([t_start, t_end], dtype=F64)))
+    if not math.isfinite(lam_end):
+        raise ValueError(f"t_end: log-SNR is infinite at t_end={t_end!r} on {sched.name!r} (sigma = 0); use t_end > 0")
+    if not math.isfinite(lam_start):
+        raise ValueError(f"t_start: log-SNR is infinite at t_start={t_start!r} on {sched.name!r} (alpha = 0)")
+    times = sched.t_from_log_snr(torch.linspace(lam_start, lam_end, n_steps + 1, dtype=F64))
+    times[0], times[-1] = t_start, t_end
+    if not bool((times[1:] < times[:-1]).all()):
+        raise ValueError(f"n_steps: {n_steps} log-SNR steps are too fine to stay strictly decreasing in t")
+    return times
+
+
+def sampler_nfe(name: str, timesteps, schedule: str | Schedule) -> int:
+    """Denoiser calls a sampler makes on ``timesteps``: one per step; Heun two per step, one on a last step to
+    sigma = 0. (A CFG denoiser makes two base-model calls per call.)"""
+    if name not in SAMPLERS:
+        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    grid = _check_times(timesteps, get_schedule(schedule))
+    if name == "heun":
+        return 2 * grid.steps - (1 if grid.sigma[-1] == 0 else 0)
+    return grid.steps
+
+
+@dataclass(frozen=True)
+class EvaluationCount:
+    """What a sampler run cost: ``calls`` of the denoiser it was given (the sampler's NFE), ``model_calls`` and
+    ``model_points`` of the base model underneath the guidance wrapper (2 calls per CFG call)."""
+
+    output: Tensor
+    calls: int
+    model_calls: int
+    model_points: int
+
+
+def count_evaluations(name: str, model: Denoiser, x: Tensor, timesteps, *,
+                      guide: Callable[[Denoiser], Denoiser] | None = None, **kw) -> EvaluationCount:
+    """Run ``sample(name, guide(model), x, timesteps, **kw)`` and count evaluations at both levels.
+
+    ``guide`` builds the guided denoiser from the (counted) base model, e.g. ``lambda m: CFGDenoiser(m, 1, w=3)``;
+    without it the sampler calls ``model`` directly and both counts agree.
+    """
+    base = CountingDenoiser(model)
+    outer = CountingDenoiser(guide(base) if guide is not None else base)
+    output = sample(name, outer, x, timesteps, **kw)
+    return EvaluationCount(output, outer.calls, base.calls, base.points)
