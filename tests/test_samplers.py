@@ -15,12 +15,11 @@ import pytest
 import torch
 
 from toy_models import AnalyticDenoiser, get_world
-from verify.exact_law import exact_gaussian_cfg_law
+from verify.exact_law import discrete_sampler_law, exact_gaussian_cfg_law
 from verify.guidance import CFGDenoiser
 from verify.metrics import holm_reject, moment_pvalues
 from verify.samplers import (
     SAMPLERS,
-    STOCHASTIC,
     count_evaluations,
     ddim,
     ddpm,
@@ -56,49 +55,8 @@ def continuous_law(w: float, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
     return exact_gaussian_cfg_law(world.law(1), world.law(None), w, kind, start="prior", t_end=T_END)
 
 
-def _is_stochastic(name: str, kw: dict) -> bool:
-    return name in STOCHASTIC or (name == "ddim" and kw.get("eta", 0.0) > 0)
-
-
-def _affine_columns(name, denoiser, timesteps, mean, chol, **kw):
-    """Run one sampler on ``[m, m + L e_1, .., m + L e_d]`` and, if it is stochastic, ``steps x d`` more rows at m
-    whose noise is one unit vector at one step; returns (image of m ``[d]``, columns ``[rows - 1, d]``)."""
-    d = mean.numel()
-    steps = len(timesteps) - 1
-    n_noise = steps * d if _is_stochastic(name, kw) else 0
-    x = mean.expand(1 + d + n_noise, d).clone()
-    x[1:1 + d] += chol.T  # row j: m + L e_j
-    if n_noise:
-        noise = torch.zeros(steps, 1 + d + n_noise, d, dtype=F64)
-        for k in range(steps):
-            noise[k, 1 + d + k * d: 1 + d + (k + 1) * d] = torch.eye(d, dtype=F64)  # row (k, j): unit z_k e_j
-        kw = dict(kw, noise=noise)
-    out = sample(name, denoiser, x, timesteps, **kw)
-    return out[0], out[1:] - out[0]  # [d], [rows - 1, d]
-
-
 def discrete_law(name, denoiser, timesteps, mean=None, cov=None, *, stepwise=True, **kw):
-    """The exact output law (mean ``[d]``, covariance ``[d, d]``) of the discrete sampler from ``x ~ N(mean, cov)``
-    (default N(0, I)), for a denoiser affine in x.
-
-    Deterministic samplers: one run on the d + 1 points m, m + L e_j (L = chol(cov)); the map is affine, so the output
-    mean is the image of m and the covariance is sum_j c_j c_j^T over the columns c_j = F(m + L e_j) - F(m).
-    Stochastic samplers (each step Markov: x' = A x + b + C z), ``stepwise=True``: one step at a time, pushing the
-    mean, the d covariance columns and d unit noise vectors, then Sigma' = A Sigma A^T + C C^T (cost linear in the
-    steps). ``stepwise=False``: one run with a unit-noise row per (step, coordinate) (cost quadratic; the test
-    below checks the two agree).
-    """
-    d = denoiser.dim
-    mean = torch.zeros(d, dtype=F64) if mean is None else mean
-    cov = torch.eye(d, dtype=F64) if cov is None else cov
-    if not _is_stochastic(name, kw) or not stepwise:
-        image, cols = _affine_columns(name, denoiser, timesteps, mean, torch.linalg.cholesky(cov), **kw)
-        return image, cols.T @ cols
-    for k in range(len(timesteps) - 1):
-        chol = torch.linalg.cholesky(cov)
-        mean, cols = _affine_columns(name, denoiser, timesteps[k:k + 2], mean, chol, **kw)
-        cov = cols.T @ cols  # A L (A L)^T + C C^T
-    return mean, cov
+    return discrete_sampler_law(name, denoiser, timesteps, mean, cov, stepwise=stepwise, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -37,7 +37,8 @@ from scipy.integrate import solve_ivp
 from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.schedules import Schedule, get_schedule
 
-__all__ = ["exact_gaussian_cfg_law", "closed_form_ode_variance_1d", "Law1D", "pf_ode_law_1d", "reverse_sde_law_1d"]
+__all__ = ["exact_gaussian_cfg_law", "closed_form_ode_variance_1d", "Law1D", "pf_ode_law_1d", "reverse_sde_law_1d",
+           "discrete_sampler_law"]
 
 F64 = torch.float64
 SAMPLERS = ("ode", "sde")
@@ -311,3 +312,58 @@ def reverse_sde_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float,
     coarse = run(n_cells // 2, n_steps // 2)
     err = {k: abs(a - b) for k, a, b in zip(("mean", "var", "mass_below_0"), fine, coarse, strict=True)}
     return Law1D(*fine, error=err, method=f"Fokker-Planck, {n_cells} cells x {n_steps} Crank-Nicolson steps")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The exact law of a DISCRETE sampler on a Gaussian world (no sampling)
+# ----------------------------------------------------------------------------------------------------------------
+def _is_stochastic(name: str, kw: dict) -> bool:
+    from verify.samplers import STOCHASTIC
+
+    return name in STOCHASTIC or (name == "ddim" and kw.get("eta", 0.0) > 0)
+
+
+def _affine_columns(name, denoiser, timesteps, mean, chol, **kw):
+    """Run one sampler on ``[m, m + L e_1, .., m + L e_d]`` and, if it is stochastic, ``steps x d`` more rows at m
+    whose noise is one unit vector at one step; returns (image of m ``[d]``, columns ``[rows - 1, d]``)."""
+    d = mean.numel()
+    steps = len(timesteps) - 1
+    n_noise = steps * d if _is_stochastic(name, kw) else 0
+    x = mean.expand(1 + d + n_noise, d).clone()
+    x[1:1 + d] += chol.T  # row j: m + L e_j
+    if n_noise:
+        noise = torch.zeros(steps, 1 + d + n_noise, d, dtype=F64)
+        for k in range(steps):
+            noise[k, 1 + d + k * d: 1 + d + (k + 1) * d] = torch.eye(d, dtype=F64)  # row (k, j): unit z_k e_j
+        kw = dict(kw, noise=noise)
+    from verify.samplers import sample  # local: samplers is the heavier module and needs nothing from here
+
+    out = sample(name, denoiser, x, timesteps, **kw)
+    return out[0], out[1:] - out[0]  # [d], [rows - 1, d]
+
+
+def discrete_sampler_law(name: str, denoiser, timesteps, mean: torch.Tensor | None = None,
+                         cov: torch.Tensor | None = None, *, stepwise: bool = True,
+                         **kw) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exact output law (mean ``[d]``, covariance ``[d, d]``) of the discrete sampler from ``x ~ N(mean, cov)``
+    (default N(0, I)), for a denoiser affine in x (the guided score of a Gaussian world is affine: every sampler
+    step is then an affine map plus Gaussian noise, and the law of the output is exact without sampling).
+
+    Deterministic samplers: one run on the d + 1 points m, m + L e_j (L = chol(cov)); the map is affine, so the output
+    mean is the image of m and the covariance is sum_j c_j c_j^T over the columns c_j = F(m + L e_j) - F(m).
+    Stochastic samplers (each step Markov: x' = A x + b + C z), ``stepwise=True``: one step at a time, pushing the
+    mean, the d covariance columns and d unit noise vectors, then Sigma' = A Sigma A^T + C C^T (cost linear in the
+    steps). ``stepwise=False``: one run with a unit-noise row per (step, coordinate) (cost quadratic;
+    ``tests/test_samplers.py`` checks the two agree).
+    """
+    d = denoiser.dim
+    mean = torch.zeros(d, dtype=F64) if mean is None else mean
+    cov = torch.eye(d, dtype=F64) if cov is None else cov
+    if not _is_stochastic(name, kw) or not stepwise:
+        image, cols = _affine_columns(name, denoiser, timesteps, mean, torch.linalg.cholesky(cov), **kw)
+        return image, cols.T @ cols
+    for k in range(len(timesteps) - 1):
+        chol = torch.linalg.cholesky(cov)
+        mean, cols = _affine_columns(name, denoiser, timesteps[k:k + 2], mean, chol, **kw)
+        cov = cols.T @ cols  # A L (A L)^T + C C^T
+    return mean, cov
