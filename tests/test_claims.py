@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from toy_models.gaussian_mixture import GaussianMixture
-from verify.claims import ClaimRecord, RunConfig, bayes, evaluate_all
+from verify.claims import ClaimRecord, RunConfig, bayes
 from verify.cli import main
 from verify.report import ledger_table, write_ledger
 
@@ -17,8 +17,8 @@ QUICK = RunConfig(quick=True, show_progress=False)
 
 
 @pytest.fixture(scope="module")
-def quick_records():
-    return evaluate_all(QUICK)
+def quick_records(quick_run):
+    return quick_run[0]
 
 
 def _record(records, claim_id):
@@ -129,12 +129,15 @@ def test_report_writers(tmp_path, quick_records):
     assert ledger_table(quick_records).count("\n") == len(quick_records) + 1
 
 
-def test_cli_run_and_figures(tmp_path, capsys):
-    assert main(["run", "--quick", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
-    assert (tmp_path / "run" / "ledger.json").exists() and (tmp_path / "run" / "figures" / "worlds.png").exists()
-    assert "S0-BAYES" in capsys.readouterr().out
-    assert main(["figures", "--out", str(tmp_path / "figs")]) == 0
-    assert (tmp_path / "figs" / "worlds.png").stat().st_size > 10_000
+def test_cli_run_and_figures(tmp_path, capsys, quick_run):
+    out = quick_run[1]
+    assert (out / "ledger.json").exists() and (out / "ledger.md").exists() and (out / "figures" / "worlds.png").exists()
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- ledger -->\nold\n<!-- /ledger -->\nafter\n", encoding="utf-8")
+    from verify.cli import _replace_between_markers
+
+    _replace_between_markers(readme, "ledger", "| new |")
+    assert readme.read_text(encoding="utf-8") == "before\n<!-- ledger -->\n| new |\n<!-- /ledger -->\nafter\n"
     with pytest.raises(SystemExit):
         main(["nope"])
     assert main(["proofs"]) == 0

@@ -65,11 +65,12 @@ ORDER = ("S0-BAYES", "S0-CG-SCORE", "S0-CLEAN-CLASSIFIER", "S0-PROP1", "S0-CFG-C
 
 def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     """Every claim family, in ledger order."""
-    from . import algebra, bayes, classifier, pending, targets
+    from . import algebra, bayes, classifier, pending, sampling, targets
 
     records = [r for family in (bayes, algebra, classifier, targets, pending) for r in family.evaluate(config)]
     by_id = {r.id: r for r in records}
     missing = set(ORDER) - set(by_id)
     if missing or len(by_id) != len(records):
         raise RuntimeError(f"ledger: missing or duplicated claim records: {sorted(missing)}")
+    sampling.augment(by_id, config)
     return [by_id[cid] for cid in ORDER]
