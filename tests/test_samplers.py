@@ -210,14 +210,15 @@ def test_callback_sees_every_step(name):
 @pytest.mark.parametrize("t_end", [0.0, T_END])
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_evaluation_counts(name, t_end):
-    """One denoiser call per step; Heun two, except one on a last step to sigma = 0; CFG doubles base-model calls."""
+    """One denoiser call per step; Heun two, except one on a last step to sigma = 0; CFG doubles base-model rows."""
     ts = time_grid(10, 1.0, t_end)
     x = torch.zeros(4, 1, dtype=F64)
     count = count_evaluations(name, AnalyticDenoiser(get_world("gauss1d")), x, ts,
                               guide=lambda model: CFGDenoiser(model, 1, w=3.0), generator=torch.Generator())
     expected = (20 - (t_end == 0.0)) if name == "heun" else 10
     assert count.calls == sampler_nfe(name, ts, "vp-linear") == expected
-    assert count.model_calls == 2 * expected and count.model_points == 4 * count.model_calls
+    # one batched base-model call (conditional and null together) per sampler call: 2N rows each
+    assert count.model_calls == expected and count.model_points == 2 * x.shape[0] * count.model_calls
     unguided = count_evaluations(name, AnalyticDenoiser(get_world("gauss1d")), x, ts, generator=torch.Generator())
     assert unguided.calls == unguided.model_calls == expected
 

@@ -22,7 +22,7 @@ from .gaussian_mixture import Condition, GaussianMixture
 from .schedules import Schedule, get_schedule
 from .world import World
 
-__all__ = ["Denoiser", "AnalyticDenoiser"]
+__all__ = ["Denoiser", "AnalyticDenoiser", "predict_many"]
 
 
 @runtime_checkable
@@ -31,6 +31,10 @@ class Denoiser(Protocol):
 
     ``t`` is a float or a tensor of shape ``[N]``; ``condition`` is ``None`` (null), an int label, a token or a
     sequence of tokens. Returns ``[N, d]`` in ``x``'s dtype; never modifies ``x``.
+
+    A denoiser may also offer ``eps_multi(x, t, conditions) -> list of [N, d]``: the predictions for several
+    conditions at the same points in one batched call (a network runs one forward pass of ``len(conditions) N``
+    rows). Guidance wrappers use it when present (:func:`predict_many`).
     """
 
     schedule: Schedule
@@ -90,6 +94,10 @@ class AnalyticDenoiser:
         sigma = self._per_row(self.schedule.sigma(t), x)
         return param.score_to_eps(self.score(x, t, condition), sigma)
 
+    def eps_multi(self, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
+        """The predictions for several conditions at the same points, in one call (the batched interface)."""
+        return [self.eps(x, t, c) for c in conditions]
+
     def x0(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`E[x_0 \mid x_t = x, c]` by Tweedie's formula, ``[N, d]``."""
         alpha, sigma = (self._per_row(v, x) for v in self.schedule.alpha_sigma(t))
@@ -102,3 +110,12 @@ class AnalyticDenoiser:
 
     def __repr__(self) -> str:
         return f"AnalyticDenoiser(world={self.world.name!r}, schedule={self.schedule.name!r}, dtype={self.dtype})"
+
+
+def predict_many(denoiser: Denoiser, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
+    """Predictions for several conditions: one batched ``eps_multi`` call if the denoiser has it, else one ``eps``
+    call per condition."""
+    batched = getattr(denoiser, "eps_multi", None)
+    if batched is not None:
+        return batched(x, t, conditions)
+    return [denoiser.eps(x, t, c) for c in conditions]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from toy_models import parametrization as param
-from toy_models.denoiser import Denoiser
+from toy_models.denoiser import Denoiser, predict_many
 from toy_models.gaussian_mixture import Condition, normalize_condition
 from toy_models.schedules import Schedule
 
@@ -259,7 +259,8 @@ class LinearGuidedDenoiser(_Wrapper):
         sigma = self.schedule.sigma(_scalar_time(t))
         if not _in_interval(sigma, self.interval):
             return self.denoiser.eps(x, t, self.fallback)
-        preds = {cond: self.denoiser.eps(x, t, cond) for cond, _ in self.rule.terms}
+        conds = [cond for cond, _ in self.rule.terms]
+        preds = dict(zip(conds, predict_many(self.denoiser, x, t, conds), strict=True))  # one batched call
         return self.rule.combine(preds)
 
 
@@ -292,7 +293,8 @@ class ClassifierGuidedDenoiser(_Wrapper):
 
 
 class CountingDenoiser(_Wrapper):
-    """Wraps a denoiser and counts its evaluations (calls and points), for compute claims (``S0-CFG-COST``)."""
+    """Wraps a denoiser and counts its evaluations, for compute claims (``S0-CFG-COST``): ``calls`` (forward passes;
+    a batched ``eps_multi`` call is one) and ``points`` (rows evaluated: ``len(conditions) N`` for a batched call)."""
 
     def __init__(self, denoiser: Denoiser):
         self.denoiser, self.calls, self.points = denoiser, 0, 0
@@ -301,3 +303,8 @@ class CountingDenoiser(_Wrapper):
         self.calls += 1
         self.points += int(x.shape[0])
         return self.denoiser.eps(x, t, condition)
+
+    def eps_multi(self, x: Tensor, t, conditions: list[Condition]) -> list[Tensor]:
+        self.calls += 1
+        self.points += int(x.shape[0]) * len(conditions)
+        return predict_many(self.denoiser, x, t, conditions)

@@ -30,8 +30,9 @@ Notation: one step goes from ``t`` to ``s < t``; :math:`\hat\varepsilon` is the 
 (Kingma et al. 2021, eq. 33). At :math:`\sigma_s = 0`, :math:`\lambda_s = +\infty` and :math:`q_{ts} = 1`.
 
 Function evaluations (:func:`sampler_nfe`): one denoiser call per step, except Heun, which makes two per step and
-one on a last step to :math:`\sigma = 0`. A CFG denoiser calls its base model twice per call (conditional and
-null, two separate calls): :func:`count_evaluations` counts both levels.
+one on a last step to :math:`\sigma = 0`. A CFG denoiser asks its base model for the conditional and null
+predictions in one batched call (``eps_multi``: one forward pass of 2N rows): :func:`count_evaluations` counts calls and
+rows at both levels.
 """
 
 from __future__ import annotations
@@ -408,7 +409,7 @@ def time_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: s
 
 def sampler_nfe(name: str, timesteps, schedule: str | Schedule) -> int:
     """Denoiser calls a sampler makes on ``timesteps``: one per step; Heun two per step, one on a last step to
-    sigma = 0. (A CFG denoiser makes two base-model calls per call.)"""
+    sigma = 0. (A CFG denoiser makes one batched base-model call of 2N rows per call.)"""
     if name not in SAMPLERS:
         raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     grid = _check_times(timesteps, get_schedule(schedule))
@@ -420,7 +421,7 @@ def sampler_nfe(name: str, timesteps, schedule: str | Schedule) -> int:
 @dataclass(frozen=True)
 class EvaluationCount:
     """What a sampler run cost: ``calls`` of the denoiser it was given (the sampler's NFE), ``model_calls`` and
-    ``model_points`` of the base model underneath the guidance wrapper (2 calls per CFG call)."""
+    ``model_points`` of the base model underneath the guidance wrapper (one batched call of 2N rows per CFG call)."""
 
     output: Tensor
     calls: int

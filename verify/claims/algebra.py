@@ -207,10 +207,12 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
         id="S0-CFG-COST", source=f"{S0}, paragraph after 명제 1 ('계산량이 약 2배')",
         headline=f"{ratio:g}x the denoiser evaluations of the conditional model per step",
         statement="CFG needs both the unconditional and the conditional forward pass: about twice the compute",
-        procedure="count denoiser evaluations (calls and points) per guided prediction with a counting wrapper",
+        procedure="count denoiser evaluations (forward calls and rows) per guided prediction with a counting wrapper, "
+                  "and per sampler over 50 steps",
         verdict="holds" if ratio == 2 else "fails", evidence={"evaluations": cost, "points_ratio_cfg": ratio},
-        conditions="in denoiser evaluations (and so FLOPs) per step; wall time of one batched forward on a GPU, and "
-                   "per-sampler counts, are measured with the samplers and the network",
+        conditions="in rows evaluated (and so FLOPs) per step: the conditional and null predictions go through one "
+                   "batched call of 2N rows, so forward calls do not double, work does; wall time of that batched "
+                   "forward on a GPU is measured with the network",
         uncertainty="exact count", tests=["tests/test_guidance.py::test_counting_denoiser"]))
     return records
 

@@ -22,7 +22,13 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from toy_models import AnalyticDenoiser, GaussianMixture, World, get_schedule, get_world
-from verify.exact_law import discrete_sampler_law, exact_gaussian_cfg_law, pf_ode_law_1d, reverse_sde_law_1d
+from verify.exact_law import (
+    discrete_sampler_law,
+    exact_gaussian_cfg_law,
+    fine_step_reference,
+    pf_ode_law_1d,
+    reverse_sde_law_1d,
+)
 from verify.guidance import CFGDenoiser, ClassifierGuidedDenoiser, LinearGuidedDenoiser, dynamic_threshold, linear_rule
 from verify.metrics import frechet_distance, precision_recall
 from verify.samplers import SAMPLERS, count_evaluations, sample, time_grid
@@ -124,11 +130,36 @@ def _laws_evidence(config: RunConfig) -> dict:
     winf = {w: {"ode": pf_ode_law_1d(bimodal.law(1), bimodal.law(None), float(w), start="marginal",
                                      n_nodes=1001).as_dict()} for w in extra_w}
     discrete = {w: _discrete_laws(gauss, float(w), (25, 100)) for w in ("1", "3")}
+    ring = _ring2d_reference(config)
     n_mc = 4000 if config.quick else 20000
     mc = _mixture_monte_carlo(bimodal, 3.0, {k: laws["bimodal1d"][k]["3"] for k in ("ode", "sde", "tilted")},
                               n_mc, 100, config.seed)
     return {"laws": laws, "bimodal1d_ode_large_w": winf, "gauss1d_discrete_samplers": discrete,
-            "bimodal1d_monte_carlo_w3_100_steps": mc}
+            "bimodal1d_monte_carlo_w3_100_steps": mc, "ring2d_w3_fine_step_references": ring}
+
+
+def _ring2d_reference(config: RunConfig) -> dict:
+    """ring2d class 0, w = 3: fine-step ODE and SDE references with their measured error, and 100-step DDIM/DDPM
+    against them. DDIM starts from the same points as the ODE reference, so its moment differences are its
+    discretisation bias; DDPM uses its own noise, so its differences carry sampling error too (standard errors)."""
+    world = get_world("ring2d")
+    den = CFGDenoiser(AnalyticDenoiser(world), 0, w=3.0)
+    n, steps = (1000, 200) if config.quick else (8000, 800)
+    gen = torch.Generator().manual_seed(config.seed + 11)
+    x1 = _start(world.law(0), n, gen)
+    out = {}
+    for kind, sampler in (("ode", "ddim"), ("sde", "ddpm")):
+        ref = fine_step_reference(den, x1, kind, steps=steps, condition=0, generator=gen)
+        x = sample(sampler, den, x1, time_grid(100), condition=0, generator=gen)
+        se = float((ref.samples.std(0).max() ** 2 + x.std(0).max() ** 2).sqrt() / math.sqrt(n))
+        out[kind] = {"reference_mean": ref.mean.tolist(), "reference_cov": ref.cov.tolist(),
+                     "reference_moment_error": ref.moment_error, "reference_path_error": ref.path_error,
+                     "method": ref.method, f"{sampler}_100_steps_mean": x.mean(0).tolist(),
+                     f"{sampler}_mean_minus_reference": (x.mean(0) - ref.mean).tolist(),
+                     "sampling_standard_error_of_that_difference": 0.0 if sampler == "ddim" else se}
+    tq = tilted_law(world, linear_rule("cfg", condition=0, w=3.0)).summary()
+    out["tilted"] = {"mean": tq.mean.tolist(), "cov": tq.cov.tolist(), "method": tq.method}
+    return out
 
 
 def _ring_overshoot(config: RunConfig) -> dict:
@@ -311,7 +342,8 @@ def _cost() -> dict:
         guided = count_evaluations(name, AnalyticDenoiser(world), x, ts, condition=("red", "dog"),
                                    guide=lambda m: CFGDenoiser(m, ("red", "dog"), w=3.0), generator=gen)
         plain = count_evaluations(name, AnalyticDenoiser(world), x, ts, condition=("red", "dog"), generator=gen)
-        out[name] = {"model_calls_cfg": guided.model_calls, "model_calls_conditional": plain.model_calls}
+        out[name] = {"model_calls_cfg": guided.model_calls, "model_calls_conditional": plain.model_calls,
+                     "model_rows_cfg": guided.model_points, "model_rows_conditional": plain.model_points}
     return out
 
 
