@@ -433,6 +433,15 @@ def augment(records: dict[str, ClaimRecord], config: RunConfig) -> None:
                      ("S0-PURPLE-DOG", "compose (red dog 1, blue dog 1)")):
         records[cid].evidence["sampling"] = {"ddim_100_steps": attributes[key]}
     records["S1-NEGPROMPT"].evidence["sampling"]["non_normalisable_target_sampled"] = narrow
+    for cid, key in (("S1-NEGPROMPT", "negative_001 (+dog, -red, g=3)"),
+                     ("S0-NEGPROMPT-DENSITY", "negative_000 (+dog 3, -red 1)")):
+        row = attributes[key]
+        left = row["sampled_red_dog_fraction"]
+        records[cid].headline += (f"; as sampled (DDIM 100 steps) {left:.2f} of the samples stay on the red dog, "
+                                  f"where the implied law has {row['target_red_dog_mass']:.0e}")
+        if left > 10 * row["se"] + 10 * row["target_red_dog_mass"]:
+            records[cid].conditions += ("; the sampler does not reach the implied law: a fraction of samples stays on "
+                                        "the negative's region (evidence)")
     records["S1-NEGPROMPT"].conditions += ("; where no target law exists the sampler still returns finite samples "
                                            "(evidence): the output then depends on the step count, not on any law")
     purple = attributes["compose (red dog 1, blue dog 1)"]
