@@ -3,8 +3,12 @@
 ``plot_worlds(path)`` draws the six named worlds in one 2 x 3 PNG (matplotlib object API, Agg canvas, no
 pyplot state). ``plot_guided_score_fields``, ``plot_tilted_densities`` and ``plot_negative_and_composition``
 draw the guided score field on ring2d, the 1-D tilted targets of CFG, and negative prompts and composition on
-attributes2d; ``plot_all(out_dir)`` writes all four. Run
-``python -c "from verify.figures import plot_all; plot_all('figures')"``.
+attributes2d. Four more compare what guided *sampling* produces with those targets: ``plot_cfg_law_vs_tilted``
+(the exact laws of the guided PF-ODE and reverse SDE in 1-D against the tilted target), ``plot_quality_diversity``
+(precision, recall and Frechet distance against w on ring2d), ``plot_trajectories_ring2d`` (DDIM and
+Euler-Maruyama paths) and ``plot_negative_composition_samples`` (DDIM samples of negative prompts and composition
+against their tilted targets); each has a data helper that the tests check. ``plot_all(out_dir)`` writes all
+eight. Run ``python -c "from verify.figures import plot_all; plot_all('figures')"``.
 
 Every density here is exact: log densities come from :func:`verify.tilted.tilted_law` (or a hand-built
 :class:`~verify.tilted.TiltedLaw`) and are normalised numerically on the plotted grid (trapezoid rule in log
@@ -13,10 +17,11 @@ space), which :func:`purple_dog_mass` and the tests check against the quadrature
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pathlib
 import textwrap
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -25,17 +30,26 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from scipy.integrate import solve_ivp
+from scipy.ndimage import gaussian_filter
 
 from toy_models.denoiser import AnalyticDenoiser
+from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.scenarios import WORLDS, get_world
 from toy_models.schedules import get_schedule
 from toy_models.world import World
 
-from .guidance import LinearRule, linear_rule
+from .exact_law import _guided_score_1d, exact_gaussian_cfg_law, reverse_sde_law_1d
+from .guidance import CFGDenoiser, LinearGuidedDenoiser, LinearRule, linear_rule
+from .metrics import frechet_distance, precision_recall
+from .samplers import ddim, ddpm, euler_maruyama, time_grid
 from .tilted import TiltedLaw, tilted_law
 
 __all__ = ["plot_worlds", "plot_guided_score_fields", "plot_tilted_densities", "plot_negative_and_composition",
-           "plot_all", "guided_score", "normalise_on_grid", "purple_dog_mass"]
+           "plot_cfg_law_vs_tilted", "plot_quality_diversity", "plot_trajectories_ring2d",
+           "plot_negative_composition_samples", "plot_all", "guided_score", "normalise_on_grid", "purple_dog_mass",
+           "gauss1d_cfg_moments", "bimodal1d_cfg_laws", "pf_ode_density_1d", "sde_samples_1d",
+           "quality_diversity_curves", "ring2d_trajectories", "negative_composition_samples"]
 
 _STYLE = {"font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10, "legend.fontsize": 9,
           "xtick.labelsize": 9, "ytick.labelsize": 9, "axes.spines.top": False, "axes.spines.right": False}
@@ -597,8 +611,708 @@ def plot_negative_and_composition(path: str | pathlib.Path, *, guidance_scale: f
         return _save(fig, path)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Shared pieces of the sampling figures
+# --------------------------------------------------------------------------------------------------------------
+_ODE_COLOUR, _SDE_COLOUR, _TILTED_COLOUR = "#1f77b4", "#ff7f0e", "k"
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run torch on one thread, restoring the previous count after (the figures' tensors are small: threads cost
+    more than they save, far more on a busy machine). A context manager, and a decorator as ``@_one_thread()``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _w_colours(ws: Sequence[float]) -> np.ndarray:
+    """One viridis colour per guidance strength, as in :func:`plot_tilted_densities`."""
+    return mpl.colormaps["viridis"](np.linspace(0, 0.9, len(ws)))
+
+
+def _alpha_sigma(t: float, schedule: str = "vp-linear") -> tuple[float, float]:
+    return tuple(float(v) for v in get_schedule(schedule).alpha_sigma(t))
+
+
+def _marginal_start(world: World, condition: Hashable, n: int, gen: torch.Generator) -> torch.Tensor:
+    r"""``n`` draws of the noised conditional :math:`p_1(x|c)` at t = 1 (``start="marginal"`` of verify.exact_law)."""
+    return world.law(condition).noised(*_alpha_sigma(1.0)).sample(n, gen)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure 5: the law that CFG sampling produces vs the tilted target (1-D)
+# --------------------------------------------------------------------------------------------------------------
+_LAW_WS = (0.0, 1.0, 3.0, 7.0)
+#: guidance strengths whose output laws are drawn as densities
+_CURVE_WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0)
+#: guidance strengths of the moment curves (panel c)
+
+
+@_one_thread()
+def gauss1d_cfg_moments(w: float, *, rtol: float = 1e-9) -> dict[str, tuple[float, float]]:
+    r"""Mean and variance of gauss1d's CFG laws (condition 1): the continuous-time guided ``"ode"`` and ``"sde"`` run
+    from the marginal start (:func:`verify.exact_law.exact_gaussian_cfg_law`, Gaussian) and the ``"tilted"`` target
+    :math:`p(x|c)^{1+w}p(x)^{-w}` (closed form of :func:`verify.tilted.tilted_law`)."""
+    world = get_world("gauss1d")
+    out = {}
+    for sampler in ("ode", "sde"):
+        mean, cov = exact_gaussian_cfg_law(world.law(1), world.law(None), w, sampler, start="marginal", rtol=rtol)
+        out[sampler] = (float(mean[0]), float(cov[0, 0]))
+    summary = tilted_law(world, linear_rule("cfg", condition=1, w=w)).summary()
+    out["tilted"] = (float(summary.mean[0]), float(summary.cov[0, 0]))
+    return out
+
+
+@_one_thread()
+def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: int = 2001, rtol: float = 1e-9
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""The density of the guided probability-flow ODE's output in 1-D (vp-linear, marginal start), by the flow map.
+
+    ``n_nodes`` starting points :math:`x_1` spanning 9 standard deviations of :math:`p_1(x|c)` are carried from
+    t = 1 to 0 by :math:`\dot x = f x - \tfrac{g^2}{2}\tilde s` (DOP853, ``rtol``); the map :math:`\Phi` is monotone,
+    so the output density at :math:`x_0 = \Phi(x_1)` is :math:`p_1(x_1)/\Phi'(x_1)` (:math:`\Phi'` by central
+    differences). The guided score is :func:`verify.exact_law.pf_ode_law_1d`'s (numpy, for speed), so the moments
+    are that function's.
+
+    Returns
+    -------
+    x0, density, weights : np.ndarray
+        The output points (increasing), the density there, and the trapezoid probability of each starting node
+        (sum 1): moments are ``weights @ h(x0)``.
+    """
+    sched = get_schedule("vp-linear")
+    score = _guided_score_1d(world.law(condition), world.law(None), float(w), sched)  # pf_ode_law_1d's numpy score
+    start = world.law(condition).noised(*_alpha_sigma(1.0))
+    mean, sd = float(start.mean()[0]), math.sqrt(float(start.covariance()[0, 0]))
+    x1 = np.linspace(mean - 9 * sd, mean + 9 * sd, n_nodes)
+
+    def rhs(t: float, x: np.ndarray) -> np.ndarray:
+        tt = torch.tensor(t, dtype=torch.float64)
+        return float(sched.drift(tt)) * x - 0.5 * float(sched.diffusion_squared(tt)) * score(x, t)
+
+    sol = solve_ivp(rhs, (1.0, 0.0), x1, method="DOP853", rtol=rtol, atol=rtol)
+    if not sol.success:
+        raise RuntimeError(f"probability-flow ODE failed: {sol.message}")
+    x0 = sol.y[:, -1]
+    jac = np.gradient(x0, x1)
+    if np.any(jac <= 0):
+        raise RuntimeError("probability-flow map is not monotone: the integration is not resolved")
+    p1 = np.exp(start.log_prob(torch.as_tensor(x1[:, None])).numpy())
+    weights = p1 * _trapezoid_weights(x1)
+    return x0, p1 / jac, weights / weights.sum()
+
+
+class _RowwiseCFG:
+    """:class:`~verify.guidance.CFGDenoiser`'s rule with one strength per row, ``lerp(eps_null, eps_c, 1 + w_i)``
+    (the same arithmetic as :func:`verify.guidance.cfg`), so that several w share one sampler run: half as many
+    denoiser calls per w, where the per-call cost dominates (1-D worlds)."""
+
+    def __init__(self, denoiser: AnalyticDenoiser, condition: Hashable, w_rows: torch.Tensor):
+        self.denoiser, self.condition = denoiser, condition
+        self.scale = (1.0 + w_rows.to(torch.float64))[:, None]
+
+    @property
+    def schedule(self):
+        return self.denoiser.schedule
+
+    @property
+    def dim(self) -> int:
+        return self.denoiser.dim
+
+    def eps(self, x: torch.Tensor, t, condition: Hashable = None) -> torch.Tensor:
+        return torch.lerp(self.denoiser.eps(x, t, None), self.denoiser.eps(x, t, self.condition), self.scale)
+
+
+@_one_thread()
+def sde_samples_1d(world: World, condition: Hashable, ws: Sequence[float], *, n: int = 20_000, n_steps: int = 400,
+                   seed: int = 0) -> np.ndarray:
+    """``n`` outputs per w of Euler-Maruyama (``n_steps`` uniform steps, t = 1 to 0, marginal start) on CFG of the
+    world's exact denoiser, ``[len(ws), n]``; one run carries every w (rows of :class:`_RowwiseCFG`)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = _marginal_start(world, condition, n * len(ws), gen)
+    w_rows = torch.as_tensor(ws, dtype=torch.float64).repeat_interleave(n)
+    guided = _RowwiseCFG(AnalyticDenoiser(world, "vp-linear"), condition, w_rows)
+    return euler_maruyama(guided, x, time_grid(n_steps), generator=gen)[:, 0].numpy().reshape(len(ws), n)
+
+
+@_one_thread()
+def bimodal1d_cfg_laws(ws: Sequence[float], *, n_nodes: int = 1201, n_cells: int = 400) -> dict[float, dict]:
+    r"""bimodal1d's CFG laws (condition 1, marginal start) for each w: ``"ode"``, ``"sde"`` and ``"tilted"`` map to
+    ``(mean, variance)`` and ``"flow"`` to the ODE's ``(x0, density)``.
+
+    The ODE's moments and density come from the flow map (:func:`pf_ode_density_1d`, ``n_nodes`` nodes; they agree
+    with :func:`verify.exact_law.pf_ode_law_1d` to 1e-8), the SDE's from its Fokker-Planck solve
+    (:func:`verify.exact_law.reverse_sde_law_1d`, ``n_cells`` cells and steps: error about 1e-3), the tilted target's
+    by the trapezoid rule on the normalised target."""
+    world = get_world("bimodal1d")
+    out = {}
+    for w in ws:
+        x0, density, weights = pf_ode_density_1d(world, 1, w, n_nodes=n_nodes, rtol=1e-8)
+        mean = float(weights @ x0)
+        sde = reverse_sde_law_1d(world.law(1), world.law(None), w, n_cells=n_cells, n_steps=n_cells)
+        out[w] = {"ode": (mean, float(weights @ (x0 - mean) ** 2)), "sde": (sde.mean, sde.var),
+                  "tilted": _mean_var_1d(_cfg_density_1d(world, w), _LINE_X), "flow": (x0, density)}
+    return out
+
+
+def _gauss_pdf(x: np.ndarray, mean: float, var: float) -> np.ndarray:
+    return np.exp(-((x - mean) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+
+def _law_label(w: float, law: tuple[float, float], tilted: tuple[float, float]) -> str:
+    return f"w = {w:g}: {law[0]:.2f}, {law[1]:.3f}   (tilted {tilted[0]:.2f}, {tilted[1]:.3f})"
+
+
+def _moment_panels(ax_mean: Axes, ax_var: Axes, ws: Sequence[float], moments: Sequence[dict], title: str) -> None:
+    """Panel (c): mean (top) and variance (bottom) against w for the ODE, the SDE and the tilted target."""
+    for key, colour, style, label in [("ode", _ODE_COLOUR, "-", "guided PF-ODE"),
+                                      ("sde", _SDE_COLOUR, "-", "guided reverse SDE"),
+                                      ("tilted", _TILTED_COLOUR, "--", "tilted target")]:
+        for j, ax in enumerate((ax_mean, ax_var)):
+            ax.plot(ws, [m[key][j] for m in moments], color=colour, ls=style, lw=2, marker="o", ms=3.5, label=label)
+    ax_mean.set(ylabel="mean", title=title)
+    ax_mean.tick_params(labelbottom=False)
+    ax_var.set(xlabel="guidance strength w", ylabel="variance", ylim=(0, None))
+    ax_mean.legend(frameon=False, loc="upper left")
+
+
+def plot_cfg_law_vs_tilted(path: str | pathlib.Path, *, ws: Sequence[float] = _LAW_WS,
+                           curve_ws: Sequence[float] = _CURVE_WS, n_sde: int = 12_000, n_steps: int = 400,
+                           seed: int = 0) -> pathlib.Path:
+    r"""The law CFG sampling produces vs the tilted target :math:`p(x|c)^{1+w}p(x)^{-w}`, for growing w.
+
+    Rows: gauss1d and bimodal1d (condition 1), both started from the marginal :math:`p_1(x|c)`. Columns: (a) the
+    exact output density of the continuous-time guided PF-ODE, (b) that of the guided reverse SDE, each with the
+    tilted target dashed in the same colour, and (c) mean and variance against w. gauss1d's ODE and SDE laws are
+    Gaussian (:func:`gauss1d_cfg_moments`); bimodal1d's ODE density comes from the flow map
+    (:func:`pf_ode_density_1d`) and its SDE law is drawn as a histogram of Euler-Maruyama samples
+    (:func:`sde_samples_1d`; at w = 0 the law is :math:`p(x|c)` exactly and is drawn as such), with the
+    exact moments of :func:`bimodal1d_cfg_laws` in the legends.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output PNG; parent directories are created.
+    ws : sequence of float, optional
+        Guidance strengths drawn as densities (each must be in ``curve_ws``).
+    curve_ws : sequence of float, optional
+        Guidance strengths of the moment curves.
+    n_sde, n_steps, seed : int, optional
+        Euler-Maruyama samples per w > 0, its steps, and the seed of its generator.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    gauss, bimodal = get_world("gauss1d"), get_world("bimodal1d")
+    with _one_thread():
+        laws = {"gauss1d": {w: gauss1d_cfg_moments(w) for w in curve_ws}, "bimodal1d": bimodal1d_cfg_laws(curve_ws)}
+        sampled = [w for w in ws if w != 0]
+        sde = dict(zip(sampled, sde_samples_1d(bimodal, 1, sampled, n=n_sde, n_steps=n_steps, seed=seed), strict=True))
+    x = _LINE_X
+    colours = _w_colours(ws)
+    bins = np.arange(-1.0, 6.0, 0.1)
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(19, 10.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        gs = fig.add_gridspec(4, 3, width_ratios=[1.3, 1.3, 1.0])
+        for row, world in enumerate([gauss, bimodal]):
+            at = laws[world.name]
+            ax_o = fig.add_subplot(gs[2 * row:2 * row + 2, 0])
+            ax_s = fig.add_subplot(gs[2 * row:2 * row + 2, 1], sharex=ax_o, sharey=ax_o)
+            ax_m, ax_v = fig.add_subplot(gs[2 * row, 2]), fig.add_subplot(gs[2 * row + 1, 2])
+            for w, colour in zip(ws, colours, strict=True):
+                mom = at[w]
+                for ax in (ax_o, ax_s):
+                    ax.plot(x, _cfg_density_1d(world, w), color=colour, lw=1.6, ls="--")
+                if world is gauss:
+                    for ax, key in ((ax_o, "ode"), (ax_s, "sde")):
+                        ax.plot(x, _gauss_pdf(x, *mom[key]), color=colour, lw=2.2,
+                                label=_law_label(w, mom[key], mom["tilted"]))
+                    continue
+                ax_o.plot(*mom["flow"], color=colour, lw=2.2, label=_law_label(w, mom["ode"], mom["tilted"]))
+                label = _law_label(w, mom["sde"], mom["tilted"])
+                if w == 0:
+                    ax_s.plot(x, _density(world.law(1), x[:, None]), color=colour, lw=2.2, label=label)
+                else:
+                    ax_s.hist(sde[w], bins=bins, density=True, histtype="step", color=colour, lw=1.8, label=label)
+            name = f"$\\bf{{{world.name}}}$"
+            if world is gauss:
+                ode_how = sde_how = "exact Gaussian law (moment ODEs of verify.exact_law)"
+            else:
+                ode_how = "exact density from the flow map (1201 starting points)"
+                sde_how = (f"histogram of {n_sde // 1000}k Euler-Maruyama samples ({n_steps} steps) per w > 0;"
+                           " w = 0: p(x|c) exactly")
+            note = "" if world is gauss else "\nthe tilted targets (dashed) are nearly the same for every w"
+            ax_o.set_title(f"(a) {name}: guided PF-ODE output (solid) vs tilted target (dashed)\n{ode_how}{note}",
+                           loc="left")
+            ax_s.set_title(f"(b) {name}: guided reverse-SDE output (solid) vs tilted target (dashed)\n{sde_how}"
+                           f"{note}", loc="left")
+            for ax, key in ((ax_o, "ODE"), (ax_s, "SDE")):
+                ax.legend(frameon=False, loc="upper left", fontsize=8.5, title_fontsize=8.5, alignment="left",
+                          title=f"{key} output law: mean, variance" + (" (exact)" if world is bimodal else ""))
+                ax.set(xlabel="x", ylabel="density")
+            ax_s.tick_params(labelleft=True)
+            _moment_panels(ax_m, ax_v, curve_ws, [at[w] for w in curve_ws],
+                           f"(c) {name}: mean and variance of the three laws against w")
+            if world is gauss:
+                ax_o.set(xlim=(-1.5, 4.0), ylim=(0, 3.6))
+                mean, var = at[ws[-1]]["ode"]
+                ax_o.annotate(f"w = {ws[-1]:g}: peak {1 / math.sqrt(2 * math.pi * var):.1f} (off scale),\n"
+                              f"sd {math.sqrt(var):.3f}", (mean + 0.05, 2.6), xytext=(10, 0),
+                              textcoords="offset points", fontsize=9, color="0.2", va="center")
+            else:
+                ax_o.set(xlim=(-1.0, 5.5), ylim=(0, 1.9))
+        fig.suptitle("The law CFG sampling produces is not the tilted target $p(x|c)^{1+w}p(x)^{-w}$, and the ODE "
+                     "and SDE produce different laws (Bradley & Nakkiran 2024)\ncontinuous-time guided samplers on "
+                     "vp-linear, started from the noised conditional $p_1(x|c)$; at w = 0 all three are $p(x|c)$",
+                     fontsize=13, weight="bold")
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure 6: quality against diversity on ring2d
+# --------------------------------------------------------------------------------------------------------------
+_QD_WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0)
+_QD_X1, _QD_X2 = np.linspace(-1.0, 7.0, 321), np.linspace(-4.0, 4.0, 321)
+#: grid of the ring2d class-0 densities (spacing 0.025): class 0 is N((3, 0), diag(0.04, 0.25))
+
+
+def _hdr_mask(density: np.ndarray, level: float, *axes: np.ndarray) -> np.ndarray:
+    """The highest-density region of a normalised grid density holding ``level`` of its trapezoid mass."""
+    mass = (density * _trapezoid_weights(*axes)).ravel()
+    order = np.argsort(density.ravel())[::-1]
+    keep = np.zeros(density.size, dtype=bool)
+    keep[order[: int(np.searchsorted(np.cumsum(mass[order]), level)) + 1]] = True
+    return keep.reshape(density.shape)
+
+
+def _kde_on_grid(x: np.ndarray, x1: np.ndarray = _QD_X1, x2: np.ndarray = _QD_X2) -> tuple[np.ndarray, np.ndarray]:
+    r"""Binned Gaussian KDE of 2-D samples on the grid (bandwidth: Scott's :math:`n^{-1/6}` times each coordinate's
+    standard deviation, axis-aligned), and its value at each sample (``[len(x2), len(x1)]``, ``[n]``)."""
+    dx1, dx2 = x1[1] - x1[0], x2[1] - x2[0]
+    edges1 = np.concatenate([x1 - dx1 / 2, [x1[-1] + dx1 / 2]])
+    edges2 = np.concatenate([x2 - dx2 / 2, [x2[-1] + dx2 / 2]])
+    hist, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=(edges2, edges1))
+    h = len(x) ** (-1.0 / 6.0)
+    sd = x.std(axis=0)
+    kde = gaussian_filter(hist, sigma=(h * sd[1] / dx2, h * sd[0] / dx1), mode="constant") / (len(x) * dx1 * dx2)
+    i1 = np.clip(np.round((x[:, 0] - x1[0]) / dx1).astype(int), 0, len(x1) - 1)
+    i2 = np.clip(np.round((x[:, 1] - x2[0]) / dx2).astype(int), 0, len(x2) - 1)
+    return kde, kde[i2, i1]
+
+
+@_one_thread()
+def quality_diversity_curves(ws: Sequence[float] = _QD_WS, *, n: int = 20_000, n_steps: int = 50, seed: int = 0,
+                             condition: int = 0, level: float = 0.95, n_reference: int = 100_000) -> dict:
+    r"""Precision, recall and Frechet distance to :math:`p(x|c)` of CFG samples on ring2d, against w.
+
+    Samplers: ``"ddim"`` (deterministic) and ``"ddpm"``, ``n_steps`` uniform steps from t = 1, ``n`` points from
+    the prior N(0, I), the same start for every w. ``"tilted"``: the tilted target, normalised on the grid
+    ``_QD_X1 x _QD_X2``.
+
+    * precision :math:`P_{model}(H_{target})` (:func:`verify.metrics.precision_recall` on the samples: exact target
+      density); for the tilted target, its grid mass in :math:`H_{target}`;
+    * recall :math:`P_{target}(H_{model})`: the exact target's grid mass in the model's highest-density region at
+      ``level``, where for samples the model density is a binned Gaussian KDE (:func:`_kde_on_grid`) and its
+      threshold the (1 - level) quantile of the KDE at the samples. The KDE widens the region slightly: at
+      :math:`p_{model} = p_{target}` recall is about :math:`1 - (1 - \text{level})^{1 + h^2}`, 0.955 for n = 20k;
+    * Frechet distance between the first two moments (:func:`verify.metrics.frechet_distance`), to the exact
+      :math:`p(x|c)`.
+
+    Returns
+    -------
+    dict
+        ``{"ws": array, "ddim" | "ddpm" | "tilted": {"precision", "precision_se", "recall", "fd": arrays},
+        "samples": {(sampler, w): [n, 2] arrays}}``.
+    """
+    world = get_world("ring2d")
+    target = world.law(condition)
+    den = AnalyticDenoiser(world, "vp-linear")
+    gx, _, pts = _mesh(_QD_X1, _QD_X2)
+    p_target = _density(target, pts.numpy()).reshape(gx.shape)
+    h_target = _hdr_mask(p_target, level, _QD_X1, _QD_X2)
+    x_start = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    times = time_grid(n_steps)
+    out: dict = {"ws": np.asarray(ws, dtype=float), "samples": {}}
+    for name in ("ddim", "ddpm", "tilted"):
+        out[name] = {key: np.zeros(len(ws)) for key in ("precision", "precision_se", "recall", "fd")}
+    for j, w in enumerate(ws):
+        for name, sampler in (("ddim", ddim), ("ddpm", ddpm)):
+            gen = torch.Generator().manual_seed(seed + 1)
+            x = sampler(CFGDenoiser(den, condition, w=w), x_start, times, generator=gen)
+            pr = precision_recall(x, target, level=level, n_reference=n_reference,
+                                  generator=torch.Generator().manual_seed(seed + 2))
+            kde, at_samples = _kde_on_grid(x.numpy())
+            h_model = kde >= np.quantile(at_samples, 1.0 - level)
+            res = out[name]
+            res["precision"][j], res["precision_se"][j] = pr.precision, pr.precision_se
+            res["recall"][j] = _grid_mass(p_target, h_model, _QD_X1, _QD_X2)
+            res["fd"][j] = frechet_distance(x, target)
+            out["samples"][name, w] = x.numpy()
+        q = normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=condition, w=w)), pts, gx.shape),
+                              _QD_X1, _QD_X2)
+        weights = (q * _trapezoid_weights(_QD_X1, _QD_X2)).ravel()
+        mean = weights @ pts.numpy()
+        centred = pts.numpy() - mean
+        cov = (centred * weights[:, None]).T @ centred
+        res = out["tilted"]
+        res["precision"][j] = _grid_mass(q, h_target, _QD_X1, _QD_X2)
+        res["recall"][j] = _grid_mass(p_target, _hdr_mask(q, level, _QD_X1, _QD_X2), _QD_X1, _QD_X2)
+        res["fd"][j] = frechet_distance(GaussianMixture([1.0], mean[None], cov[None]), target)
+    return out
+
+
+def plot_quality_diversity(path: str | pathlib.Path, *, ws: Sequence[float] = _QD_WS, n: int = 20_000,
+                           n_steps: int = 50, seed: int = 0, condition: int = 0,
+                           shown: Sequence[float] = (0.0, 3.0, 10.0)) -> pathlib.Path:
+    """Precision, recall and Frechet distance of CFG samples on ring2d against w (data:
+    :func:`quality_diversity_curves`): guidance trades recall for precision, until the deterministic sampler
+    overshoots the class.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output PNG; parent directories are created.
+    ws : sequence of float, optional
+        Guidance strengths.
+    n, n_steps, seed : int, optional
+        Samples per sampler and w, sampler steps, seed.
+    condition : int, optional
+        The ring2d class guided towards.
+    shown : sequence of float, optional
+        Guidance strengths whose samples panels (a) and (b) show (each must be in ``ws``).
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    with _one_thread():
+        data = quality_diversity_curves(ws, n=n, n_steps=n_steps, seed=seed, condition=condition)
+    world = get_world("ring2d")
+    ws_arr = data["ws"]
+    gx, gy, pts = _mesh(_QD_X1, _QD_X2)
+    p_target = _density(world.law(condition), pts.numpy()).reshape(gx.shape)
+    q_max = normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=condition, w=max(shown))), pts,
+                                     gx.shape), _QD_X1, _QD_X2)
+    log_p = world.unconditional.log_prob(pts).numpy().reshape(gx.shape)
+    styles = {"ddim": ("-", "o", f"DDIM, {n_steps} steps (deterministic)"),
+              "ddpm": ("--", "s", f"DDPM, {n_steps} steps (stochastic)"),
+              "tilted": (":", "D", "tilted target $p(x|c)^{1+w}p(x)^{-w}$ (exact, on a grid)")}
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(17, 10.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        (ax_a, ax_b, ax_plane), (ax_p, ax_r, ax_fd) = fig.subplots(2, 3)
+        for ax, name in ((ax_a, "ddim"), (ax_b, "ddpm")):
+            ax.contourf(gx, gy, np.maximum(log_p, log_p.max() - 10), levels=10, cmap="Greys", alpha=0.3)
+            for dens, ls, label in ((p_target, "--", "95% HDR of p(x|c), the law to match"),
+                                    (q_max, ":", f"95% HDR of the tilted target, w = {max(shown):g}")):
+                level = float(dens[_hdr_mask(dens, 0.95, _QD_X1, _QD_X2)].min())
+                ax.contour(gx, gy, dens, levels=[level], colors="k", linewidths=1.6, linestyles=ls)
+                ax.plot([], [], color="k", ls=ls, label=label)
+            for w, colour in zip(shown, _w_colours(shown), strict=True):
+                x = data["samples"][name, w]
+                kde, at_samples = _kde_on_grid(x)
+                ax.scatter(*x[:800].T, s=2, color=colour, alpha=0.5, rasterized=True)
+                ax.contour(gx, gy, kde, levels=[float(np.quantile(at_samples, 0.05))], colors=[colour],
+                           linewidths=2.0)
+                ax.plot([], [], color=colour, lw=2, marker="o", ms=3, label=f"w = {w:g}: samples, 95% HDR (KDE)")
+            ax.legend(frameon=False, loc="upper left", fontsize=8.5,
+                      title=f"{styles[name][2]}", title_fontsize=8.5)
+            ax.set(xlim=(1.8, 5.0), ylim=(-1.5, 2.9), aspect="equal", xlabel="$x_1$ (radial)",
+                   ylabel="$x_2$ (tangential)")
+        ax_a.set_title(f"(a) DDIM, class {condition} (mean (3, 0)): as w grows the\nsamples narrow and move outward, "
+                       "out of\np(x|c)'s high-density region (the ODE overshoots)", loc="left")
+        ax_b.set_title("(b) DDPM, same starts: the samples narrow\n(recall falls) but stay inside p(x|c)'s\n"
+                       "high-density region (precision stays high)", loc="left")
+        for name, (ls, marker, label) in styles.items():
+            res = data[name]
+            kw = {"color": {"ddim": "#1f77b4", "ddpm": "#ff7f0e", "tilted": "k"}[name], "ls": ls, "marker": marker,
+                  "ms": 4, "lw": 1.8, "label": label}
+            ax_p.plot(ws_arr, res["precision"], **kw)
+            ax_r.plot(ws_arr, res["recall"], **kw)
+            ax_fd.plot(ws_arr, res["fd"], **kw)
+            ax_plane.plot(res["recall"], res["precision"], **kw)
+        for name in ("ddim", "ddpm"):
+            for j, w in enumerate(ws_arr):
+                if name == "ddpm" and w not in (0, max(ws_arr)):
+                    continue
+                ax_plane.annotate(f"w={w:g}", (data[name]["recall"][j], data[name]["precision"][j]),
+                                  xytext=(5, -3 if name == "ddim" else 5), textcoords="offset points", fontsize=8,
+                                  color={"ddim": "#1f77b4", "ddpm": "#ff7f0e"}[name])
+        for ax in (ax_p, ax_r):
+            ax.axhline(0.95, color="0.6", lw=0.8, ls=":")
+            ax.set(xlabel="guidance strength w", ylim=(0, 1.03))
+        ax_p.set(ylabel="precision")
+        ax_p.set_title("(d) precision $P_{model}(H_{p(x|c)})$: the fraction of samples inside p(x|c)'s 95% HDR\n"
+                       "(exact density of p(x|c); 0.95 when the laws agree)", loc="left")
+        ax_r.set(ylabel="recall")
+        ax_r.set_title("(e) recall $P_{p(x|c)}(H_{model})$: p(x|c)'s mass inside the samples' 95% HDR\n"
+                       "(samples' density: binned KDE, about +0.005; at w = 0 the gap to 0.95 is\n"
+                       f"the {n_steps}-step samplers' discretisation error)", loc="left")
+        ax_fd.set(xlabel="guidance strength w", ylabel="Frechet distance to p(x|c)", ylim=(0, None))
+        ax_fd.set_title("(f) Frechet distance to the conditional law p(x|c)\n(first two moments)", loc="left")
+        ax_plane.set(xlabel="recall", ylabel="precision", xlim=(0, 1.0), ylim=(0, 1.05))
+        ax_plane.set_title("(c) precision against recall: DDPM trades recall for precision;\nDDIM gains precision "
+                           "only up to w = 0.5, then loses both", loc="left")
+        ax_plane.legend(frameon=False, loc="lower right", fontsize=8.5)
+        ax_fd.legend(frameon=False, loc="upper left", fontsize=8.5)
+        fig.suptitle(f"Guidance trades recall for precision, until the deterministic sampler overshoots: CFG on "
+                     f"ring2d, class {condition}, {n // 1000}k samples per point, from N(0, I) at t = 1",
+                     fontsize=13, weight="bold")
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure 7: sample trajectories on ring2d
+# --------------------------------------------------------------------------------------------------------------
+@_one_thread()
+def ring2d_trajectories(ws: Sequence[float] = (0.0, 3.0, 7.0), *, n: int = 40, n_steps: int = 100, seed: int = 0,
+                        condition: int = 0) -> dict[tuple[str, float], np.ndarray]:
+    r"""Trajectories of CFG sampling on ring2d from t = 1 to 0: ``{(sampler, w): [n_steps + 1, n, 2]}`` for
+    ``"ddim"`` (deterministic) and ``"euler_maruyama"``, ``n_steps`` uniform steps, frame 0 the start (``n`` draws
+    of N(0, I), the same for every w and sampler; Euler-Maruyama also reuses one noise stream for every w)."""
+    world = get_world("ring2d")
+    den = AnalyticDenoiser(world, "vp-linear")
+    times = time_grid(n_steps)
+    x_start = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for name, sampler in (("ddim", ddim), ("euler_maruyama", euler_maruyama)):
+        for w in ws:
+            frames = [x_start.numpy().copy()]
+            gen = torch.Generator().manual_seed(seed + 1)
+            sampler(CFGDenoiser(den, condition, w=w), x_start, times, generator=gen,
+                    callback=lambda i, t, x, eps, frames=frames: frames.append(x.numpy().copy()))
+            out[name, w] = np.stack(frames)
+    return out
+
+
+def plot_trajectories_ring2d(path: str | pathlib.Path, *, ws: Sequence[float] = (0.0, 3.0, 7.0), n: int = 40,
+                             n_steps: int = 100, seed: int = 0, condition: int = 0, lim: float = 6.0
+                             ) -> pathlib.Path:
+    """CFG sample trajectories on ring2d (rows: DDIM, Euler-Maruyama; columns: w), from t = 1 to 0 over the
+    contours of the data law p(x) (data: :func:`ring2d_trajectories`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output PNG; parent directories are created.
+    ws : sequence of float, optional
+        Guidance strengths, one column each.
+    n, n_steps, seed : int, optional
+        Trajectories per panel, sampler steps, seed.
+    condition : int, optional
+        The class guided towards.
+    lim : float, optional
+        The panels show ``[-lim, lim]^2``.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    with _one_thread():
+        paths = ring2d_trajectories(ws, n=n, n_steps=n_steps, seed=seed, condition=condition)
+    world = get_world("ring2d")
+    gm = world.unconditional
+    means = gm.means.numpy()
+    axis = np.linspace(-lim, lim, 241)
+    gx, gy, pts = _mesh(axis, axis)
+    log_p = gm.log_prob(pts).numpy().reshape(gx.shape)
+    times = time_grid(n_steps).numpy()
+    t_mid = 0.5 * (times[:-1] + times[1:])
+    cmap, norm = mpl.colormaps["plasma"], Normalize(0.0, 1.0)
+    names = {"ddim": f"DDIM, {n_steps} steps\n(deterministic: the guided PF-ODE)",
+             "euler_maruyama": f"Euler-Maruyama, {n_steps} steps\n(the guided reverse SDE)"}
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(15, 10.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, len(ws), sharex=True, sharey=True, squeeze=False)
+        for i, name in enumerate(names):
+            for j, w in enumerate(ws):
+                ax = axes[i, j]
+                traj = paths[name, w]
+                cs = ax.contourf(gx, gy, np.maximum(log_p, log_p.max() - 12), levels=12, cmap="Greys", alpha=0.35)
+                segments = np.stack([traj[:-1], traj[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)
+                lines = mpl.collections.LineCollection(segments, cmap=cmap, norm=norm, alpha=0.85 if i == 0 else 0.6,
+                                                       linewidths=0.9 if i == 0 else 0.6)
+                lines.set_array(np.tile(t_mid, traj.shape[1]))
+                ax.add_collection(lines)
+                ax.scatter(*traj[0].T, s=14, facecolor="white", edgecolor="0.3", lw=0.8, zorder=4)
+                ax.scatter(*traj[-1].T, s=16, color="k", zorder=5)
+                ax.scatter(*np.delete(means, condition, axis=0).T, s=70, marker="x", color="#1f77b4", lw=2, zorder=6)
+                ax.scatter(*means[condition], s=220, marker="*", color="#d62728", edgecolor="k", zorder=6)
+                nearest = np.argmax(gm.class_posterior(torch.as_tensor(traj[-1])).numpy(), axis=1)
+                radius = np.hypot(*traj[-1].T)
+                ax.text(0.02, 0.02, f"{int(np.sum(nearest == condition))}/{traj.shape[1]} end in class {condition}'s "
+                        f"region\nend radius {radius.mean():.2f} $\\pm$ {radius.std():.2f} (class mean at 3)",
+                        transform=ax.transAxes, fontsize=9,
+                        bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": "none", "alpha": 0.85})
+                ax.set(xlim=(-lim, lim), ylim=(-lim, lim), aspect="equal")
+                if i == 0:
+                    ax.set_title(f"w = {w:g}" + (" (conditional)" if w == 0 else ""), fontsize=12)
+                if i == 1:
+                    ax.set_xlabel("$x_1$")
+            axes[i, 0].set_ylabel(f"{names[name]}\n\n$x_2$")
+        fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes, location="right", shrink=0.45,
+                     label="time t along the trajectory (1: noise, 0: data)")
+        fig.colorbar(cs, ax=axes, location="right", shrink=0.45, label="log p(x) of the data law")
+        handles = [mpl.lines.Line2D([], [], ls="", marker="o", mfc="white", mec="0.3", label="start, t = 1 (N(0, I))"),
+                   mpl.lines.Line2D([], [], ls="", marker="o", color="k", label="end, t = 0"),
+                   mpl.lines.Line2D([], [], ls="", marker="*", ms=13, color="#d62728", mec="k",
+                                    label=f"mean of class {condition} (guided towards)"),
+                   mpl.lines.Line2D([], [], ls="", marker="x", ms=8, mew=2, color="#1f77b4",
+                                    label="means of the other classes")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False)
+        fig.suptitle(f"CFG trajectories on ring2d towards class {condition}, {n} per panel, same starts: as w grows "
+                     "the ODE's swing out past the class and\nend beyond its mean, collapsed to a "
+                     "point; the SDE's end around the mean with their spread", fontsize=13, weight="bold")
+        return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figure 8: samples of negative prompts and composition on attributes2d
+# --------------------------------------------------------------------------------------------------------------
+_ATTR_REGIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "red side $x_1 < -1$": lambda x: x[:, 0] < -1,
+    "purple band $|x_1| < 1$": lambda x: x[:, 0].abs() < 1,
+    "past the blue dog $x_1 > 4$": lambda x: x[:, 0] > 4}
+#: the regions whose mass figure 8 reports: the red side, the "purple" band between red and blue, far right (their
+#: edges lie where every target's density is low, so the grid masses of verify.tilted are accurate)
+
+
+def _attribute_rules(guidance_scale: float = 3.0, w_pos: float = 3.0, w_neg: float = 1.0) -> dict[str, LinearRule]:
+    pos, neg = ("dog",), ("red",)
+    return {"dog": linear_rule("cfg", condition=pos, w=0.0),
+            "negative_001": linear_rule("negative_001", positive=pos, negative=neg, guidance_scale=guidance_scale),
+            "negative_000": linear_rule("negative_000", positive=pos, negative=neg, w_pos=w_pos, w_neg=w_neg),
+            "compose": linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0])}
+
+
+def _fmt_mass(value: float) -> str:
+    """A probability to 4 decimals, or in scientific notation when it is positive but below 1e-4."""
+    return f"{value:.0e}" if 0 < value < 1e-4 else f"{value:.4f}"
+
+
+@_one_thread()
+def negative_composition_samples(*, n: int = 5000, n_steps: int = 100, seed: int = 0, guidance_scale: float = 3.0,
+                                 w_pos: float = 3.0, w_neg: float = 1.0) -> dict[str, dict]:
+    r"""DDIM samples (``n_steps`` uniform steps, ``n`` starts from N(0, I), the same for every rule) of four rules on
+    attributes2d: plain ``"dog"``, source 001's and source 000's negative prompt (positive "dog", negative "red")
+    and the ``"compose"``-ition of red dog and blue dog, each through :class:`~verify.guidance.LinearGuidedDenoiser`
+    of the exact denoiser.
+
+    Returns
+    -------
+    dict
+        ``{rule name: {"rule": LinearRule, "samples": [n, 2] array, "regions": {region: (fraction, se, mass,
+        mass_error)}}}``: each region of ``_ATTR_REGIONS`` with the samples' fraction in it, its binomial standard
+        error :math:`\sqrt{m(1 - m)/n}` at the tilted mass m, and the tilted law's mass there with its quadrature
+        error (:meth:`verify.tilted.TiltedLaw.probability`).
+    """
+    world = get_world("attributes2d")
+    den = AnalyticDenoiser(world, "vp-linear")
+    x_start = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    out = {}
+    for name, rule in _attribute_rules(guidance_scale, w_pos, w_neg).items():
+        x = ddim(LinearGuidedDenoiser(den, rule), x_start, time_grid(n_steps))
+        law = tilted_law(world, rule)
+        regions = {}
+        for region, inside in _ATTR_REGIONS.items():
+            mass, err = law.probability(inside)
+            regions[region] = (float(inside(x).double().mean()), math.sqrt(max(mass * (1 - mass), 0.0) / n), mass,
+                               err)
+        out[name] = {"rule": rule, "samples": x.numpy(), "regions": regions}
+    return out
+
+
+def plot_negative_composition_samples(path: str | pathlib.Path, *, n: int = 5000, n_steps: int = 100, seed: int = 0,
+                                      guidance_scale: float = 3.0, w_pos: float = 3.0, w_neg: float = 1.0
+                                      ) -> pathlib.Path:
+    """DDIM samples of negative prompts and composition on attributes2d over the exact tilted targets, with the
+    fraction of samples in three regions next to the tilted law's mass there (data:
+    :func:`negative_composition_samples`).
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        Output PNG; parent directories are created.
+    n, n_steps, seed : int, optional
+        Samples per rule, DDIM steps, seed of the starts.
+    guidance_scale : float, optional
+        Source 001's scale g.
+    w_pos, w_neg : float, optional
+        Source 000's strengths.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+    """
+    with _one_thread():
+        data = negative_composition_samples(n=n, n_steps=n_steps, seed=seed, guidance_scale=guidance_scale,
+                                            w_pos=w_pos, w_neg=w_neg)
+    world = get_world("attributes2d")
+    x1, x2 = _ATTR_X1, _ATTR_X2
+    gx, gy, pts = _mesh(x1, x2)
+    titles = {"dog": "(a) plain 'dog' (no guidance): $p(x\\,|\\,\\mathrm{dog})$",
+              "negative_001": f"(b) source 001: negative replaces null, g = {guidance_scale:g}",
+              "negative_000": f"(c) source 000: $w_+$ = {w_pos:g}, $w_-$ = {w_neg:g}",
+              "compose": "(d) composition of red dog and blue dog, weights 1, 1 ('purple dog')"}
+    colours = {"dog": "#2ca02c", "negative_001": "#1f77b4", "negative_000": "#17becf", "compose": "#9467bd"}
+    with mpl.rc_context(_STYLE):
+        fig = Figure(figsize=(17, 9.6), layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(2, 2, sharex=True, sharey=True)
+        for ax, (name, entry) in zip(axes.ravel(), data.items(), strict=True):
+            rule = entry["rule"]
+            dens = normalise_on_grid(_log_q(tilted_law(world, rule), pts, gx.shape), x1, x2)
+            ax.contourf(gx, gy, dens, levels=dens.max() * np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.01]),
+                        cmap="Greys", alpha=0.45)
+            ax.contour(gx, gy, dens, levels=dens.max() * np.array([0.01, 0.1, 0.5, 0.9]), colors="0.35",
+                       linewidths=0.7)
+            for x0 in (-1.0, 1.0, 4.0):
+                ax.axvline(x0, color="0.55", lw=0.8, ls=":")
+            ax.axvspan(-1, 1, color="#9467bd", alpha=0.07, lw=0)
+            ax.scatter(*entry["samples"].T, s=2.5, color=colours[name], alpha=0.35, rasterized=True)
+            _attribute_means(ax, world)
+            rows = [f"{'mass in':<22}{'DDIM':>9}{'tilted':>10}"]
+            for region, (frac, _, mass, _) in entry["regions"].items():
+                rows.append(f"{region.split(' $')[0]:<22}{frac:>9.4f}{_fmt_mass(mass):>10}")
+            weights = dens * _trapezoid_weights(x1, x2)
+            for label, values, grid_values in (("mean of x1", entry["samples"][:, 0], gx),
+                                               ("mean of x2", entry["samples"][:, 1], gy)):
+                rows.append(f"{label:<22}{values.mean() + 0.0:>9.2f}{(weights * grid_values).sum() + 0.0:>10.2f}"
+                            .replace("-0.00", " 0.00"))
+            sd1 = math.sqrt((weights * (gx - (weights * gx).sum()) ** 2).sum())
+            rows.append(f"{'sd of x1':<22}{entry['samples'][:, 0].std():>9.3g}{sd1:>10.3g}")
+            ax.text(0.995, 0.03, "\n".join(rows), transform=ax.transAxes, ha="right", va="bottom", fontsize=9,
+                    family="monospace", bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7", "alpha": 0.92})
+            ax.set_title(f"{titles[name]}\ntilted target {_formula(rule.terms)}", loc="left")
+            ax.set(xlim=(x1[0], x1[-1]), ylim=(x2[0], x2[-1]), aspect="equal")
+        for ax in axes[1]:
+            ax.set_xlabel("$x_1$ (colour: red < 0 < blue);  dotted: $x_1$ = -1, 1, 4")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("$x_2$ (shape: cat < 0 < dog)")
+        fig.suptitle(f"Negative prompts and composition, sampled with DDIM ({n_steps} steps, {n // 1000}k samples "
+                     "from N(0, I)) on attributes2d, over the exact tilted targets\n(grey: contours at 1, 10, 50, "
+                     "90% of the peak). Boxes: fraction of the samples vs the tilted law's mass in the red side "
+                     "$x_1 < -1$,\nthe purple band $|x_1| < 1$ and past the blue dog $x_1 > 4$, and moments: "
+                     "the negative prompts leave samples on the red dog, where the target has no mass,\nand the "
+                     "composed samples collapse onto the line $x_1 = 0$", fontsize=12, weight="bold")
+        return _save(fig, path)
+
+
 def plot_all(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
-    """Write worlds.png, guided_score_fields.png, tilted_densities.png and negative_and_composition.png.
+    """Write the eight figures: worlds.png, guided_score_fields.png, tilted_densities.png,
+    negative_and_composition.png, cfg_law_vs_tilted.png, quality_diversity.png, trajectories_ring2d.png and
+    negative_composition_samples.png.
 
     Parameters
     ----------
@@ -608,9 +1322,13 @@ def plot_all(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
     Returns
     -------
     list of pathlib.Path
-        The four paths written, in that order.
+        The eight paths written, in that order.
     """
     out = pathlib.Path(out_dir)
     return [plot_worlds(out / "worlds.png"), plot_guided_score_fields(out / "guided_score_fields.png"),
             plot_tilted_densities(out / "tilted_densities.png"),
-            plot_negative_and_composition(out / "negative_and_composition.png")]
+            plot_negative_and_composition(out / "negative_and_composition.png"),
+            plot_cfg_law_vs_tilted(out / "cfg_law_vs_tilted.png"),
+            plot_quality_diversity(out / "quality_diversity.png"),
+            plot_trajectories_ring2d(out / "trajectories_ring2d.png"),
+            plot_negative_composition_samples(out / "negative_composition_samples.png")]
