@@ -466,7 +466,7 @@ def augment(records: dict[str, ClaimRecord], config: RunConfig) -> None:
     fid_worse = all(fd[b]["frechet_to_p(x|c)"] > fd[a]["frechet_to_p(x|c)"]
                     for a, b in zip(list(fd), list(fd)[1:], strict=False))
     confidence = [overshoot[f"ddim w={w:g}"]["mean_posterior_of_class_0"] for w in (0.0, 1.0, 3.0, 7.0)]
-    confidence_up = all(b >= a for a, b in zip(confidence, confidence[1:], strict=False))
+    confidence_up = all(c > confidence[0] for c in confidence[1:])  # guided samples are more confidently class c
     rec.evidence = {**qd, "precision_decreases": prec_down, "recall_decreases": rec_down,
                     "frechet_grows_with_w": fid_worse, "ring2d_classifier_confidence_by_w": confidence,
                     "decided_by": rec.evidence.get("decided_by")}
