@@ -40,7 +40,7 @@ from toy_models.schedules import get_schedule
 from toy_models.world import World
 
 from .exact_law import _guided_score_1d, exact_gaussian_cfg_law, reverse_sde_law_1d
-from .guidance import CFGDenoiser, LinearGuidedDenoiser, LinearRule, linear_rule
+from .guidance import CFGDenoiser, LinearGuidedDenoiser, LinearRule, WrappedDenoiser, linear_rule
 from .metrics import frechet_distance, precision_recall
 from .samplers import ddim, ddpm, euler_maruyama, time_grid
 from .tilted import TiltedLaw, tilted_law
@@ -706,7 +706,7 @@ def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: i
     return x0, p1 / jac, weights / weights.sum()
 
 
-class _RowwiseCFG:
+class _RowwiseCFG(WrappedDenoiser):
     """:class:`~verify.guidance.CFGDenoiser`'s rule with one strength per row, ``lerp(eps_null, eps_c, 1 + w_i)``
     (the same arithmetic as :func:`verify.guidance.cfg`), so that several w share one sampler run: half as many
     denoiser calls per w, where the per-call cost dominates (1-D worlds)."""
@@ -714,14 +714,6 @@ class _RowwiseCFG:
     def __init__(self, denoiser: AnalyticDenoiser, condition: Hashable, w_rows: torch.Tensor):
         self.denoiser, self.condition = denoiser, condition
         self.scale = (1.0 + w_rows.to(torch.float64))[:, None]
-
-    @property
-    def schedule(self):
-        return self.denoiser.schedule
-
-    @property
-    def dim(self) -> int:
-        return self.denoiser.dim
 
     def eps(self, x: torch.Tensor, t, condition: Hashable = None) -> torch.Tensor:
         return torch.lerp(self.denoiser.eps(x, t, None), self.denoiser.eps(x, t, self.condition), self.scale)

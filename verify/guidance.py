@@ -46,6 +46,7 @@ __all__ = [
     "LinearGuidedDenoiser",
     "ClassifierGuidedDenoiser",
     "CountingDenoiser",
+    "WrappedDenoiser",
 ]
 
 Tensor = torch.Tensor
@@ -225,8 +226,8 @@ def _scalar_time(t) -> float:
     return float(tt.reshape(()))
 
 
-class _Wrapper:
-    """A denoiser built on another: it shares the wrapped one's schedule and dimension."""
+class WrappedDenoiser:
+    """Base of denoisers built on another (``self.denoiser``): they share its schedule and dimension."""
 
     denoiser: Denoiser
 
@@ -239,7 +240,7 @@ class _Wrapper:
         return self.denoiser.dim
 
 
-class LinearGuidedDenoiser(_Wrapper):
+class LinearGuidedDenoiser(WrappedDenoiser):
     """A Denoiser whose prediction is a :class:`LinearRule` of another denoiser's predictions.
 
     ``interval = (sigma_lo, sigma_hi)`` applies the rule only for noise levels in that closed interval and the
@@ -273,7 +274,7 @@ class CFGDenoiser(LinearGuidedDenoiser):
         super().__init__(denoiser, rule, interval=interval, conditional_fallback=condition)
 
 
-class ClassifierGuidedDenoiser(_Wrapper):
+class ClassifierGuidedDenoiser(WrappedDenoiser):
     r"""Classifier guidance: ``eps(x, t, None) - scale * sigma_t * grad_log_classifier(x, t, condition)``.
 
     ``grad_log_classifier(x, t, condition) -> [N, d]`` is any classifier gradient: the world's exact noisy
@@ -292,7 +293,7 @@ class ClassifierGuidedDenoiser(_Wrapper):
         return classifier_guidance(eps, self.grad_log_classifier(x, t, condition), sigma, self.scale)
 
 
-class CountingDenoiser(_Wrapper):
+class CountingDenoiser(WrappedDenoiser):
     """Wraps a denoiser and counts its evaluations, for compute claims (``S0-CFG-COST``): ``calls`` (forward passes;
     a batched ``eps_multi`` call is one) and ``points`` (rows evaluated: ``len(conditions) N`` for a batched call)."""
 

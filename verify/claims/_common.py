@@ -11,6 +11,7 @@ import torch
 from toy_models import AnalyticDenoiser, World, get_schedule, get_world
 from toy_models.gaussian_mixture import Condition
 from toy_models.scenarios import WORLDS
+from verify.guidance import WrappedDenoiser
 
 S0 = "000_7b33d4deec361bc5.txt"
 S1 = "001_f3d00070d6a11d28.txt"
@@ -64,21 +65,13 @@ def proof_status(claim_id: str) -> dict:
             "all_as_expected": all(r.as_expected for r in results)}
 
 
-class PerturbedDenoiser:
+class PerturbedDenoiser(WrappedDenoiser):
     r"""A model with a known, smooth error: :math:`\varepsilon + \epsilon\,\mathrm{rms}(\varepsilon)\tanh(Ax + b)` with
     ``A, b`` drawn once per condition from ``seed``. Stands in for a trained network whose relative eps error is
     ``relative_error``, so the claims can show how each identity degrades with model error."""
 
     def __init__(self, denoiser: AnalyticDenoiser, relative_error: float, seed: int = 0):
         self.denoiser, self.relative_error, self.seed = denoiser, float(relative_error), seed
-
-    @property
-    def schedule(self):
-        return self.denoiser.schedule
-
-    @property
-    def dim(self) -> int:
-        return self.denoiser.dim
 
     def _field(self, condition) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(str(condition).encode()))  # stable
