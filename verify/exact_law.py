@@ -38,7 +38,7 @@ from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.schedules import Schedule, get_schedule
 
 __all__ = ["exact_gaussian_cfg_law", "closed_form_ode_variance_1d", "Law1D", "pf_ode_law_1d", "reverse_sde_law_1d",
-           "discrete_sampler_law", "FineStepReference", "fine_step_reference"]
+           "discrete_sampler_law", "FineStepReference", "fine_step_reference", "guided_score_1d"]
 
 F64 = torch.float64
 SAMPLERS = ("ode", "sde")
@@ -172,7 +172,8 @@ def _mixture_score_1d(law: GaussianMixture, x: np.ndarray, alpha: float, sigma: 
     return -(r * z / v).sum(axis=1)
 
 
-def _guided_score_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float, sched: Schedule):
+def guided_score_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float, sched: Schedule):
+    """The CFG score ``(1 + w) s(x|c) - w s(x)`` of two 1-D mixtures as a numpy function ``score(x, t)``."""
     def score(x: np.ndarray, t: float) -> np.ndarray:
         alpha, sigma = (float(v) for v in sched.alpha_sigma(t))
         return (1 + w) * _mixture_score_1d(cond, x, alpha, sigma) - w * _mixture_score_1d(uncond, x, alpha, sigma)
@@ -207,7 +208,7 @@ def pf_ode_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float, sche
     the mass below 0 is :math:`F_1(\Phi^{-1}(0))`. Errors: the difference from half the nodes and 100x looser
     integration tolerance."""
     sched = _check_1d(cond, uncond, schedule, start)
-    score = _guided_score_1d(cond, uncond, float(w), sched)
+    score = guided_score_1d(cond, uncond, float(w), sched)
     start_law = _start_law_1d(cond, sched, start)
 
     def rhs(t, x):
@@ -253,7 +254,7 @@ def reverse_sde_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float,
     from scipy.linalg import solve_banded
 
     sched = _check_1d(cond, uncond, schedule, start)
-    score = _guided_score_1d(cond, uncond, float(w), sched)
+    score = guided_score_1d(cond, uncond, float(w), sched)
     start_law = _start_law_1d(cond, sched, start)
     means = torch.cat([cond.means[:, 0], uncond.means[:, 0], start_law.means[:, 0]])
     lo, hi = float(means.min()) - 8.0, float(means.max()) + 8.0

@@ -39,7 +39,7 @@ from toy_models.scenarios import WORLDS, get_world
 from toy_models.schedules import get_schedule
 from toy_models.world import World
 
-from .exact_law import _guided_score_1d, exact_gaussian_cfg_law, reverse_sde_law_1d
+from .exact_law import exact_gaussian_cfg_law, guided_score_1d, reverse_sde_law_1d
 from .guidance import CFGDenoiser, LinearGuidedDenoiser, LinearRule, WrappedDenoiser, linear_rule
 from .metrics import frechet_distance, precision_recall
 from .samplers import ddim, ddpm, euler_maruyama, time_grid
@@ -685,7 +685,7 @@ def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: i
         (sum 1): moments are ``weights @ h(x0)``.
     """
     sched = get_schedule("vp-linear")
-    score = _guided_score_1d(world.law(condition), world.law(None), float(w), sched)  # pf_ode_law_1d's numpy score
+    score = guided_score_1d(world.law(condition), world.law(None), float(w), sched)  # pf_ode_law_1d's numpy score
     start = world.law(condition).noised(*_alpha_sigma(1.0))
     mean, sd = float(start.mean()[0]), math.sqrt(float(start.covariance()[0, 0]))
     x1 = np.linspace(mean - 9 * sd, mean + 9 * sd, n_nodes)
