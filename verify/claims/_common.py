@@ -39,11 +39,12 @@ def first_conditions(world: World, k: int = 3) -> list[Condition]:
     return world.class_conditions()[:k]
 
 
-def check_points(world: World, condition: Condition, t: float, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Points from the noised conditional and unconditional laws (the bulk), and the same spread 3x (the tails)."""
+def check_points(world: World, conditions: list[Condition], t: float, n: int, generator: torch.Generator
+                 ) -> torch.Tensor:
+    """``n`` points from each noised law of ``conditions`` (the bulk), and the same points spread 3x about their
+    mean (the tails)."""
     a, s = alpha_sigma(t)
-    bulk = torch.cat([world.law(condition).noised(a, s).sample(n, generator),
-                      world.law(None).noised(a, s).sample(n, generator)])
+    bulk = torch.cat([world.law(c).noised(a, s).sample(n, generator) for c in conditions])
     centre = bulk.mean(0)
     return torch.cat([bulk, centre + 3.0 * (bulk - centre)])
 

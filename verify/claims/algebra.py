@@ -45,7 +45,7 @@ def _identity_errors(config: RunConfig) -> dict[str, dict]:
         a, s = alpha_sigma(t)
         marginal = world.law(None).noised(a, s)
         for cond in first_conditions(world, 2 if config.quick else 3):
-            x = check_points(world, cond, t, 64 if config.quick else 256, gen)
+            x = check_points(world, [cond, None], t, 64 if config.quick else 256, gen)
             conditional = world.law(cond).noised(a, s)
             s_u, s_c = marginal.score(x), conditional.score(x)
             grad_cls = marginal.grad_log_posterior(x, cond) if world.is_joint else s_c - s_u
@@ -83,7 +83,7 @@ def _degradation(config: RunConfig) -> dict:
     world = next(w for w in all_worlds() if w.name == "ring2d")
     den = AnalyticDenoiser(world)
     out = {}
-    x = check_points(world, 0, 0.5, 256, torch.Generator().manual_seed(config.seed))
+    x = check_points(world, [0, None], 0.5, 256, torch.Generator().manual_seed(config.seed))
     for rel in (0.01, 0.05):
         model = PerturbedDenoiser(den, rel, seed=config.seed)
         model_err = float((model.eps(x, 0.5, 0) - den.eps(x, 0.5, 0)).norm(dim=-1).mean())

@@ -24,12 +24,12 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from toy_models import World, get_schedule, get_world
+from toy_models import World, get_world
 from toy_models.scenarios import WORLDS
 from verify.tolerances import bayes_identity_tolerance, score_bounds
 
 from . import ClaimRecord, RunConfig
-from ._common import proof_status
+from ._common import alpha_sigma, check_points, proof_status
 
 SOURCE = "000_7b33d4deec361bc5.txt, section '출발점: Bayes' rule과 score 분해' (first display)"
 STATEMENT = "grad log p_t(x|y) = grad log p_t(x) + grad log p_t(y|x) at every noise level t"
@@ -37,16 +37,9 @@ TIMES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1
 QUICK_TIMES = (0.01, 0.3, 0.7, 1.0)
 
 
-def _check_points(world: World, t: float, n: int, generator: torch.Generator) -> torch.Tensor:
-    alpha, sigma = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
-    bulk = world.law(None).noised(alpha, sigma).sample(n, generator)
-    centre = bulk.mean(0)
-    return torch.cat([bulk, centre + 3.0 * (bulk - centre)])  # the bulk, and the same points in the tails
-
-
 def _joint_world_errors(world: World, t: float, x: torch.Tensor) -> list[tuple[float, float, float]]:
     """(max |error|, max |error| / bound, max |score|) per class condition at time t."""
-    alpha, sigma = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
+    alpha, sigma = alpha_sigma(t)
     marginal = world.unconditional.noised(alpha, sigma)
     xr = x.clone().requires_grad_(True)
     log_post = marginal.log_class_posterior(xr)  # [N, C]
@@ -84,7 +77,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
                                             "checks": 0})
         if not world.is_joint:
             continue
-        x = _check_points(world, t, n_points, generator)
+        x = check_points(world, [None], t, n_points, generator)
         for err, ratio, norm in _joint_world_errors(world, t, x):
             entry["max_abs_error"] = max(entry["max_abs_error"], err)
             entry["max_error_over_bound"] = max(entry["max_error_over_bound"], ratio)
