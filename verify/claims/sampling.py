@@ -29,7 +29,14 @@ from verify.exact_law import (
     pf_ode_law_1d,
     reverse_sde_law_1d,
 )
-from verify.guidance import CFGDenoiser, ClassifierGuidedDenoiser, LinearGuidedDenoiser, dynamic_threshold, linear_rule
+from verify.guidance import (
+    CFGDenoiser,
+    ClassifierGuidedDenoiser,
+    LinearGuidedDenoiser,
+    WrappedDenoiser,
+    dynamic_threshold,
+    linear_rule,
+)
 from verify.metrics import frechet_distance, precision_recall
 from verify.samplers import SAMPLERS, count_evaluations, sample, time_grid
 from verify.tilted import tilted_law
@@ -270,45 +277,52 @@ def _quality_diversity(config: RunConfig) -> dict:
     return {"gauss1d_exact_laws": exact, "ring2d_ddim_100_steps": sampled}
 
 
+class _OutOfRangeX0(WrappedDenoiser):
+    """Passes the guided eps through unchanged, recording per call the fraction of points whose x0-prediction
+    (x - sigma eps) / alpha leaves ``[-limit, limit]`` in some coordinate."""
+
+    def __init__(self, denoiser, limit: float):
+        self.denoiser, self.limit, self.fractions = denoiser, limit, []
+
+    def eps(self, x, t, condition=None):
+        eps = self.denoiser.eps(x, t, condition)
+        a, s = (float(v) for v in self.schedule.alpha_sigma(t))
+        self.fractions.append(float((((x - s * eps) / a).abs() > self.limit).any(dim=1).double().mean()))
+        return eps
+
+
+class _DynamicallyThresholded(WrappedDenoiser):
+    """The denoiser's eps after Imagen's dynamic thresholding of its x0-prediction (percentile 0.995)."""
+
+    def __init__(self, denoiser, limit: float):
+        self.denoiser, self.limit = denoiser, limit
+
+    def eps(self, x, t, condition=None):
+        a, s = (float(v) for v in self.schedule.alpha_sigma(t))
+        return dynamic_threshold(self.denoiser.eps(x, t, condition), x=x, alpha=a, sigma=s, percentile=0.995,
+                                 limit=self.limit)
+
+
 def _thresholding(config: RunConfig) -> dict:
     """Fraction of guided x0-predictions outside the data range along DDIM trajectories, and the bias dynamic
     thresholding adds. Data range: per coordinate, the central 99.9 % interval of p(x) (ring2d: about +-3.9)."""
     world = get_world("ring2d")
     den = AnalyticDenoiser(world)
-    sched = get_schedule(SCHEDULE)
     gen = torch.Generator().manual_seed(config.seed)
     data = world.law(None).sample(200_000, gen)
     limit = float(torch.quantile(data.abs().flatten(), 0.999))
     n = 2000 if config.quick else 10000
     fractions = {}
     for w in (0.0, 1.0, 3.0, 7.0, 10.0, 15.0, 20.0):
-        outside = []
-        guided = CFGDenoiser(den, 0, w=w)
-        x = _start(world.law(0), n, gen)
-        ts = time_grid(50)
-        for k in range(len(ts) - 1):
-            t = float(ts[k])
-            a, s = (float(v) for v in sched.alpha_sigma(t))
-            eps = guided.eps(x, t, 0)
-            x0 = (x - s * eps) / a
-            outside.append(float((x0.abs() > limit).any(dim=1).double().mean()))
-            x = sample("ddim", guided, x, ts[k:k + 2], condition=0)
-        fractions[f"{w:g}"] = {"mean_fraction_of_x0_predictions_out_of_range": sum(outside) / len(outside),
-                               "max_over_steps": max(outside)}
+        recorder = _OutOfRangeX0(CFGDenoiser(den, 0, w=w), limit)
+        sample("ddim", recorder, _start(world.law(0), n, gen), time_grid(50), condition=0)
+        fractions[f"{w:g}"] = {"mean_fraction_of_x0_predictions_out_of_range": sum(recorder.fractions)
+                               / len(recorder.fractions), "max_over_steps": max(recorder.fractions)}
     # dynamic thresholding's bias at w = 15: final sampled mean with and without it
-    w = 15.0
-    guided = CFGDenoiser(den, 0, w=w)
-
-    class Thresholded:
-        schedule, dim = guided.schedule, guided.dim
-
-        def eps(self, x, t, condition=None):
-            a, s = (float(v) for v in sched.alpha_sigma(t))
-            return dynamic_threshold(guided.eps(x, t, condition), x=x, alpha=a, sigma=s, percentile=0.995,
-                                     limit=limit)
-
+    guided = CFGDenoiser(den, 0, w=15.0)
+    clipped_model = _DynamicallyThresholded(guided, limit)
     plain = _run(guided, world.law(0), n, 50, config.seed, condition=0)
-    clipped = _run(Thresholded(), world.law(0), n, 50, config.seed, condition=0)
+    clipped = _run(clipped_model, world.law(0), n, 50, config.seed, condition=0)
     return {"data_range": limit, "x0_out_of_range_by_w": fractions,
             "dynamic_thresholding_w15": {"mean_without": plain.mean(0).tolist(), "mean_with": clipped.mean(0).tolist(),
                                          "frechet_to_p(x|c)_without": frechet_distance(plain, world.law(0)),
