@@ -27,6 +27,7 @@ geometrically) and importance sampling above 2-D, with the standard error and ef
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -42,6 +43,8 @@ from .guidance import LinearRule
 __all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law"]
 
 F64 = torch.float64
+#: margin of the quadrature window around every factor component, in its standard deviations
+_WINDOW_SPAN = 12.0
 
 
 class NotNormalisableError(ValueError):
@@ -151,9 +154,14 @@ class TiltedLaw:
             best = best / best.norm(dim=1, keepdim=True)
         return torch.cat([u, best])
 
+    @functools.cached_property
+    def _default_tail_bounds(self) -> tuple[float, float]:
+        """:meth:`tail_bounds` with its defaults, computed once per law (every check asks for them)."""
+        return self.tail_bounds()
+
     def is_normalisable(self) -> bool | None:
         """True, False, or None when the tail bounds do not decide."""
-        lower, upper = self.tail_bounds()
+        lower, upper = self._default_tail_bounds
         if lower > 0:
             return True
         if upper < 0:
@@ -162,7 +170,7 @@ class TiltedLaw:
 
     def check_normalisable(self) -> None:
         """Raise :class:`NotNormalisableError` (a ``ValueError``) unless normalisability is certified."""
-        lower, upper = self.tail_bounds()
+        lower, upper = self._default_tail_bounds
         if upper < 0:
             raise NotNormalisableError(
                 f"factors: the target {self.name or 'prod p_i^e_i'} is not normalisable: along some direction its "
@@ -199,16 +207,23 @@ class TiltedLaw:
         return mean, cov, log_z
 
     # --- normaliser, moments, masses ----------------------------------------------------------------------
-    def _grid(self, n: int, span: float) -> tuple[torch.Tensor, float]:
-        r"""A tensor grid covering every factor's components with ``span`` standard deviations of margin, and at
-        least the radius ``sqrt(100 / A_lower)`` around them, beyond which the certified tail decay
-        :math:`\exp(-A r^2/2)` has fallen below :math:`e^{-50}` (the tilted law can be wider than every factor)."""
+    @functools.cached_property
+    def _window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(lo, hi)`` of the quadrature window, computed once per law: every factor's components with
+        ``_WINDOW_SPAN`` standard deviations of margin, and at least the radius ``sqrt(100 / A_lower)`` around the
+        modes, beyond which the certified tail decay :math:`\exp(-A r^2/2)` has fallen below :math:`e^{-50}` (the
+        tilted law can be wider than every factor)."""
         means = torch.cat([law.means for law, _ in self.factors])
         stds = torch.cat([torch.diagonal(law.covariances, dim1=1, dim2=2).sqrt() for law, _ in self.factors])
         modes = self.modes()
         radius = math.sqrt(100.0 / self.tail_bounds(n_directions=720)[0])
-        lo = torch.minimum((means - span * stds).min(0).values, modes.min(0).values - radius)
-        hi = torch.maximum((means + span * stds).max(0).values, modes.max(0).values + radius)
+        lo = torch.minimum((means - _WINDOW_SPAN * stds).min(0).values, modes.min(0).values - radius)
+        hi = torch.maximum((means + _WINDOW_SPAN * stds).max(0).values, modes.max(0).values + radius)
+        return lo, hi
+
+    def _grid(self, n: int) -> tuple[torch.Tensor, float]:
+        """An ``n``-point-per-axis tensor grid over :attr:`_window` and the volume of one cell."""
+        lo, hi = self._window
         axes = [torch.linspace(float(lo[i]), float(hi[i]), n, dtype=F64) for i in range(self.dim)]
         cell = math.prod(float(a[1] - a[0]) for a in axes)
         mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
@@ -231,8 +246,8 @@ class TiltedLaw:
             found.append(torch.as_tensor(res.x, dtype=F64))
         return torch.stack(found)
 
-    def _quadrature(self, n: int, span: float):
-        mesh, cell = self._grid(n, span)
+    def _quadrature(self, n: int):
+        mesh, cell = self._grid(n)
         logq = self.log_unnormalized(mesh)
         peak = float(logq.max())
         # the grid's edge must be far in the tail: the density there must be below e^-40 of the peak
@@ -269,7 +284,7 @@ class TiltedLaw:
         return self._importance_summary(n_samples, seed)
 
     def _moments_on_grid(self, n: int):
-        mesh, prob, log_z = self._quadrature(n, span=12.0)
+        mesh, prob, log_z = self._quadrature(n)
         mean = prob @ mesh
         centred = mesh - mean
         cov = (centred * prob[:, None]).T @ centred
@@ -283,10 +298,14 @@ class TiltedLaw:
         k = means.shape[0]
         return GaussianMixture(torch.full((k,), 1.0 / k, dtype=F64), means, covs)
 
-    def _importance_summary(self, n: int, seed: int) -> TiltedSummary:
+    def _importance_draws(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` draws from :meth:`_proposal` and their log importance weights ``log q~(x) - log proposal(x)``."""
         proposal = self._proposal()
         x = proposal.sample(n, torch.Generator().manual_seed(seed))
-        log_w = self.log_unnormalized(x) - proposal.log_prob(x)
+        return x, self.log_unnormalized(x) - proposal.log_prob(x)
+
+    def _importance_summary(self, n: int, seed: int) -> TiltedSummary:
+        x, log_w = self._importance_draws(n, seed)
         peak = float(log_w.max())
         w = torch.exp(log_w - peak)
         mean_w = float(w.mean())
@@ -310,15 +329,13 @@ class TiltedLaw:
             n = n_grid or (4001 if self.dim == 1 else 401)
             masses = []
             for m in (n, (n + 1) // 2):
-                mesh, prob, _ = self._quadrature(m, span=12.0)
+                mesh, prob, _ = self._quadrature(m)
                 masses.append(float(prob[region(mesh)].sum()))
             # a region's boundary cuts grid cells, so the error is first order in the spacing: the halving
             # difference itself (not a Richardson fraction of it) bounds it
             return masses[0], abs(masses[0] - masses[1])
-        proposal = self._proposal()
-        x = proposal.sample(n_samples, torch.Generator().manual_seed(seed))
-        w = torch.exp(self.log_unnormalized(x) - proposal.log_prob(x) - float(
-            (self.log_unnormalized(x) - proposal.log_prob(x)).max()))
+        x, log_w = self._importance_draws(n_samples, seed)
+        w = torch.exp(log_w - float(log_w.max()))
         inside = region(x).to(F64)
         mass = float((w * inside).sum() / w.sum())
         ess = float(w.sum() ** 2 / (w * w).sum())
