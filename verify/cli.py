@@ -8,6 +8,10 @@ Commands
     Regenerate the committed figures (default ``figures/``).
 ``cfgtruth proofs``
     Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
+``cfgtruth train --world NAME [--preset default|small] [--steps N] [--p-uncond P] [--out PATH] ...``
+    Train the cross-attention network on a world (DSM, conditioning dropout, AdamW, EMA), measure its score error
+    and write ``PATH.safetensors`` + ``PATH.json`` (default ``checkpoints/NAME``). Under ``torchrun`` it runs
+    data-parallel; rank 0 writes.
 ``cfgtruth audit MODULE:FUNCTION``
     Audit a CFG combiner ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma)`` against the analytic
     guided prediction; exit 0 if it passes, 1 with the failed checks otherwise.
@@ -78,6 +82,35 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return audit_command(args.target)
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from toy_models import get_world
+    from toy_models.neural import config_from_preset, save_checkpoint, score_error_table, train
+    from toy_models.neural.training import card_facts
+
+    config = config_from_preset(args.world, args.preset, steps=args.steps, batch_size=args.batch_size,
+                                p_uncond=args.p_uncond, width=args.width, depth=args.depth, heads=args.heads,
+                                learning_rate=args.learning_rate, seed=args.seed, target_error=args.target_error,
+                                schedule=args.schedule)
+    result = train(config, device=args.device, show_progress=not args.no_progress)
+    if result.world_size > 1:
+        import torch.distributed as dist
+
+        rank = dist.get_rank()
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
+    error = score_error_table(result.denoiser, get_world(args.world), n=args.eval_n, seed=args.seed + 1)
+    out = args.out or f"checkpoints/{args.world}"
+    weights, card = save_checkpoint(out, result.denoiser, card_facts(result, error))
+    print(f"{args.world}: {result.steps_done} steps on {result.device} x {result.world_size} in "
+          f"{result.wall_time_s:.1f} s ({result.samples_per_s:,.0f} samples/s); relative score error "
+          f"{error['pooled_relative_error']:.4f} pooled, {error['rms_relative_error']:.4f} rms over t")
+    if result.time_to_target_s is not None:
+        print(f"reached {config.target_error:g} after {result.time_to_target_s:.1f} s of training")
+    print(f"wrote {weights} and {card}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cfgtruth", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +127,19 @@ def _parser() -> argparse.ArgumentParser:
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")
     figs.set_defaults(func=_cmd_figures)
     sub.add_parser("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
+    tr = sub.add_parser("train", help="train the cross-attention network on a world and write a checkpoint")
+    tr.add_argument("--world", required=True, help="world name (ring2d, attributes2d, tokens16d, ...)")
+    tr.add_argument("--preset", default="default", help="default (what ships) or small (seconds on a CPU)")
+    tr.add_argument("--out", help="checkpoint path without suffix (default: checkpoints/WORLD)")
+    for flag, kind in (("--steps", int), ("--batch-size", int), ("--p-uncond", float), ("--width", int),
+                       ("--depth", int), ("--heads", int), ("--learning-rate", float), ("--target-error", float)):
+        tr.add_argument(flag, type=kind, help="override the preset's value")
+    tr.add_argument("--schedule", help="noise schedule (default: vp-linear)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default: 0)")
+    tr.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda if available, under torchrun the local rank)")
+    tr.add_argument("--eval-n", type=int, default=2048, help="points per (t, condition) for the card's score error")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_cmd_train)
     audit = sub.add_parser("audit", help="audit a CFG combiner MODULE:FUNCTION against the analytic prediction")
     audit.add_argument("target", help="MODULE:FUNCTION, e.g. mypkg.guidance:combine")
     audit.set_defaults(func=_cmd_audit)

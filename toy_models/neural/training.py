@@ -1,0 +1,334 @@
+r"""Training: denoising score matching on fresh samples of a world, with conditioning dropout.
+
+Each step draws a fresh batch (no data set: the world is the data), so the only error left is the network's:
+
+1. :math:`(x_0, k) \sim p(x)` with component index k; the condition is k's label tokens, with probability
+   ``p_partial`` (attribute worlds) a random non-empty subset of them, and with probability ``p_uncond`` the null
+   token (Ho & Salimans 2022, Algorithm 1). A subset S is drawn independently of :math:`x_0` given k, so the
+   conditional the network learns for S is exactly ``world.law(S)``.
+2. :math:`t` from the noise-level distribution: ``"uniform-t"`` (DDPM's, suited to vp-linear/vp-cosine) or
+   ``"uniform-logsnr"`` (uniform log-SNR between the schedule's values at ``t_min`` and 1);
+   :math:`x_t = \alpha_t x_0 + \sigma_t \varepsilon`.
+3. loss :math:`\|\hat\varepsilon_\theta(x_t, t, c) - \varepsilon\|^2 / d` (Ho et al. 2020, eq. 14), AdamW with
+   linear warm-up and cosine decay, gradient clipping, and an exponential moving average of the weights (the EMA
+   network is the one saved and checked).
+
+On a GPU the forward pass may run under bf16 autocast and matmuls in TF32 (``TrainConfig.reduced_precision``);
+both are switched on inside :func:`train` only and restored on exit, never in the checks. Under ``torchrun`` the
+run is data-parallel (DDP, NCCL on GPUs, gloo on CPUs): the global batch is split across ranks, each rank draws its
+own data from ``seed`` and its rank, and rank 0 keeps the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..scenarios import get_world
+from ..schedules import get_schedule
+from ..world import World
+from .denoiser import NeuralDenoiser, Vocabulary
+from .evaluate import score_error_table
+from .network import NULL_TOKEN_ID, CrossAttentionEpsNet, NetworkConfig
+
+__all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "ConditionSampler"]
+
+NOISE_LEVELS = ("uniform-t", "uniform-logsnr")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (with the seed, it fixes the run on a given device)."""
+
+    world: str
+    schedule: str = "vp-linear"
+    steps: int = 8000
+    batch_size: int = 1024
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1
+    p_partial: float = 0.3
+    noise_levels: str = "uniform-t"
+    t_min: float = 1e-3
+    grad_clip: float = 1.0
+    width: int = 64
+    depth: int = 2
+    heads: int = 4
+    seed: int = 0
+    reduced_precision: bool = True
+    #: stop early once the EMA model's pooled relative score error (checked every ``eval_every`` steps) is below this
+    target_error: float | None = None
+    eval_every: int = 500
+
+    def __post_init__(self):
+        get_world(self.world)  # raises ValueError naming `name` for an unknown world
+        get_schedule(self.schedule)
+        for name in ("steps", "batch_size", "width", "depth", "heads", "eval_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: must be a positive int, got {value!r}")
+        for name in ("p_uncond", "p_partial"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be a probability in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: must lie in [0, 1), got {self.ema_decay!r}")
+        if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.grad_clip > 0 and self.warmup_steps >= 0):
+            raise ValueError("learning_rate, grad_clip: must be positive; weight_decay, warmup_steps: non-negative")
+        if self.noise_levels not in NOISE_LEVELS:
+            raise ValueError(f"noise_levels: must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
+        if not 0.0 < self.t_min < 1.0:
+            raise ValueError(f"t_min: must lie in (0, 1), got {self.t_min!r}")
+        if self.target_error is not None and not self.target_error > 0:
+            raise ValueError(f"target_error: must be positive, got {self.target_error!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: named configurations: ``default`` ships in checkpoints/; ``ablation`` is the cheaper one the p_uncond ablation
+#: retrains five times; ``imperfect`` is deliberately short-trained (S0-QUALITY-DIVERSITY, S1-FID-IS); ``small``
+#: trains on a CPU in seconds (tests)
+PRESETS: dict[str, dict] = {
+    "default": {},
+    "ablation": {"steps": 3000, "batch_size": 512, "width": 48},
+    "imperfect": {"steps": 300, "batch_size": 256, "width": 32, "depth": 1, "warmup_steps": 30, "ema_decay": 0.99},
+    "small": {"steps": 150, "batch_size": 256, "width": 32, "depth": 1, "heads": 2, "warmup_steps": 20,
+              "ema_decay": 0.95, "eval_every": 50},
+}
+
+
+@dataclass
+class TrainResult:
+    """The EMA denoiser and what the run measured (the checkpoint card is made from it)."""
+
+    denoiser: NeuralDenoiser
+    config: TrainConfig
+    losses: list[float]
+    steps_done: int
+    wall_time_s: float
+    samples_per_s: float
+    device: str
+    world_size: int
+    time_to_target_s: float | None = None
+    evaluations: list[dict] = field(default_factory=list)
+
+
+class ConditionSampler:
+    """Fresh training batches: clean points, their condition token ids (with dropout), and noised inputs."""
+
+    def __init__(self, world: World, vocabulary: Vocabulary, p_uncond: float, p_partial: float):
+        self.world, self.vocabulary = world, vocabulary
+        self.p_uncond, self.p_partial = p_uncond, p_partial
+        gm = world.unconditional
+        label_tokens = dict(vocabulary.label_tokens)
+        per_component = [vocabulary.encode(label_tokens[int(lab)]) for lab in gm.labels]
+        self.component_ids = torch.tensor(per_component, dtype=torch.long)  # [K, A]
+
+    def conditions(self, components: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Token ids and mask ``[n, A]`` for the drawn components: full, partial or null."""
+        n, n_attr = components.shape[0], self.component_ids.shape[1]
+        ids = self.component_ids[components]  # [n, A]
+        keep = torch.ones(n, n_attr, dtype=torch.bool)
+        if n_attr > 1 and self.p_partial > 0:
+            partial = torch.rand(n, generator=generator) < self.p_partial
+            subset = torch.rand(n, n_attr, generator=generator) < 0.5
+            forced = torch.randint(n_attr, (n,), generator=generator)  # keeps one attribute if the subset is empty
+            subset[torch.arange(n), forced] |= ~subset.any(1)
+            keep = torch.where(partial[:, None], subset, keep)
+        drop = torch.rand(n, generator=generator) < self.p_uncond
+        keep &= ~drop[:, None]
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # kept tokens first
+        ids, mask = ids.gather(1, order), keep.gather(1, order)
+        ids[drop, 0], mask[drop, 0] = NULL_TOKEN_ID, True  # the null condition: the null token alone
+        return ids.masked_fill(~mask, NULL_TOKEN_ID), mask
+
+    def batch(self, n: int, config: TrainConfig, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """``(x_t, t, eps, ids, mask)`` in float64 (x_t ``[n, d]``, t ``[n]``)."""
+        x0, comp = self.world.unconditional.sample_with_components(n, generator)
+        ids, mask = self.conditions(comp, generator)
+        schedule = get_schedule(config.schedule)
+        u = torch.rand(n, dtype=torch.float64, generator=generator)
+        if config.noise_levels == "uniform-t":
+            t = config.t_min + (1.0 - config.t_min) * u
+        else:
+            lo, hi = float(schedule.log_snr(1.0)), float(schedule.log_snr(config.t_min))
+            t = schedule.t_from_log_snr(lo + (hi - lo) * u).clamp(config.t_min, 1.0)
+        alpha, sigma = schedule.alpha_sigma(t)
+        eps = torch.randn(x0.shape, dtype=torch.float64, generator=generator)
+        return alpha[:, None] * x0 + sigma[:, None] * eps, t, eps, ids, mask
+
+
+def data_std(world: World) -> float:
+    """Root mean square of the data's coordinates about zero (sets the input scaling ``c_in``)."""
+    gm = world.unconditional
+    second_moment = torch.diagonal(gm.covariance()).sum() + gm.mean().pow(2).sum()
+    return math.sqrt(float(second_moment) / gm.dim)
+
+
+def build_network(config: TrainConfig, world: World, vocabulary: Vocabulary) -> CrossAttentionEpsNet:
+    """A freshly initialised network for ``config`` (initialisation seeded by ``config.seed``)."""
+    net_config = NetworkConfig(dim=world.dim, vocab_size=vocabulary.size, max_tokens=vocabulary.max_tokens,
+                               width=config.width, depth=config.depth, heads=config.heads,
+                               data_std=data_std(world))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return CrossAttentionEpsNet(net_config)
+
+
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group under ``torchrun`` (WORLD_SIZE > 1)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """TF32 matmuls inside the block only (restored after: the checks never see it)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def train(config: TrainConfig, device: str | torch.device | None = None, show_progress: bool = True,
+          callback: Callable[[int, float], None] | None = None) -> TrainResult:
+    """Train the network of ``config`` and return its EMA denoiser (on the CPU) with the run's measurements."""
+    rank, world_size = _distributed()
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size: {config.batch_size} does not split over {world_size} processes")
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    on_gpu = device.type == "cuda"
+    world = get_world(config.world)
+    vocabulary = Vocabulary.from_world(world)
+    net = build_network(config, world, vocabulary).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    model = torch.nn.parallel.DistributedDataParallel(net) if world_size > 1 else net
+    optimiser = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    sampler = ConditionSampler(world, vocabulary, config.p_uncond, config.p_partial)
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + rank)
+    per_rank = config.batch_size // world_size
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and config.reduced_precision)
+    denoiser = NeuralDenoiser(ema, vocabulary, config.schedule, config.world)
+    losses: list[float] = []
+    evaluations: list[dict] = []
+    time_to_target = None
+    eval_time = 0.0
+    bar = tqdm(range(config.steps), desc=f"train {config.world}", disable=not show_progress or rank != 0)
+    start = time.perf_counter()
+    step = 0
+    with _tf32(on_gpu and config.reduced_precision):
+        for step in bar:
+            x_t, t, eps, ids, mask = sampler.batch(per_rank, config, generator)
+            alpha, sigma = get_schedule(config.schedule).alpha_sigma(t)
+            c_in = (alpha**2 * net.config.data_std**2 + sigma**2).rsqrt()
+            inputs = ((c_in[:, None] * x_t).float().to(device), get_schedule(config.schedule).log_snr(t).float()
+                      .to(device), ids.to(device), mask.to(device))
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(config, step)
+            with autocast:
+                prediction = model(*inputs)
+            loss = (prediction.float() - eps.float().to(device)).pow(2).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimiser.step()
+            decay = min(config.ema_decay, (1 + step) / (10 + step))  # short memory early on (EMA warm-up)
+            with torch.no_grad():
+                for e, p in zip(ema.parameters(), net.parameters(), strict=True):
+                    e.lerp_(p.detach(), 1 - decay)
+            losses.append(float(loss.detach()))
+            if callback is not None:
+                callback(step, losses[-1])
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+            if config.target_error is not None and (step + 1) % config.eval_every == 0 and rank == 0:
+                tick = time.perf_counter()
+                trained_for = tick - start - eval_time  # training time so far, evaluations excluded
+                error = score_error_table(_on_cpu(denoiser), world, n=512, seed=12345)["pooled_relative_error"]
+                eval_time += time.perf_counter() - tick
+                evaluations.append({"step": step + 1, "pooled_relative_error": error, "train_time_s": trained_for})
+                if error <= config.target_error and time_to_target is None:
+                    time_to_target = evaluations[-1]["train_time_s"]
+                    break
+    wall = time.perf_counter() - start
+    steps_done = step + 1
+    train_time = max(wall - eval_time, 1e-9)
+    return TrainResult(denoiser=_on_cpu(denoiser), config=config, losses=losses, steps_done=steps_done,
+                       wall_time_s=wall, samples_per_s=steps_done * config.batch_size / train_time,
+                       device=_device_name(device), world_size=world_size, time_to_target_s=time_to_target,
+                       evaluations=evaluations)
+
+
+def _on_cpu(denoiser: NeuralDenoiser) -> NeuralDenoiser:
+    """The denoiser with a float32 CPU copy of its network (checks run on the CPU in float32)."""
+    if denoiser.device.type == "cpu":
+        return denoiser
+    return NeuralDenoiser(copy.deepcopy(denoiser.network).float().cpu(), denoiser.vocabulary, denoiser.schedule,
+                          denoiser.world_name)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def config_from_preset(world: str, preset: str = "default", **overrides) -> TrainConfig:
+    """``TrainConfig`` of a named preset with overrides (``None`` values are ignored)."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = TrainConfig(world=world, **PRESETS[preset])
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+@torch.no_grad()
+def heldout_loss(denoiser: NeuralDenoiser, config: TrainConfig, n: int = 8192, seed: int = 2024) -> float:
+    """The DSM loss of ``denoiser`` on one fixed batch of ``n`` fresh draws (same law as training)."""
+    world = get_world(config.world)
+    sampler = ConditionSampler(world, denoiser.vocabulary, config.p_uncond, config.p_partial)
+    x_t, t, eps, ids, mask = sampler.batch(n, config, torch.Generator().manual_seed(seed))
+    _, scaled, log_snr = denoiser._inputs(x_t, t)
+    net = denoiser.network
+    prediction = net(scaled.float(), log_snr.float(), ids, mask).double()
+    return float((prediction - eps).pow(2).mean())
+
+
+def card_facts(result: TrainResult, score_error: dict) -> dict:
+    """What a checkpoint card records about the run that made it."""
+    tail = result.losses[-max(1, len(result.losses) // 20):]
+    return {"config": result.config.to_dict(), "seed": result.config.seed, "steps": result.steps_done,
+            "device": result.device, "world_size": result.world_size,
+            "trained_on": "gpu" if "cpu" not in result.device else "cpu",
+            "wall_time_s": round(result.wall_time_s, 2), "samples_per_s": round(result.samples_per_s, 1),
+            "time_to_target_s": result.time_to_target_s, "evaluations": result.evaluations,
+            "final_losses": {"train_loss_last_5pct": sum(tail) / len(tail),
+                             "ema_heldout_loss": heldout_loss(result.denoiser, result.config)},
+            "score_error": score_error}
