@@ -35,7 +35,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from verify.figures import plot_worlds
     from verify.report import ledger_table, write_ledger
 
-    config = RunConfig(quick=args.quick, seed=args.seed, show_progress=not args.no_progress)
+    config = RunConfig(quick=args.quick, seed=args.seed, show_progress=not args.no_progress,
+                       checkpoints=args.checkpoints)
     torch.manual_seed(args.seed)  # nothing should draw from it; seeded so that a stray draw is still reproducible
     start = time.perf_counter()
     records = evaluate_all(config)
@@ -120,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="smaller grids for a smoke run (same tolerances)")
     run.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--checkpoints", metavar="DIR", help="trained networks to check (default: checkpoints/)")
     run.add_argument("--update-readme", metavar="PATH", help="also write the ledger table into PATH between "
                      "<!-- ledger --> markers (how README.md's table is kept true)")
     run.set_defaults(func=_cmd_run)

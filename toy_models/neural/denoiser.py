@@ -86,7 +86,8 @@ class Vocabulary:
 
     def batch(self, conditions: Sequence[Condition], repeats: int = 1) -> tuple[Tensor, Tensor]:
         """Padded ids ``[len(conditions) * repeats, L]`` and mask (True = real token), each condition repeated."""
-        return self.pad([self.encode(c) for c in conditions for _ in range(repeats)])
+        ids, mask = self.pad([self.encode(c) for c in conditions])  # encode once per condition, then repeat
+        return ids.repeat_interleave(repeats, 0), mask.repeat_interleave(repeats, 0)
 
     def pad(self, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         """Pad id lists to ``[N, L]`` (``L`` the longest); the mask marks real tokens."""

@@ -46,26 +46,33 @@ def score_error_table(denoiser: Denoiser, world: World, times: Sequence[float] =
                       conditions: Sequence[Condition] | None = None, n: int = 2048, seed: int = 0) -> dict:
     """Relative score error by time and condition (null first, then every class by default).
 
-    Returns ``{"times", "by_condition": {key: [r(t) ...]}, "pooled_relative_error", "rms_relative_error", "n"}``;
-    the Monte Carlo relative standard error of each squared ratio is about ``sqrt(2 / (n d))`` for a smooth error field.
+    Returns ``{"times", "by_condition": {key: [r(t) ...]}, "standard_error": {key: [se(t) ...]},
+    "pooled_relative_error", "rms_relative_error", "n"}``; ``se`` is the Monte Carlo standard error of each r (delta
+    method for a ratio of two means over the same n draws).
     """
     conditions = [None, *world.class_conditions()] if conditions is None else list(conditions)
     exact = AnalyticDenoiser(world, denoiser.schedule)
     gen = torch.Generator().manual_seed(seed)
     table: dict[str, list[float]] = {}
     sums = [0.0, 0.0]
+    standard_errors: dict[str, list[float]] = {}
     for c in conditions:
-        row = []
+        row, se_row = [], []
         for t in times:
             alpha, sigma = (float(v) for v in denoiser.schedule.alpha_sigma(t))
             x = world.law(c).noised(alpha, sigma).sample(n, gen)  # [n, d] float64
             truth = exact.eps(x, t, c)
             error = denoiser.eps(x, t, c).to(torch.float64) - truth
-            num, den = float(error.pow(2).sum()), float(truth.pow(2).sum())
-            sums[0], sums[1] = sums[0] + num, sums[1] + den
-            row.append(math.sqrt(num / den))
+            a, b = error.pow(2).sum(1), truth.pow(2).sum(1)  # [n] each
+            sums[0], sums[1] = sums[0] + float(a.sum()), sums[1] + float(b.sum())
+            ratio = float(a.mean() / b.mean())
+            # delta method for a ratio of means: var(R) ~ var(a - R b) / (n mean(b)^2); then se(sqrt R) = se(R) / 2r
+            se_ratio = float((a - ratio * b).std() / (math.sqrt(n) * b.mean()))
+            row.append(math.sqrt(ratio))
+            se_row.append(se_ratio / (2 * math.sqrt(ratio)) if ratio > 0 else 0.0)
         table[condition_key(c)] = row
+        standard_errors[condition_key(c)] = se_row
     cells = [r for row in table.values() for r in row]
-    return {"times": list(times), "by_condition": table, "n": n,
+    return {"times": list(times), "by_condition": table, "standard_error": standard_errors, "n": n,
             "pooled_relative_error": math.sqrt(sums[0] / sums[1]),
             "rms_relative_error": math.sqrt(sum(r * r for r in cells) / len(cells))}

@@ -28,6 +28,8 @@ class RunConfig:
     quick: bool = False
     seed: int = 0
     show_progress: bool = True
+    #: folder of the trained networks (default: ./checkpoints, else the repository's checkpoints/)
+    checkpoints: str | None = None
 
 
 @dataclass
@@ -65,7 +67,7 @@ ORDER = ("S0-BAYES", "S0-CG-SCORE", "S0-CLEAN-CLASSIFIER", "S0-PROP1", "S0-CFG-C
 
 def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     """Every claim family, in ledger order."""
-    from . import algebra, bayes, classifier, pending, sampling, targets
+    from . import algebra, bayes, classifier, network, pending, sampling, targets
 
     records = [r for family in (bayes, algebra, classifier, targets, pending) for r in family.evaluate(config)]
     by_id = {r.id: r for r in records}
@@ -73,4 +75,5 @@ def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     if missing or len(by_id) != len(records):
         raise RuntimeError(f"ledger: missing or duplicated claim records: {sorted(missing)}")
     sampling.augment(by_id, config)
+    network.augment(by_id, config)
     return [by_id[cid] for cid in ORDER]
