@@ -66,9 +66,16 @@ def load_checkpoint(path: str | pathlib.Path) -> NeuralDenoiser:
     for p in (weights, card_path):
         if not p.is_file():
             raise ValueError(f"path: {p} does not exist (a checkpoint is NAME.safetensors beside NAME.json)")
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    if card.get("format") != CARD_FORMAT:
-        raise ValueError(f"card: format {card.get('format')!r} is not {CARD_FORMAT!r} ({card_path})")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"card: {card_path} is not valid JSON ({err})") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise ValueError(f"card: format {card.get('format') if isinstance(card, dict) else None!r} is not "
+                         f"{CARD_FORMAT!r} ({card_path})")
+    absent = [k for k in ("world", "schedule", "network", "vocabulary", "tensors", "sha256") if k not in card]
+    if absent:
+        raise ValueError(f"card: {card_path} lacks {absent}")
     digest = _sha256(weights)
     if digest != card["sha256"]:
         raise ValueError(f"card: {weights.name} has SHA-256 {digest[:12]}..., the card says {card['sha256'][:12]}...; "
@@ -82,13 +89,20 @@ def load_checkpoint(path: str | pathlib.Path) -> NeuralDenoiser:
         if list(tensor.shape) != listed[name]["shape"]:
             raise ValueError(f"card: tensor {name!r} has shape {list(tensor.shape)}, the card says "
                              f"{listed[name]['shape']}")
+        if str(tensor.dtype).removeprefix("torch.") != listed[name]["dtype"]:
+            raise ValueError(f"card: tensor {name!r} is {tensor.dtype}, the card says {listed[name]['dtype']}")
     vocabulary = Vocabulary.from_world(get_world(card["world"]))
     stored = card["vocabulary"]
     if list(vocabulary.tokens) != stored["tokens"] or {str(k): list(v) for k, v in vocabulary.label_tokens} != \
             stored["label_tokens"]:
         raise ValueError(f"card: the vocabulary of world {card['world']!r} has changed since training "
                          f"({stored['tokens']} -> {list(vocabulary.tokens)})")
-    network = CrossAttentionEpsNet(NetworkConfig(**card["network"]))
+    try:
+        net_config = NetworkConfig(**card["network"])
+    except TypeError as err:
+        raise ValueError(f"card: 'network' does not describe a NetworkConfig ({err})") from None
+    with torch.random.fork_rng(devices=[]):  # construction draws initial weights: keep the global generator still
+        network = CrossAttentionEpsNet(net_config)
     expected = {k: list(v.shape) for k, v in network.state_dict().items()}
     if expected != {k: list(v.shape) for k, v in tensors.items()}:
         raise ValueError(f"card: the network config {card['network']} does not give the stored tensors' shapes")

@@ -146,14 +146,20 @@ class NeuralDenoiser:
         alpha, sigma = self.schedule.alpha_sigma(times)  # validates the time domain
         if bool((sigma <= 0).any()):
             raise ValueError("t: the network predicts eps only where sigma_t > 0 (t = 0 has no noise to predict)")
+        if bool((alpha <= 0).any()):
+            raise ValueError(f"t: alpha_t = 0 on {self.schedule.name!r} there; the log-SNR the network reads is -inf")
         c_in = (alpha**2 * self.network.config.data_std**2 + sigma**2).rsqrt()
         return x, (c_in[:, None] * x.to(torch.float64)), self.schedule.log_snr(times)
 
     @torch.no_grad()
     def eps_multi(self, x: Tensor, t: Tensorish, conditions: list[Condition]) -> list[Tensor]:
         """The predictions for each condition at the same points, from one batched forward pass per chunk."""
+        if not conditions:
+            raise ValueError("conditions: give at least one condition")
         x, scaled, log_snr = self._inputs(x, t)
         n = x.shape[0]
+        if n == 0:
+            return [x.new_zeros((0, self.dim)) for _ in conditions]
         ids, mask = self.vocabulary.batch(conditions, repeats=n)  # [C N, L]
         dev, dt = self.device, self.dtype
         scaled, log_snr = scaled.repeat(len(conditions), 1), log_snr.repeat(len(conditions))

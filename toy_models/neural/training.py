@@ -73,8 +73,17 @@ class TrainConfig:
     eval_every: int = 500
 
     def __post_init__(self):
-        get_world(self.world)  # raises ValueError naming `name` for an unknown world
-        get_schedule(self.schedule)
+        try:
+            world = get_world(self.world)
+        except ValueError as err:
+            raise ValueError(f"world: {err}") from None
+        if not world.is_joint:
+            raise ValueError(f"world: {self.world!r} is two separate Gaussians, not one labelled mixture; the network "
+                             "trains on joint worlds (ring2d, attributes2d, tokens16d, ...)")
+        schedule = get_schedule(self.schedule)
+        if float(schedule.alpha(1.0)) <= 0.0:
+            raise ValueError(f"schedule: {self.schedule!r} has alpha(1) = 0, where the log-SNR the network is "
+                             "conditioned on is -inf; train on vp-linear, vp-cosine or ve")
         for name in ("steps", "batch_size", "width", "depth", "heads", "eval_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -187,23 +196,37 @@ def build_network(config: TrainConfig, world: World, vocabulary: Vocabulary) -> 
         return CrossAttentionEpsNet(net_config)
 
 
-def _distributed() -> tuple[int, int]:
-    """``(rank, world_size)``; initialises the process group under ``torchrun`` (WORLD_SIZE > 1)."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """``(rank, world_size)``; initialises the process group under ``torchrun`` (WORLD_SIZE > 1): NCCL when training
+    on GPUs, gloo on CPUs."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 @contextlib.contextmanager
 def _tf32(enabled: bool):
-    """TF32 matmuls inside the block only (restored after: the checks never see it)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    """TF32 matmuls inside the block only (restored after: the checks never see it). Touches nothing when disabled;
+    uses the ``fp32_precision`` API where torch has it (>= 2.9), else the legacy ``allow_tf32`` flags."""
+    if not enabled:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):
+        saved = matmul.fp32_precision
+        matmul.fp32_precision = "tf32"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision = saved
+        return
+    saved = matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _learning_rate(config: TrainConfig, step: int) -> float:
@@ -217,12 +240,12 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
 def train(config: TrainConfig, device: str | torch.device | None = None, show_progress: bool = True,
           callback: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train the network of ``config`` and return its EMA denoiser (on the CPU) with the run's measurements."""
-    rank, world_size = _distributed()
-    if config.batch_size % world_size:
-        raise ValueError(f"batch_size: {config.batch_size} does not split over {world_size} processes")
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
+    rank, world_size = _distributed(device)
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size: {config.batch_size} does not split over {world_size} processes")
     on_gpu = device.type == "cuda"
     world = get_world(config.world)
     vocabulary = Vocabulary.from_world(world)
@@ -267,14 +290,20 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
                 callback(step, losses[-1])
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if config.target_error is not None and (step + 1) % config.eval_every == 0 and rank == 0:
+            if config.target_error is not None and (step + 1) % config.eval_every == 0:
                 tick = time.perf_counter()
                 trained_for = tick - start - eval_time  # training time so far, evaluations excluded
-                error = score_error_table(_on_cpu(denoiser), world, n=512, seed=12345)["pooled_relative_error"]
+                stop = torch.zeros(1, device=device)
+                if rank == 0:  # rank 0 measures; every rank learns the decision, so all leave the loop together
+                    error = score_error_table(_on_cpu(denoiser), world, n=512, seed=12345)["pooled_relative_error"]
+                    evaluations.append({"step": step + 1, "pooled_relative_error": error,
+                                        "train_time_s": trained_for})
+                    stop[0] = float(error <= config.target_error)
+                if world_size > 1:
+                    dist.broadcast(stop, src=0)
                 eval_time += time.perf_counter() - tick
-                evaluations.append({"step": step + 1, "pooled_relative_error": error, "train_time_s": trained_for})
-                if error <= config.target_error and time_to_target is None:
-                    time_to_target = evaluations[-1]["train_time_s"]
+                if bool(stop[0]):
+                    time_to_target = trained_for
                     break
     wall = time.perf_counter() - start
     steps_done = step + 1

@@ -36,7 +36,6 @@ from verify.samplers import SAMPLERS, sample, time_grid
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
-from ._common import alpha_sigma
 
 MAIN = ("ring2d", "attributes2d", "tokens16d")
 P_UNCOND = ("0.00", "0.05", "0.10", "0.20", "0.50")
@@ -54,11 +53,18 @@ def default_checkpoints() -> pathlib.Path:
 def load_models(folder: pathlib.Path) -> dict:
     """The shipped checkpoints: ``{"main": {world: den}, "ablation": {p: den}, "imperfect": den}``."""
     def opt(path):
-        return load_checkpoint(path) if path.with_name(path.name + ".safetensors").is_file() else None
+        complete = all(path.with_name(path.name + ext).is_file() for ext in (".safetensors", ".json"))
+        return load_checkpoint(path) if complete else None
 
     return {"main": {w: opt(folder / w) for w in MAIN},
             "ablation": {p: opt(folder / "ablation" / f"ring2d_p{p}") for p in P_UNCOND},
             "imperfect": opt(folder / "imperfect" / "ring2d")}
+
+
+def _alpha_sigma(den, t: float) -> tuple[float, float]:
+    """alpha_t, sigma_t of the schedule the denoiser was trained on."""
+    a, s = den.schedule.alpha_sigma(float(t))
+    return float(a), float(s)
 
 
 def _world(den) -> World:
@@ -91,12 +97,12 @@ def implicit_classifier(den: NeuralDenoiser, config: RunConfig) -> dict:
     world = _world(den)
     n = 256 if config.quick else 1024
     times = (0.05, 0.3, 0.7, 1.0) if config.quick else (0.01, 0.05, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
-    exact = AnalyticDenoiser(world)
+    exact = AnalyticDenoiser(world, den.schedule)
     gen = torch.Generator().manual_seed(config.seed + 17)
     rows = {"times": list(times), "classifier_relative_error": [], "conditional_score_relative_error": [],
             "classifier_size_over_eps_size": []}
     for t in times:
-        a, s = alpha_sigma(t)
+        a, s = _alpha_sigma(den, t)
         num_cls = den_cls = num_eps = den_eps = 0.0
         for c in world.class_conditions()[:2]:
             x = world.law(c).noised(a, s).sample(n, gen)
@@ -121,7 +127,7 @@ def _paired(net_model, exact_model, world, start_condition, n: int, seed: int, s
     out = []
     for model in (net_model, exact_model):
         gen = torch.Generator().manual_seed(seed)
-        a, s = alpha_sigma(1.0)
+        a, s = _alpha_sigma(net_model, 1.0)
         x1 = world.law(start_condition).noised(a, s).sample(n, gen)
         out.append(sample(sampler, model, x1, time_grid(STEPS), condition=condition, generator=gen))
     return out
@@ -131,7 +137,7 @@ def cfg_sampling(den: NeuralDenoiser, config: RunConfig) -> dict:
     """ring2d class 0: every sampler's CFG samples from the network and from the exact scores (paired), and the
     tilted target, by w: mean along the class direction e_1."""
     world = get_world("ring2d")
-    exact = AnalyticDenoiser(world)
+    exact = AnalyticDenoiser(world, den.schedule)
     n = 500 if config.quick else 2000
     ws = (3.0,) if config.quick else (1.0, 3.0)
     samplers = ("ddim", "ddpm") if config.quick else tuple(SAMPLERS)
@@ -162,7 +168,7 @@ def cfg_sampling(den: NeuralDenoiser, config: RunConfig) -> dict:
 def attributes_sampling(den: NeuralDenoiser, config: RunConfig) -> dict:
     """attributes2d: negative prompts and composition sampled by DDIM from the network and the exact scores."""
     world = get_world("attributes2d")
-    exact = AnalyticDenoiser(world)
+    exact = AnalyticDenoiser(world, den.schedule)
     n = 1000 if config.quick else 4000
     red_dog = lambda x: (x[:, 0] < 0) & (x[:, 1] > 0)  # noqa: E731
     purple = lambda x: x[:, 0].abs() < 1.0  # noqa: E731
@@ -196,7 +202,7 @@ def attention_mass(den: NeuralDenoiser, config: RunConfig) -> dict:
     gen = torch.Generator().manual_seed(config.seed + 31)
     out: dict = {}
     for t in (0.1, 0.5, 0.9):
-        a, s = alpha_sigma(t)
+        a, s = _alpha_sigma(den, t)
         maps = []
         for c in labels:
             x = world.law(c).noised(a, s).sample(n, gen)
@@ -219,51 +225,62 @@ def attention_mass(den: NeuralDenoiser, config: RunConfig) -> dict:
 
 
 def guided_eps_error(den: NeuralDenoiser, config: RunConfig, w: float = 3.0) -> dict:
-    """Relative error of the network's CFG prediction against the exact CFG prediction (ring2d, w = 3), pooled over
-    t and the first classes: the error CFG sampling actually integrates, no sampling noise."""
+    """Relative error of the network's CFG prediction against the exact CFG prediction at ``w``, pooled over t and
+    the first four classes of the denoiser's world: the error that CFG sampling integrates, with no sampling noise.
+    ``se``: Monte Carlo standard error of the pooled value (delta method for a ratio of means)."""
     world = _world(den)
-    exact = AnalyticDenoiser(world)
+    exact = AnalyticDenoiser(world, den.schedule)
     n = 256 if config.quick else 1024
     gen = torch.Generator().manual_seed(config.seed + 37)
-    num = dnm = 0.0
-    by_t = []
-    for t in (0.05, 0.2, 0.5, 0.8, 1.0):
-        a, s = alpha_sigma(t)
-        nt = dt = 0.0
+    times = (0.05, 0.2, 0.5, 0.8, 1.0)
+    num, dnm, by_t = [], [], []
+    for t in times:
+        a, s = _alpha_sigma(den, t)
+        cells = []
         for c in world.class_conditions()[:4]:
             x = world.law(c).noised(a, s).sample(n, gen)
-            d = CFGDenoiser(den, c, w=w).eps(x, t, c) - CFGDenoiser(exact, c, w=w).eps(x, t, c)
             truth = CFGDenoiser(exact, c, w=w).eps(x, t, c)
-            nt, dt = nt + float(d.pow(2).sum()), dt + float(truth.pow(2).sum())
-        by_t.append(math.sqrt(nt / dt))
-        num, dnm = num + nt, dnm + dt
-    return {"w": w, "pooled_relative_error": math.sqrt(num / dnm), "by_t": by_t, "times": [0.05, 0.2, 0.5, 0.8, 1.0]}
+            cells.append(((CFGDenoiser(den, c, w=w).eps(x, t, c) - truth).pow(2).sum(1), truth.pow(2).sum(1)))
+        e2, t2 = torch.cat([c[0] for c in cells]), torch.cat([c[1] for c in cells])
+        by_t.append(math.sqrt(float(e2.sum() / t2.sum())))
+        num.append(e2)
+        dnm.append(t2)
+    e2, t2 = torch.cat(num), torch.cat(dnm)
+    ratio = float(e2.mean() / t2.mean())
+    se_ratio = float((e2 - ratio * t2).std() / (math.sqrt(len(e2)) * t2.mean()))
+    return {"w": w, "pooled_relative_error": math.sqrt(ratio), "se": se_ratio / (2 * math.sqrt(ratio)),
+            "by_t": by_t, "times": list(times)}
+
+
+def frechet_with_se(x: torch.Tensor, law, generator: torch.Generator, n_boot: int = 100) -> tuple[float, float]:
+    """Frechet distance of samples to a law, and its bootstrap standard error (``n_boot`` resamples)."""
+    boot = [frechet_distance(x[torch.randint(len(x), (len(x),), generator=generator)], law) for _ in range(n_boot)]
+    return frechet_distance(x, law), float(torch.tensor(boot).std())
 
 
 def guided_quality(den: NeuralDenoiser, config: RunConfig, classifier: bool = False) -> dict:
-    """ring2d class 0, DDIM: precision against p(x|c) (exact densities), Frechet distance to p(x|c) and the mean
-    posterior p(c|x), by guidance strength; CFG, or classifier guidance with the exact noisy classifier on the
-    network's unconditional branch (``classifier=True``)."""
+    """ring2d class 0, DDIM: precision against p(x|c) (exact densities), Frechet distance to p(x|c) (bootstrap SE)
+    and the mean posterior p(c|x), by guidance strength; CFG, or classifier guidance with the exact noisy classifier
+    on the network's unconditional branch (``classifier=True``). Each strength uses the same start points and noise
+    for both kinds of guidance (paired)."""
     world = get_world("ring2d")
     clean = world.law(None)
     n = 1000 if config.quick else 4000
-    gen = torch.Generator().manual_seed(config.seed + 41)
 
     def grad(x, t, c):
-        a, s = alpha_sigma(float(t))
+        a, s = _alpha_sigma(den, t)
         return clean.noised(a, s).grad_log_posterior(x, c)
 
     out = {}
     for g in (1.0, 2.0, 4.0, 8.0):  # guidance_scale: w = g - 1 for CFG, classifier scale s = g
+        gen = torch.Generator().manual_seed(config.seed + 41 + int(10 * g))
         model = (ClassifierGuidedDenoiser(den, grad, g) if classifier else CFGDenoiser(den, 0, guidance_scale=g))
-        x = sample("ddim", model, world.law(0).noised(*alpha_sigma(1.0)).sample(n, gen), time_grid(STEPS),
+        x = sample("ddim", model, world.law(0).noised(*_alpha_sigma(den, 1.0)).sample(n, gen), time_grid(STEPS),
                    condition=0, generator=gen)
         pr = precision_recall(x, world.law(0), n_reference=20000, generator=gen)
-        halves = [frechet_distance(x[i::2], world.law(0)) for i in range(2)]
-        out[f"{g:g}"] = {"precision": pr.precision, "precision_se": pr.precision_se,
-                         "frechet_to_p(x|c)": frechet_distance(x, world.law(0)),
-                         "frechet_se": abs(halves[0] - halves[1]) / 2,  # spread of two half-sample estimates
-                         "mean_posterior_of_class_0": float(clean.class_posterior(x)[:, 0].mean())}
+        fd, fd_se = frechet_with_se(x, world.law(0), gen)
+        out[f"{g:g}"] = {"precision": pr.precision, "precision_se": pr.precision_se, "frechet_to_p(x|c)": fd,
+                         "frechet_se": fd_se, "mean_posterior_of_class_0": float(clean.class_posterior(x)[:, 0].mean())}
     return out
 
 
@@ -274,67 +291,79 @@ def augment(records: dict[str, ClaimRecord], config: RunConfig) -> None:
     """Add ``evidence["network"]`` to the records and decide the claims that need the network."""
     folder = pathlib.Path(config.checkpoints) if config.checkpoints else default_checkpoints()
     models = load_models(folder)
-    main = models["main"]
+    main, ablation, imperfect = models["main"], models["ablation"], models["imperfect"]
     missing = [w for w, d in main.items() if d is None]
     if missing:
-        for rid in ("S0-NULL-TOKEN", "S0-XATTN", "S1-DROPOUT", "S1-FID-IS"):
+        for rid in ("S0-NULL-TOKEN", "S0-XATTN", "S1-FID-IS"):
             records[rid].evidence["network"] = {"skipped": f"no checkpoint for {missing} in {folder}"}
-        return
-    bar = tqdm(total=8, desc="network evidence", disable=not config.show_progress, leave=False)
-    errors = {w: score_errors(d, config) for w, d in main.items()}
-    bar.update()
-    cards = {w: _card(d) for w, d in main.items()}
-    _null_token(records, config, main, errors, cards, models)
-    bar.update()
-    _implicit(records, config, main, cards)
-    bar.update()
-    _cfg_samples(records, config, main["ring2d"], cards["ring2d"])
-    bar.update()
-    _attributes(records, config, main["attributes2d"], cards["attributes2d"])
-    bar.update()
-    _xattn(records, config, main["tokens16d"], cards["tokens16d"])
-    bar.update()
-    _dropout(records, config, models["ablation"])
-    bar.update()
-    _imperfect(records, config, main["ring2d"], models["imperfect"])
-    bar.update()
-    bar.close()
+    else:
+        bar = tqdm(total=7, desc="network evidence", disable=not config.show_progress, leave=False)
+        errors = {w: score_errors(d, config) for w, d in main.items()}
+        bar.update()
+        cards = {w: _card(d) for w, d in main.items()}
+        _null_token(records, config, errors, cards, ablation)
+        bar.update()
+        _implicit(records, config, main, cards)
+        bar.update()
+        _cfg_samples(records, config, main["ring2d"], cards["ring2d"])
+        bar.update()
+        _attributes(records, config, main["attributes2d"], cards["attributes2d"])
+        bar.update()
+        _xattn(records, config, main["tokens16d"], cards["tokens16d"])
+        bar.update()
+        _imperfect(records, config, main["ring2d"], imperfect)
+        bar.update()
+        bar.close()
+    _dropout(records, config, ablation, folder)
 
 
-def _null_token(records, config, main, errors, cards, models) -> None:
+def _rms(row: list[float], se_row: list[float]) -> tuple[float, float]:
+    """Root mean square of per-t relative errors, and its standard error (delta method, independent cells)."""
+    rms = math.sqrt(sum(r * r for r in row) / len(row))
+    return rms, math.sqrt(sum((r * e) ** 2 for r, e in zip(row, se_row, strict=True))) / (len(row) * rms)
+
+
+def _null_token(records, config, errors, cards, ablation) -> None:
     rec = records["S0-NULL-TOKEN"]
     summary = {}
     for w, table in errors.items():
-        null_row = table["by_condition"]["null"]
-        cond_rows = [r for k, r in table["by_condition"].items() if k != "null"]
-        null_rms = math.sqrt(sum(r * r for r in null_row) / len(null_row))
-        cond_rms = [math.sqrt(sum(r * r for r in row) / len(row)) for row in cond_rows]
-        summary[w] = {"null_rms_relative_error": null_rms, "conditional_rms_relative_error_max": max(cond_rms),
-                      "conditional_rms_relative_error_median": sorted(cond_rms)[len(cond_rms) // 2]}
-    no_dropout = models["ablation"].get("0.00")
-    with_dropout = models["ablation"].get("0.10")
-    ablation = {}
+        rows = {k: _rms(r, table["standard_error"][k]) for k, r in table["by_condition"].items()}
+        null, cond = rows.pop("null"), list(rows.values())
+        worst = max(cond)
+        times = table["times"]
+        ratio_by_t = [n / sorted(r[i] for k, r in table["by_condition"].items() if k != "null")[len(cond) // 2]
+                      for i, n in enumerate(table["by_condition"]["null"])]
+        summary[w] = {"null_rms_relative_error": null[0], "null_se": null[1],
+                      "conditional_rms_relative_error_max": worst[0], "conditional_max_se": worst[1],
+                      "null_over_median_conditional_by_t": dict(zip(map(str, times), ratio_by_t, strict=True)),
+                      "null_within_conditional_range": null[0] <= worst[0] + Z * math.hypot(null[1], worst[1])}
+    no_dropout, with_dropout = ablation.get("0.00"), ablation.get("0.10")
+    by_p = {}
     if no_dropout is not None and with_dropout is not None:
         for p, den in (("0.00", no_dropout), ("0.10", with_dropout)):
             tab = score_error_table(den, get_world("ring2d"), conditions=[None], n=256 if config.quick else 1024,
                                     seed=config.seed + 43)
-            ablation[p] = tab["pooled_relative_error"]
-    usable = all(s["null_rms_relative_error"] <= s["conditional_rms_relative_error_max"] for s in summary.values())
-    needed = bool(ablation) and ablation["0.00"] > 5 * ablation["0.10"]
+            by_p[p] = _rms(tab["by_condition"]["null"], tab["standard_error"]["null"])
+    usable = all(v["null_within_conditional_range"] for v in summary.values())
+    needed = bool(by_p) and by_p["0.00"][0] - by_p["0.10"][0] > Z * math.hypot(by_p["0.00"][1], by_p["0.10"][1])
     rec.evidence["network"] = {"score_error_tables": errors, "summary": summary,
-                               "null_branch_pooled_error_by_p_uncond": ablation, "checkpoints": cards}
+                               "ring2d_null_rms_error_by_p_uncond": {p: {"rms": v[0], "se": v[1]}
+                                                                     for p, v in by_p.items()},
+                               "checkpoints": cards}
     rec.procedure = ("the trained networks' null-token branch against the exact unconditional score, by t (relative "
-                     "sigma^2-weighted error), beside the conditional branches; and the null branch of ring2d networks "
-                     "trained with p_uncond = 0 and 0.1")
-    rec.verdict = "holds" if usable and needed else ("conditional" if usable else "fails")
-    worst = max(summary, key=lambda w: summary[w]["null_rms_relative_error"])
-    rec.headline = (f"null branch rms relative error {summary['ring2d']['null_rms_relative_error']:.3f} (ring2d), "
-                    f"{summary[worst]['null_rms_relative_error']:.3f} ({worst}) vs worst conditional "
-                    f"{summary[worst]['conditional_rms_relative_error_max']:.3f}"
-                    + (f"; without dropout {ablation['0.00']:.2f} vs {ablation['0.10']:.3f} pooled"
-                       if ablation else ""))
-    rec.conditions = ("the null branch is as accurate as the conditional branches only where noise is large; at small "
-                      "t its error is the largest of all branches (it must resolve every mode with 10 % of the data)")
+                     "sigma^2-weighted error), beside the conditional branches (rms over t, 3-SE comparisons); and the "
+                     "null branch of ring2d networks trained with p_uncond = 0 and 0.1")
+    rec.verdict = ("holds" if usable and needed else "conditional" if needed else "fails")
+    worst_world = max(summary, key=lambda w: summary[w]["null_rms_relative_error"])
+    sw = summary[worst_world]
+    rec.headline = (f"null branch rms error {summary['ring2d']['null_rms_relative_error']:.3f} (ring2d), "
+                    f"{sw['null_rms_relative_error']:.3f} ({worst_world}; worst conditional "
+                    f"{sw['conditional_rms_relative_error_max']:.3f})"
+                    + (f"; trained without dropout {by_p['0.00'][0]:.2f}" if by_p else ""))
+    hardest = {w: max(v["null_over_median_conditional_by_t"].items(), key=lambda kv: kv[1]) for w, v in summary.items()}
+    rec.conditions = ("" if usable else "the null branch is less accurate than every conditional branch: "
+                      + "; ".join(f"{w}: {r:.1f}x the median conditional error at t = {t}"
+                                  for w, (t, r) in hardest.items()))
     rec.uncertainty = "Monte Carlo standard errors per (t, condition) in score_error_tables; one training seed"
     rec.tests = ["tests/test_neural.py", "tests/test_network_claims.py"]
     rec.figure = "figures/network_score_error.png"
@@ -356,7 +385,7 @@ def _cfg_samples(records, config, den, card) -> None:
                     if isinstance(v, dict))
     records["S0-PROP2-SAMPLES"].evidence["network"] = {
         "ring2d_class0_mean_e1": res, "steps": STEPS, "checkpoint": card,
-        "finding_transfers": transfers,
+        "finding_transfers": transfers, "figure": "figures/network_cfg_samples.png",
         "reading": ("paired: the same start points and sampler noise for the network's CFG and the exact-score CFG; "
                     "the finding transfers when, for every sampler, the exact sampler's distance to the tilted target "
                     f"exceeds the network's deviation from the exact sampler by more than {Z:g} standard errors")}
@@ -394,36 +423,42 @@ def _xattn(records, config, den, card) -> None:
     rec.figure = "figures/network_attention.png"
 
 
-def _dropout(records, config, ablation) -> None:
+def _dropout(records, config, ablation, folder) -> None:
     rec = records["S1-DROPOUT"]
     if any(d is None for d in ablation.values()):
-        rec.evidence["network"] = {"skipped": "ablation checkpoints missing"}
+        rec.evidence["network"] = {"skipped": f"ablation checkpoints missing in {folder / 'ablation'}"}
         return
     rows = {}
     for p, den in ablation.items():
         tab = score_errors(den, config)
-        cond = [r for k, r in tab["by_condition"].items() if k != "null"]
-        rows[p] = {"null_rms_relative_error": math.sqrt(sum(r * r for r in tab["by_condition"]["null"]) / len(
-                       tab["by_condition"]["null"])),
-                   "conditional_rms_relative_error": math.sqrt(sum(r * r for row in cond for r in row)
-                                                                / sum(len(row) for row in cond)),
+        cond = [k for k in tab["by_condition"] if k != "null"]
+        null = _rms(tab["by_condition"]["null"], tab["standard_error"]["null"])
+        cond_all = _rms([r for k in cond for r in tab["by_condition"][k]],
+                        [e for k in cond for e in tab["standard_error"][k]])
+        guided = guided_eps_error(den, config)
+        rows[p] = {"null_rms_relative_error": null[0], "null_se": null[1],
+                   "conditional_rms_relative_error": cond_all[0], "conditional_se": cond_all[1],
                    "pooled_relative_error": tab["pooled_relative_error"],
-                   "cfg_w3_eps_error": guided_eps_error(den, config)["pooled_relative_error"]}
+                   "cfg_w3_eps_error": guided["pooled_relative_error"], "cfg_w3_eps_error_se": guided["se"]}
     best = min(rows, key=lambda p: rows[p]["cfg_w3_eps_error"])
-    band = min(rows[p]["cfg_w3_eps_error"] for p in ("0.10", "0.20"))
-    others = min(rows[p]["cfg_w3_eps_error"] for p in rows if p not in ("0.10", "0.20"))
-    rec.evidence["network"] = {"by_p_uncond": rows, "best_p_uncond_for_cfg": best,
+    band = min(("0.10", "0.20"), key=lambda p: rows[p]["cfg_w3_eps_error"])
+    # the band is "effective" when no rate outside it beats the band's best by more than Z standard errors
+    beaten_by = [p for p in rows if p not in ("0.10", "0.20") and rows[band]["cfg_w3_eps_error"]
+                 - rows[p]["cfg_w3_eps_error"] > Z * math.hypot(rows[band]["cfg_w3_eps_error_se"],
+                                                               rows[p]["cfg_w3_eps_error_se"])]
+    rec.evidence["network"] = {"by_p_uncond": rows, "best_p_uncond_for_cfg": best, "band_beaten_by": beaten_by,
                                "checkpoints": {p: _card(d) for p, d in ablation.items()}}
     rec.procedure = ("five ring2d networks, identical but for p_uncond in {0, 0.05, 0.1, 0.2, 0.5}: null and "
                      "conditional score error by t, and the relative error of the CFG prediction at w = 3 against the "
-                     "exact CFG prediction (what guided sampling integrates)")
-    rec.verdict = "holds" if band <= others else "conditional"
+                     "exact CFG prediction (what guided sampling integrates); 3-SE comparisons")
+    rec.verdict = "holds" if not beaten_by else "conditional"
     rec.headline = ("CFG (w = 3) prediction error by p_uncond: "
                     + ", ".join(f"{float(p):g}: {rows[p]['cfg_w3_eps_error']:.3f}" for p in rows)
-                    + f"; null error at p = 0: {rows['0.00']['null_rms_relative_error']:.2f}")
-    rec.conditions = ("" if band <= others else f"the 0.1-0.2 band is not the best: p_uncond = {float(best):g} "
-                      "gives the smallest CFG error on this world")
-    rec.uncertainty = "one training seed per p_uncond; Monte Carlo standard errors in the score tables are ~1 %"
+                    + f"; null-branch error at p = 0: {rows['0.00']['null_rms_relative_error']:.2f}")
+    rec.conditions = ("" if not beaten_by else "p_uncond = " + ", ".join(f"{float(p):g}" for p in beaten_by)
+                      + " gives a smaller CFG error than the 0.1-0.2 band on this world")
+    rec.uncertainty = ("Monte Carlo standard errors in evidence; one training seed per p_uncond, so seed-to-seed "
+                       "variation of training is not in them")
     rec.tests = ["tests/test_network_claims.py"]
     rec.figure = "figures/network_dropout_ablation.png"
 
@@ -451,6 +486,13 @@ def _imperfect(records, config, main, imperfect) -> None:
                                "imperfect_precision_rises_g1_to_g4": precision_rises,
                                "imperfect_frechet_improves_with_guidance": fd_improves,
                                "checkpoints": {"imperfect": _card(imperfect), "main": _card(main)}}
+    records["S1-SCALE-TABLE"].evidence["network"] = {
+        "main_network_guidance_scale_1": curves["main"]["cfg"]["1"],
+        "imperfect_network_guidance_scale_1": cfg["1"],
+        "reading": ("scale 1 reproduces 'the training distribution as is' only as well as the model fits it: an exact "
+                    "model's precision at level 0.95 is 0.95 and its Frechet distance to p(x|c) is 0 (up to the "
+                    "sampler's discretisation); these are the trained networks' values"),
+        "checkpoints": {"imperfect": _card(imperfect), "main": _card(main)}}
     rec = records["S1-FID-IS"]
     cfg_not_worse = fd_cfg <= fd_cg + Z * math.hypot(se_cfg, se_cg)
     rec.evidence["network"] = {"curves": curves["imperfect"], "best_cfg": {"guidance_scale": g_cfg, "frechet": fd_cfg},
@@ -468,4 +510,4 @@ def _imperfect(records, config, main, imperfect) -> None:
     rec.uncertainty = (f"binomial precision SEs; Frechet SE from two half-samples (in evidence); a comparison counts "
                        f"beyond {Z:g} SE")
     rec.tests = ["tests/test_network_claims.py"]
-    rec.figure = "figures/network_cfg_samples.png"
+    rec.figure = ""
