@@ -4,8 +4,8 @@ Commands
 --------
 ``cfgtruth run [--out DIR] [--quick] [--seed N]``
     Evaluate every claim, write ``DIR/ledger.json``, ``DIR/ledger.md`` and ``DIR/figures/``.
-``cfgtruth figures [--out DIR]``
-    Regenerate the committed figures (default ``figures/``).
+``cfgtruth figures [--out DIR] [--checkpoints DIR]``
+    Regenerate the committed figures (default ``figures/``), the network figures from the shipped checkpoints.
 ``cfgtruth proofs``
     Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
 ``cfgtruth train --world NAME [--preset default|small] [--steps N] [--p-uncond P] [--out PATH] ...``
@@ -63,8 +63,9 @@ def _replace_between_markers(path: pathlib.Path, name: str, text: str) -> None:
 
 def _cmd_figures(args: argparse.Namespace) -> int:
     from verify.figures import plot_all
+    from verify.figures_network import plot_network_all
 
-    for path in plot_all(args.out):
+    for path in [*plot_all(args.out), *plot_network_all(args.out, args.checkpoints)]:
         print(f"wrote {path}")
     return 0
 
@@ -127,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
     figs = sub.add_parser("figures", help="regenerate the committed figures")
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")
+    figs.add_argument("--checkpoints", metavar="DIR", help="trained networks to draw (default: checkpoints/)")
     figs.set_defaults(func=_cmd_figures)
     sub.add_parser("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
     tr = sub.add_parser("train", help="train the cross-attention network on a world and write a checkpoint")

@@ -205,12 +205,12 @@ def network_cfg_samples(den, config: RunConfig, ws: Sequence[float] = _CFG_WS, *
     -------
     dict
         ``{w: {"network": [n, 2] array, "analytic": [n, 2] array}}``; starts from the noised conditional at t = 1
-        (:func:`verify.claims.network._paired`, with the seed and sample size of ``cfg_sampling``, so at its
-        guidance strengths these are the ledger's DDIM samples).
+        (:func:`verify.claims.network._paired`, with ``cfg_sampling``'s seed; the figure draws more points than the
+        ledger's 1000, so these are not the ledger's samples, only the same procedure).
     """
     world = get_world("ring2d")
     exact = AnalyticDenoiser(world)
-    n = n if n is not None else (500 if config.quick else 2000)  # cfg_sampling's sizes: at its w the same samples
+    n = n if n is not None else (500 if config.quick else 2000)
     out = {}
     with _one_thread():
         for w in ws:

@@ -36,7 +36,7 @@ def _provenance(config: RunConfig) -> dict[str, Any]:
         version = "unknown"
     return {"cfgtruth": version, "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "python": platform.python_version(), "torch": torch.__version__, "quick": config.quick,
-            "seed": config.seed}
+            "seed": config.seed, "checkpoints": config.checkpoints or "checkpoints/ (default)"}
 
 
 def _headline(record: ClaimRecord) -> str:

@@ -112,7 +112,7 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "default": {},
     "ablation": {"steps": 3000, "batch_size": 512, "width": 48},
-    "imperfect": {"steps": 300, "batch_size": 256, "width": 32, "depth": 1, "warmup_steps": 30, "ema_decay": 0.99},
+    "imperfect": {"steps": 600, "batch_size": 512, "width": 48},
     "small": {"steps": 150, "batch_size": 256, "width": 32, "depth": 1, "heads": 2, "warmup_steps": 20,
               "ema_decay": 0.95, "eval_every": 50},
 }
