@@ -466,10 +466,12 @@ def plot_dropout_ablation(path: str | pathlib.Path, models: dict, config: RunCon
         for key, (label, colour, marker, ls) in metrics.items():
             values = [rows[p][key] for p in ps]
             ax_bar.plot(x, values, color=colour, marker=marker, ms=7, ls=ls, lw=1.2, label=label)
-            below = key == "conditional_rms_relative_error"
+            # labels: null above its points, conditional below, CFG to the right (the three curves cross)
+            offset, ha = {"null_rms_relative_error": ((0, 8), "center"),
+                          "conditional_rms_relative_error": ((0, -11), "center")}.get(key, ((9, 0), "left"))
             for xi, v in zip(x, values, strict=True):
-                ax_bar.annotate(f"{v:.3g}", (xi, v), xytext=(0, -11 if below else 8), textcoords="offset points",
-                                fontsize=8, ha="center", va="center", color=colour)
+                ax_bar.annotate(f"{v:.3g}", (xi, v), xytext=offset, textcoords="offset points",
+                                fontsize=8, ha=ha, va="center", color=colour)
         ax_bar.set_xticks(x, [f"{float(p):g}" for p in ps])
         ax_bar.set_xlim(-0.5, len(ps) - 0.3)
         _log_y(ax_bar)
@@ -498,7 +500,7 @@ def plot_dropout_ablation(path: str | pathlib.Path, models: dict, config: RunCon
                           "(bars: $\\pm 1$ Monte Carlo SE)", loc="left")
         ax_cfg.set_ylabel(f"relative error of the CFG prediction, w = {w:g} (log scale)")
         ax_cfg.set_title(f"(c) CFG prediction $(1+w)\\hat\\varepsilon(x,c) - w\\hat\\varepsilon(x,\\varnothing)$, "
-                         f"w = {w:g}, against\nthe exact one, by t (points from $p_t(x|c)$, first 4 classes; colours "
+                         f"w = {w:g},\nagainst the exact one, by t (points from $p_t(x|c)$,\nfirst 4 classes; colours "
                          "as in (b))", loc="left")
         ax_null.legend(frameon=False, loc="lower left", fontsize=8.5)
         fig.suptitle("Conditioning dropout ablation: five ring2d networks identical but for p_uncond, measured "

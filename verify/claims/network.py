@@ -248,8 +248,8 @@ def guided_eps_error(den: NeuralDenoiser, config: RunConfig, w: float = 3.0) -> 
     e2, t2 = torch.cat(num), torch.cat(dnm)
     ratio = float(e2.mean() / t2.mean())
     se_ratio = float((e2 - ratio * t2).std() / (math.sqrt(len(e2)) * t2.mean()))
-    return {"w": w, "pooled_relative_error": math.sqrt(ratio), "se": se_ratio / (2 * math.sqrt(ratio)),
-            "by_t": by_t, "times": list(times)}
+    se = se_ratio / (2 * math.sqrt(ratio)) if ratio > 0 else 0.0
+    return {"w": w, "pooled_relative_error": math.sqrt(ratio), "se": se, "by_t": by_t, "times": list(times)}
 
 
 def frechet_with_se(x: torch.Tensor, law, generator: torch.Generator, n_boot: int = 100) -> tuple[float, float]:
@@ -359,10 +359,10 @@ def _null_token(records, config, errors, cards, ablation) -> None:
     rec.verdict = ("holds" if usable and needed else "conditional" if needed else "fails")
     worst_world = max(summary, key=lambda w: summary[w]["null_rms_relative_error"])
     sw = summary[worst_world]
-    rec.headline = (f"null branch rms error {summary['ring2d']['null_rms_relative_error']:.3f} (ring2d), "
-                    f"{sw['null_rms_relative_error']:.3f} ({worst_world}; worst conditional "
-                    f"{sw['conditional_rms_relative_error_max']:.3f})"
-                    + (f"; trained without dropout {by_p['0.00'][0]:.2f}" if by_p else ""))
+    rec.headline = (f"null-branch rms error {sw['null_rms_relative_error']:.3f} against the worst conditional "
+                    f"branch's {sw['conditional_rms_relative_error_max']:.3f} ({worst_world}, the largest of "
+                    f"{len(summary)} networks)"
+                    + (f"; ring2d trained without dropout: {by_p['0.00'][0]:.2f}" if by_p else ""))
     hardest = {w: max(v["null_over_median_conditional_by_t"].items(), key=lambda kv: kv[1]) for w, v in summary.items()}
     rec.conditions = ("" if usable else "the null branch is less accurate than every conditional branch: "
                       + "; ".join(f"{w}: {r:.1f}x the median conditional error at t = {t}"
