@@ -8,7 +8,7 @@ Commands
     Regenerate the committed figures (default ``figures/``), the network figures from the shipped checkpoints.
 ``cfgtruth proofs``
     Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
-``cfgtruth train --world NAME [--preset default|small] [--steps N] [--p-uncond P] [--out PATH] ...``
+``cfgtruth train --world NAME [--preset default|ablation|imperfect|small] [--steps N] [--p-uncond P] [--out PATH] ...``
     Train the cross-attention network on a world (DSM, conditioning dropout, AdamW, EMA), measure its score error
     and write ``PATH.safetensors`` + ``PATH.json`` (default ``checkpoints/NAME``). Under ``torchrun`` it runs
     data-parallel; rank 0 writes.
@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
     tr = sub.add_parser("train", help="train the cross-attention network on a world and write a checkpoint")
     tr.add_argument("--world", required=True, help="world name (ring2d, attributes2d, tokens16d, ...)")
-    tr.add_argument("--preset", default="default", help="default (what ships) or small (seconds on a CPU)")
+    tr.add_argument("--preset", default="default", choices=["default", "ablation", "imperfect", "small"],
+                    help="default (what ships), ablation, imperfect, small (seconds on a CPU)")
     tr.add_argument("--out", help="checkpoint path without suffix (default: checkpoints/WORLD)")
     for flag, kind in (("--steps", int), ("--batch-size", int), ("--p-uncond", float), ("--width", int),
                        ("--depth", int), ("--heads", int), ("--learning-rate", float), ("--target-error", float)):

@@ -209,7 +209,7 @@ def network_cfg_samples(den, config: RunConfig, ws: Sequence[float] = _CFG_WS, *
         ledger's 1000, so these are not the ledger's samples, only the same procedure).
     """
     world = get_world("ring2d")
-    exact = AnalyticDenoiser(world)
+    exact = AnalyticDenoiser(world, den.schedule)
     n = n if n is not None else (500 if config.quick else 2000)
     out = {}
     with _one_thread():

@@ -27,7 +27,7 @@ from ..schedules import Schedule, get_schedule
 from ..world import World
 from .network import NULL_TOKEN_ID, CrossAttentionEpsNet
 
-__all__ = ["Vocabulary", "NeuralDenoiser"]
+__all__ = ["Vocabulary", "NeuralDenoiser", "network_inputs"]
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,19 @@ class Vocabulary:
         return ids, mask
 
 
+def network_inputs(schedule: Schedule, data_std: float, x: Tensor, times: Tensor) -> tuple[Tensor, Tensor]:
+    r"""What the network reads: :math:`c_{in}(t)\, x_t` with :math:`c_{in} = (\alpha_t^2 \sigma_{data}^2 +
+    \sigma_t^2)^{-1/2}`, and :math:`\lambda_t` (``x`` ``[N, d]``, ``times`` ``[N]``; float64). The one place the
+    input scaling is written: training and inference both call it."""
+    alpha, sigma = schedule.alpha_sigma(times)  # validates the time domain
+    if bool((sigma <= 0).any()):
+        raise ValueError("t: the network predicts eps only where sigma_t > 0 (t = 0 has no noise to predict)")
+    if bool((alpha <= 0).any()):
+        raise ValueError(f"t: alpha_t = 0 on {schedule.name!r} there; the log-SNR the network reads is -inf")
+    c_in = (alpha**2 * data_std**2 + sigma**2).rsqrt()
+    return c_in[:, None] * x, schedule.log_snr(times)
+
+
 class NeuralDenoiser:
     """A trained :class:`~toy_models.neural.network.CrossAttentionEpsNet` as a Denoiser.
 
@@ -143,13 +156,8 @@ class NeuralDenoiser:
             times = times.reshape(1).expand(x.shape[0])
         elif times.shape != (x.shape[0],):
             raise ValueError(f"t: expected a scalar or shape [N] = [{x.shape[0]}], got {list(times.shape)}")
-        alpha, sigma = self.schedule.alpha_sigma(times)  # validates the time domain
-        if bool((sigma <= 0).any()):
-            raise ValueError("t: the network predicts eps only where sigma_t > 0 (t = 0 has no noise to predict)")
-        if bool((alpha <= 0).any()):
-            raise ValueError(f"t: alpha_t = 0 on {self.schedule.name!r} there; the log-SNR the network reads is -inf")
-        c_in = (alpha**2 * self.network.config.data_std**2 + sigma**2).rsqrt()
-        return x, (c_in[:, None] * x.to(torch.float64)), self.schedule.log_snr(times)
+        scaled, log_snr = network_inputs(self.schedule, self.network.config.data_std, x.to(torch.float64), times)
+        return x, scaled, log_snr
 
     @torch.no_grad()
     def eps_multi(self, x: Tensor, t: Tensorish, conditions: list[Condition]) -> list[Tensor]:

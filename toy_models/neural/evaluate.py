@@ -28,7 +28,7 @@ from ..denoiser import AnalyticDenoiser, Denoiser
 from ..gaussian_mixture import Condition, normalize_condition
 from ..world import World
 
-__all__ = ["EVAL_TIMES", "condition_key", "score_error_table"]
+__all__ = ["EVAL_TIMES", "condition_key", "relative_error", "score_error_table"]
 
 #: the times of the score-error table (vp-linear: sigma from 0.045 to 1)
 EVAL_TIMES = (0.01, 0.03, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -42,13 +42,26 @@ def condition_key(condition: Condition) -> str:
     return str(cond) if isinstance(cond, int) else "+".join(cond)
 
 
+def relative_error(errors_sq: Sequence[torch.Tensor], sizes_sq: Sequence[torch.Tensor]) -> tuple[float, float]:
+    r"""``(r, se)``: :math:`r = (\sum a / \sum b)^{1/2}` over one or more cells of per-point squared errors ``a``
+    and squared exact sizes ``b`` (each ``[n_c]``), and its Monte Carlo standard error. Delta method for a ratio of
+    sums over independently drawn cells (strata): :math:`\mathrm{var}(\sum a - R \sum b) = \sum_c n_c
+    \mathrm{var}_c(a - R b)`, :math:`\mathrm{se}(R) = \sqrt{\cdot} / \sum b`, :math:`\mathrm{se}(r) =
+    \mathrm{se}(R) / 2r`."""
+    total_b = float(sum(float(b.sum()) for b in sizes_sq))
+    ratio = float(sum(float(a.sum()) for a in errors_sq)) / total_b
+    var = sum(len(a) * float((a - ratio * b).var()) for a, b in zip(errors_sq, sizes_sq, strict=True) if len(a) > 1)
+    r = math.sqrt(ratio)
+    return r, (math.sqrt(var) / total_b / (2 * r) if r > 0 else 0.0)
+
+
 def score_error_table(denoiser: Denoiser, world: World, times: Sequence[float] = EVAL_TIMES,
                       conditions: Sequence[Condition] | None = None, n: int = 2048, seed: int = 0) -> dict:
     """Relative score error by time and condition (null first, then every class by default).
 
     Returns ``{"times", "by_condition": {key: [r(t) ...]}, "standard_error": {key: [se(t) ...]},
-    "pooled_relative_error", "rms_relative_error", "n"}``; ``se`` is the Monte Carlo standard error of each r (delta
-    method for a ratio of two means over the same n draws).
+    "pooled_relative_error", "rms_relative_error", "n"}``; ``se`` is the Monte Carlo standard error of each r
+    (:func:`relative_error`).
     """
     conditions = [None, *world.class_conditions()] if conditions is None else list(conditions)
     exact = AnalyticDenoiser(world, denoiser.schedule)
@@ -65,11 +78,9 @@ def score_error_table(denoiser: Denoiser, world: World, times: Sequence[float] =
             error = denoiser.eps(x, t, c).to(torch.float64) - truth
             a, b = error.pow(2).sum(1), truth.pow(2).sum(1)  # [n] each
             sums[0], sums[1] = sums[0] + float(a.sum()), sums[1] + float(b.sum())
-            ratio = float(a.mean() / b.mean())
-            # delta method for a ratio of means: var(R) ~ var(a - R b) / (n mean(b)^2); then se(sqrt R) = se(R) / 2r
-            se_ratio = float((a - ratio * b).std() / (math.sqrt(n) * b.mean()))
-            row.append(math.sqrt(ratio))
-            se_row.append(se_ratio / (2 * math.sqrt(ratio)) if ratio > 0 else 0.0)
+            r, se = relative_error([a], [b])
+            row.append(r)
+            se_row.append(se)
         table[condition_key(c)] = row
         standard_errors[condition_key(c)] = se_row
     cells = [r for row in table.values() for r in row]

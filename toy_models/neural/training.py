@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from ..scenarios import get_world
 from ..schedules import get_schedule
 from ..world import World
-from .denoiser import NeuralDenoiser, Vocabulary
+from .denoiser import NeuralDenoiser, Vocabulary, network_inputs
 from .evaluate import score_error_table
 from .network import NULL_TOKEN_ID, CrossAttentionEpsNet, NetworkConfig
 
@@ -268,10 +268,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
     with _tf32(on_gpu and config.reduced_precision):
         for step in bar:
             x_t, t, eps, ids, mask = sampler.batch(per_rank, config, generator)
-            alpha, sigma = get_schedule(config.schedule).alpha_sigma(t)
-            c_in = (alpha**2 * net.config.data_std**2 + sigma**2).rsqrt()
-            inputs = ((c_in[:, None] * x_t).float().to(device), get_schedule(config.schedule).log_snr(t).float()
-                      .to(device), ids.to(device), mask.to(device))
+            scaled, log_snr = network_inputs(denoiser.schedule, net.config.data_std, x_t, t)
+            inputs = (scaled.float().to(device), log_snr.float().to(device), ids.to(device), mask.to(device))
             for group in optimiser.param_groups:
                 group["lr"] = _learning_rate(config, step)
             with autocast:
@@ -344,7 +342,7 @@ def heldout_loss(denoiser: NeuralDenoiser, config: TrainConfig, n: int = 8192, s
     world = get_world(config.world)
     sampler = ConditionSampler(world, denoiser.vocabulary, config.p_uncond, config.p_partial)
     x_t, t, eps, ids, mask = sampler.batch(n, config, torch.Generator().manual_seed(seed))
-    _, scaled, log_snr = denoiser._inputs(x_t, t)
+    scaled, log_snr = network_inputs(denoiser.schedule, denoiser.network.config.data_std, x_t, t)
     net = denoiser.network
     prediction = net(scaled.float(), log_snr.float(), ids, mask).double()
     return float((prediction - eps).pow(2).mean())
