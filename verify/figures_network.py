@@ -46,7 +46,7 @@ from .claims.network import (
     _paired,
     attention_mass,
     default_checkpoints,
-    guided_eps_error,
+    dropout_rows,
     load_models,
     score_errors,
 )
@@ -394,30 +394,10 @@ def plot_network_attention(path: str | pathlib.Path, models: dict, config: RunCo
 # Figure N4: the p_uncond ablation
 # --------------------------------------------------------------------------------------------------------------
 def dropout_ablation_rows(ablation: dict, config: RunConfig, w: float = 3.0) -> dict[str, dict]:
-    """Per p_uncond: null-branch and conditional rms relative score error (as ``S1-DROPOUT`` summarises them), the
-    pooled CFG prediction error at ``w`` and their curves by t.
-
-    Returns
-    -------
-    dict
-        ``{p: {"null_rms_relative_error", "conditional_rms_relative_error", "cfg_eps_error", "times", "null_by_t",
-        "null_se_by_t", "cfg_times", "cfg_by_t"}}`` for each p whose network is in ``ablation``.
-    """
-    rows = {}
+    """:func:`verify.claims.network.dropout_rows` (the rows ``S1-DROPOUT`` reads, with their curves by t), measured
+    on one thread."""
     with _one_thread():
-        for p, den in ablation.items():
-            if den is None:
-                continue
-            tab = score_errors(den, config)
-            cond = [r for k, r in tab["by_condition"].items() if k != "null"]
-            guided = guided_eps_error(den, config, w=w)
-            rows[p] = {"null_rms_relative_error": _rms(tab["by_condition"]["null"]),
-                       "conditional_rms_relative_error": _rms([r for row in cond for r in row]),
-                       "cfg_eps_error": guided["pooled_relative_error"], "w": w,
-                       "times": tab["times"], "null_by_t": tab["by_condition"]["null"],
-                       "null_se_by_t": tab["standard_error"]["null"],
-                       "cfg_times": guided["times"], "cfg_by_t": guided["by_t"]}
-    return rows
+        return dropout_rows(ablation, config, w=w)
 
 
 def plot_dropout_ablation(path: str | pathlib.Path, models: dict, config: RunConfig, *,

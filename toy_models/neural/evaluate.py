@@ -72,8 +72,7 @@ def score_error_table(denoiser: Denoiser, world: World, times: Sequence[float] =
     for c in conditions:
         row, se_row = [], []
         for t in times:
-            alpha, sigma = (float(v) for v in denoiser.schedule.alpha_sigma(t))
-            x = world.law(c).noised(alpha, sigma).sample(n, gen)  # [n, d] float64
+            x = exact.noised_law(t, c).sample(n, gen)  # [n, d] float64
             truth = exact.eps(x, t, c)
             error = denoiser.eps(x, t, c).to(torch.float64) - truth
             a, b = error.pow(2).sum(1), truth.pow(2).sum(1)  # [n] each

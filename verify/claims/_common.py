@@ -49,6 +49,17 @@ def check_points(world: World, conditions: list[Condition], t: float, n: int, ge
     return torch.cat([bulk, centre + 3.0 * (bulk - centre)])
 
 
+def exact_noisy_classifier(world: World, schedule=SCHEDULE):
+    r"""``grad(x, t, c)``: the world's exact noisy classifier gradient :math:`\nabla_x \log p_t(c \mid x)` on
+    ``schedule`` (the argument :class:`~verify.guidance.ClassifierGuidedDenoiser` takes)."""
+    exact = AnalyticDenoiser(world.law(None), schedule)
+
+    def grad(x: torch.Tensor, t, c: Condition) -> torch.Tensor:
+        return exact.noised_law(float(t)).grad_log_posterior(x, c)
+
+    return grad
+
+
 @functools.lru_cache(maxsize=1)
 def _proof_results():
     import proofs

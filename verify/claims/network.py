@@ -40,6 +40,7 @@ from verify.samplers import SAMPLERS, sample, time_grid
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
+from ._common import exact_noisy_classifier
 
 MAIN = ("ring2d", "attributes2d", "tokens16d")
 P_UNCOND = ("0.00", "0.05", "0.10", "0.20", "0.50")
@@ -106,13 +107,13 @@ def implicit_classifier(den: NeuralDenoiser, config: RunConfig) -> dict:
     rows = {"times": list(times), "classifier_relative_error": [], "classifier_se": [],
             "conditional_score_relative_error": [], "conditional_se": [], "classifier_size_over_eps_size": []}
     for t in times:
-        a, s = _alpha_sigma(den, t)
+        sigma = _alpha_sigma(den, t)[1]
         cls_cells, eps_cells = ([], []), ([], [])
         for c in world.class_conditions()[:2]:
-            x = world.law(c).noised(a, s).sample(n, gen)
+            x = exact.noised_law(t, c).sample(n, gen)
             net_c, net_null = den.eps_multi(x, t, [c, None])
             true_c = exact.eps(x, t, c)
-            true_cls = s * world.law(None).noised(a, s).grad_log_posterior(x, c)  # sigma grad log p_t(c|x)
+            true_cls = sigma * exact.noised_law(t).grad_log_posterior(x, c)  # sigma grad log p_t(c|x)
             cls_cells[0].append((-(net_c - net_null) - true_cls).pow(2).sum(1))
             cls_cells[1].append(true_cls.pow(2).sum(1))
             eps_cells[0].append((net_c - true_c).pow(2).sum(1))
@@ -242,10 +243,9 @@ def guided_eps_error(den: NeuralDenoiser, config: RunConfig, w: float = 3.0) -> 
     times = (0.05, 0.2, 0.5, 0.8, 1.0)
     errors, sizes, by_t = [], [], []
     for t in times:
-        a, s = _alpha_sigma(den, t)
         cell_e, cell_s = [], []
         for c in world.class_conditions()[:4]:
-            x = world.law(c).noised(a, s).sample(n, gen)
+            x = exact.noised_law(t, c).sample(n, gen)
             truth = CFGDenoiser(exact, c, w=w).eps(x, t, c)
             cell_e.append((CFGDenoiser(den, c, w=w).eps(x, t, c) - truth).pow(2).sum(1))
             cell_s.append(truth.pow(2).sum(1))
@@ -270,10 +270,7 @@ def guided_quality(den: NeuralDenoiser, config: RunConfig, classifier: bool = Fa
     world = get_world("ring2d")
     clean = world.law(None)
     n = 500 if config.quick else 2000
-
-    def grad(x, t, c):
-        a, s = _alpha_sigma(den, t)
-        return clean.noised(a, s).grad_log_posterior(x, c)
+    grad = exact_noisy_classifier(world, den.schedule)
 
     out = {}
     for g in (1.0, 4.0) if config.quick else (1.0, 2.0, 4.0, 8.0):  # guidance_scale g: CFG w = g - 1, classifier s = g
@@ -441,23 +438,41 @@ def _xattn(records, config, den, card) -> None:
     rec.figure = "figures/network_attention.png"
 
 
+def dropout_rows(ablation: dict, config: RunConfig, tables: dict | None = None, w: float = 3.0) -> dict[str, dict]:
+    """Per p_uncond (networks in ``ablation``; ``None`` entries skipped): null-branch and conditional rms relative
+    score error with SEs, the pooled score error, the pooled CFG prediction error at ``w`` with its SE, and the
+    curves by t behind them. ``tables``: score tables already measured (:func:`score_errors`), keyed like
+    ``ablation``. The ledger (S1-DROPOUT) and the ablation figure both read these rows."""
+    rows = {}
+    for p, den in ablation.items():
+        if den is None:
+            continue
+        tab = tables[p] if tables is not None and p in tables else score_errors(den, config)
+        cond = [k for k in tab["by_condition"] if k != "null"]
+        null = _rms(tab["by_condition"]["null"], tab["standard_error"]["null"])
+        cond_all = _rms([r for k in cond for r in tab["by_condition"][k]],
+                        [e for k in cond for e in tab["standard_error"][k]])
+        guided = guided_eps_error(den, config, w=w)
+        rows[p] = {"null_rms_relative_error": null[0], "null_se": null[1],
+                   "conditional_rms_relative_error": cond_all[0], "conditional_se": cond_all[1],
+                   "pooled_relative_error": tab["pooled_relative_error"], "w": w,
+                   "cfg_eps_error": guided["pooled_relative_error"], "cfg_eps_error_se": guided["se"],
+                   "times": tab["times"], "null_by_t": tab["by_condition"]["null"],
+                   "null_se_by_t": tab["standard_error"]["null"], "cfg_times": guided["times"],
+                   "cfg_by_t": guided["by_t"]}
+    return rows
+
+
 def _dropout(records, config, ablation, ablation_tables, folder) -> None:
     rec = records["S1-DROPOUT"]
     if any(d is None for d in ablation.values()):
         rec.evidence["network"] = {"skipped": f"ablation checkpoints missing in {folder / 'ablation'}"}
         return
-    rows = {}
-    for p, den in ablation.items():
-        tab = ablation_tables[p]
-        cond = [k for k in tab["by_condition"] if k != "null"]
-        null = _rms(tab["by_condition"]["null"], tab["standard_error"]["null"])
-        cond_all = _rms([r for k in cond for r in tab["by_condition"][k]],
-                        [e for k in cond for e in tab["standard_error"][k]])
-        guided = guided_eps_error(den, config)
-        rows[p] = {"null_rms_relative_error": null[0], "null_se": null[1],
-                   "conditional_rms_relative_error": cond_all[0], "conditional_se": cond_all[1],
-                   "pooled_relative_error": tab["pooled_relative_error"],
-                   "cfg_w3_eps_error": guided["pooled_relative_error"], "cfg_w3_eps_error_se": guided["se"]}
+    rows = {p: {"null_rms_relative_error": r["null_rms_relative_error"], "null_se": r["null_se"],
+                "conditional_rms_relative_error": r["conditional_rms_relative_error"],
+                "conditional_se": r["conditional_se"], "pooled_relative_error": r["pooled_relative_error"],
+                "cfg_w3_eps_error": r["cfg_eps_error"], "cfg_w3_eps_error_se": r["cfg_eps_error_se"]}
+            for p, r in dropout_rows(ablation, config, ablation_tables).items()}
     best = min(rows, key=lambda p: rows[p]["cfg_w3_eps_error"])
     band = min(("0.10", "0.20"), key=lambda p: rows[p]["cfg_w3_eps_error"])
     # the band is "effective" when no rate outside it beats the band's best by more than Z standard errors

@@ -42,6 +42,7 @@ from verify.samplers import SAMPLERS, count_evaluations, sample, time_grid
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
+from ._common import exact_noisy_classifier
 
 F64 = torch.float64
 W_LAWS = ("0", "1", "3", "7")
@@ -234,13 +235,9 @@ def _narrow_negative_sampled(config: RunConfig) -> dict:
 def _clean_classifier_sampled(config: RunConfig) -> dict:
     world = get_world("ring2d")
     den = AnalyticDenoiser(world)
-    sched = get_schedule(SCHEDULE)
     n = 4000 if config.quick else 20000
     clean = world.law(None)
-
-    def noisy(x, t, c):
-        a, s = (float(v) for v in sched.alpha_sigma(t))
-        return clean.noised(a, s).grad_log_posterior(x, c)
+    noisy = exact_noisy_classifier(world, SCHEDULE)
 
     out = {}
     for label, grad in (("noisy classifier p_t(c|x)", noisy),
