@@ -8,15 +8,18 @@ tests.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import pathlib
 import pickle
+import re
 import shutil
 import struct
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import toy_models
 from toy_models import get_schedule, get_world
@@ -31,7 +34,7 @@ from toy_models.neural import (
     score_error_table,
     train,
 )
-from toy_models.neural.checkpoint import CARD_FORMAT, checkpoint_paths
+from toy_models.neural.checkpoint import CARD_FORMAT, card_signature, checkpoint_paths
 from toy_models.neural.training import ConditionSampler, build_network, card_facts, heldout_loss
 from verify.tolerances import unit_roundoff
 
@@ -408,6 +411,37 @@ def test_same_seed_same_weights_different_seed_different_weights():
     assert sum(not torch.equal(a[k], c[k]) for k in a) >= len(a) - 1  # everything but (at most) one buffer
 
 
+@pytest.mark.parametrize("p_uncond", [0.0, 0.3, 1.0])
+def test_training_drops_the_condition_at_rate_p_uncond(monkeypatch, p_uncond):
+    """The batches the training loss sees carry the null condition at rate ``p_uncond``: a forward pre-hook on the
+    trained network records the token ids of every training forward pass (8 steps x 256 rows = 2048 rows).
+
+    A loop that ignored ``config.p_uncond`` (the sampler built with the default 0.1, say) gives 0.1 at every rate: at
+    p = 0 and p = 1 the count must be exactly 0 and 2048 (no randomness), and at p = 0.3 within 4 binomial standard
+    errors (sd sqrt(0.3 * 0.7 / 2048) = 0.010, so 0.1 is 20 sd away)."""
+    import toy_models.neural.training as training
+
+    seen: list[torch.Tensor] = []
+    original = training.build_network
+
+    def instrumented(config, world, vocabulary):
+        net = original(config, world, vocabulary)
+
+        def record(module, args):
+            if module.training:  # the EMA copy (deep-copied with this hook) runs in eval mode, if at all
+                ids, mask = args[2], args[3]
+                seen.append((ids[:, 0] == NULL_TOKEN_ID) & (mask.sum(1) == 1))
+
+        net.register_forward_pre_hook(record)
+        return net
+
+    monkeypatch.setattr(training, "build_network", instrumented)
+    train(config_from_preset("ring2d", "small", steps=8, p_uncond=p_uncond), show_progress=False)
+    null = torch.cat(seen)
+    assert len(seen) == 8 and null.numel() == 8 * 256
+    assert within_binomial(int(null.sum()), null.numel(), p_uncond), (int(null.sum()), p_uncond)
+
+
 @pytest.mark.parametrize(("overrides", "field"), [
     ({"p_uncond": 1.5}, "p_uncond"),
     ({"p_uncond": -0.1}, "p_uncond"),
@@ -427,7 +461,7 @@ def test_train_config_validation_names_the_field(overrides, field):
 
 
 def test_train_config_unknown_world_and_preset():
-    with pytest.raises(ValueError, match=r"^world: name: unknown world 'nowhere'"):
+    with pytest.raises(ValueError, match=r"^world: unknown world 'nowhere'; choose one of"):
         TrainConfig(world="nowhere")
     with pytest.raises(ValueError, match=r"^preset: unknown preset 'huge'"):
         config_from_preset("ring2d", "huge")
@@ -506,6 +540,7 @@ def test_checkpoint_is_safetensors_not_pickle(checkpoint, monkeypatch):
 
 
 def tampered_copy(checkpoint, tmp_path, edit):
+    """Copies of the checkpoint's two files in ``tmp_path``, changed by ``edit(weights, card)``."""
     _, weights, card = checkpoint
     shutil.copy(weights, tmp_path / weights.name)
     shutil.copy(card, tmp_path / card.name)
@@ -513,13 +548,51 @@ def tampered_copy(checkpoint, tmp_path, edit):
     return tmp_path / "ring2d"
 
 
-def edit_card(change):
+def resign(weights, card_path, data: dict) -> None:
+    """Write ``data`` as the card, signed for the weights file as it now is: what a deliberate re-save would do.
+    Used to reach the checks behind the hash and the signature."""
+    data["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    data.pop("signature", None)
+    data["signature"] = card_signature(data)
+    card_path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def edit_card(change, signed: bool = False):
+    """An edit of the card's JSON; ``signed=True`` re-signs it afterwards (only the later checks can refuse it)."""
     def edit(weights, card):
         data = json.loads(card.read_text(encoding="utf-8"))
         change(data)
-        card.write_text(json.dumps(data), encoding="utf-8")
+        if signed:
+            resign(weights, card, data)
+        else:
+            card.write_text(json.dumps(data), encoding="utf-8")
 
     return edit
+
+
+def edit_tensors(change):
+    """Rewrite the weights file with ``change(tensors)`` applied, keeping the card's manifest, and re-sign the card
+    for the new file (so that the hash and the signature pass and the tensor checks are what must refuse it)."""
+    def edit(weights, card):
+        tensors = load_file(str(weights))
+        change(tensors)
+        save_file(tensors, str(weights))
+        resign(weights, card, json.loads(card.read_text(encoding="utf-8")))
+
+    return edit
+
+
+def write_weights_bytes(data: bytes):
+    def edit(weights, card):
+        weights.write_bytes(data)
+        resign(weights, card, json.loads(card.read_text(encoding="utf-8")))
+
+    return edit
+
+
+def truncate_weights(weights, card):
+    raw = weights.read_bytes()
+    write_weights_bytes(raw[: len(raw) // 2])(weights, card)
 
 
 def flip_last_byte(weights, card):
@@ -534,28 +607,159 @@ def reshape_first(data):
     data["tensors"][name]["shape"] = [*data["tensors"][name]["shape"], 1]
 
 
-@pytest.mark.parametrize(("edit", "match"), [
-    (flip_last_byte, r"^card: ring2d.safetensors has SHA-256"),
-    (edit_card(reshape_first), r"^card: tensor '.*' has shape"),
-    (edit_card(lambda d: d["tensors"].pop("readout.weight")), r"^card: tensor names differ; missing \[\], "
-                                                               r"extra \['readout.weight'\]"),
-    (edit_card(lambda d: d.update(format="other/1")), r"^card: format 'other/1'"),
-    (edit_card(lambda d: d["network"].update(width=48)), r"^card: the network config"),
-    (edit_card(lambda d: d["vocabulary"]["tokens"].reverse()), r"^card: the vocabulary of world 'ring2d'"),
-    (lambda weights, card: weights.unlink(), r"^path: .*ring2d.safetensors does not exist"),
-    (lambda weights, card: card.unlink(), r"^path: .*ring2d.json does not exist"),
-], ids=["weights-modified", "shape-edited", "tensor-missing", "format", "network-config", "vocabulary",
-        "no-weights", "no-card"])
-def test_checkpoint_refuses_a_mismatch(checkpoint, tmp_path, edit, match):
+def set_first_value(value: float):
+    def change(tensors):
+        tensors["readout.bias"] = tensors["readout.bias"].clone()
+        tensors["readout.bias"][0] = value
+
+    return change
+
+
+W, C = "ring2d.safetensors", "ring2d.json"  # which file a message must start with
+
+
+# Every malformation: (edit, the file the message starts with, the rest of the message after "PATH: ").
+# Old behaviour, before the checks (each case fails on it): truncated/garbage tensor files behind a matching hash
+# raised safetensors' own SafetensorError; a binary card raised UnicodeDecodeError; a missing manifest field raised
+# KeyError; a wrongly typed network field escaped as NetworkConfig's ValueError without the path; an edited
+# schedule, data_std or p_uncond and non-finite weights loaded silently.
+MALFORMED = {
+    "no-weights": (lambda w, c: w.unlink(), W, r"path: does not exist"),
+    "no-card": (lambda w, c: c.unlink(), C, r"path: does not exist"),
+    "card-binary": (lambda w, c: c.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256))), C,
+                    r"card: not UTF-8 text \(byte 0x89 at offset 0\)"),
+    "card-invalid-json": (lambda w, c: c.write_text('{"format": ', encoding="utf-8"), C, r"card: invalid JSON"),
+    "card-not-an-object": (lambda w, c: c.write_text("[1, 2]", encoding="utf-8"), C,
+                           r"card: expected a JSON object, got list"),
+    "card-nan-constant": (lambda w, c: c.write_text('{"format": NaN}', encoding="utf-8"), C,
+                          r"card: invalid JSON \(the non-standard JSON constant NaN\)"),
+    "format": (edit_card(lambda d: d.update(format="other/1")), C, r"format: 'other/1' is not"),
+    "format-version-1": (edit_card(lambda d: d.update(format="cfgtruth-checkpoint/1")), C,
+                         r"format: .*\(a version-1 card has no signature; re-save"),
+    "missing-schedule": (edit_card(lambda d: d.pop("schedule")), C, r"schedule: missing from the card"),
+    "missing-sha256": (edit_card(lambda d: d.pop("sha256")), C, r"sha256: missing from the card"),
+    "missing-signature": (edit_card(lambda d: d.pop("signature")), C, r"signature: missing from the card"),
+    "missing-manifest-shape": (edit_card(lambda d: d["tensors"]["readout.bias"].pop("shape"), signed=True), C,
+                               r"tensors\['readout.bias'\].shape: expected an array, got null"),
+    "world-not-a-string": (edit_card(lambda d: d.update(world=3)), C, r"world: expected a string, got integer 3"),
+    "network-width-a-string": (edit_card(lambda d: d["network"].update(width="64"), signed=True), C,
+                               r"network.width: expected an integer, got string '64'"),
+    "network-width-a-bool": (edit_card(lambda d: d["network"].update(width=True), signed=True), C,
+                             r"network.width: expected an integer, got boolean True"),
+    "network-unknown-field": (edit_card(lambda d: d["network"].update(colour=1), signed=True), C,
+                              r"network.colour: not a NetworkConfig field"),
+    "tokens-not-a-list": (edit_card(lambda d: d["vocabulary"].update(tokens="class0"), signed=True), C,
+                          r"vocabulary.tokens: expected an array, got string"),
+    "sha256-not-hex": (edit_card(lambda d: d.update(sha256="xyz")), C, r"sha256: expected 64 lowercase hex"),
+    "manifest-dtype-unknown": (edit_card(lambda d: d["tensors"]["readout.bias"].update(dtype="float8"),
+                                         signed=True), C, r"tensors\['readout.bias'\].dtype: 'float8' is not"),
+    "weights-modified": (flip_last_byte, W, r"sha256: the file's SHA-256 is [0-9a-f]{12}\.\.\., the card ring2d.json"),
+    "weights-truncated": (truncate_weights, W, r"tensors: not a readable safetensors file \(SafetensorError"),
+    "weights-garbage": (write_weights_bytes(b"not a safetensors file at all" * 8), W,
+                        r"tensors: not a readable safetensors file"),
+    "weights-empty": (write_weights_bytes(b""), W, r"tensors: not a readable safetensors file"),
+    "schedule-edited": (edit_card(lambda d: d.update(schedule="vp-cosine")), C,
+                        r"schedule: the card was changed after it was signed \(edited: \['schedule'\]\)"),
+    "data-std-edited": (edit_card(lambda d: d["network"].update(data_std=1.0)), C,
+                        r"network: the card was changed after it was signed \(edited: \['network'\]\)"),
+    "p-uncond-edited": (edit_card(lambda d: d["config"].update(p_uncond=0.5)), C,
+                        r"config: the card was changed after it was signed"),
+    "field-added": (edit_card(lambda d: d.update(note="hand edit")), C, r"note: .*\(added: \['note'\]\)"),
+    "signature-edited": (edit_card(lambda d: d["signature"].update(digest="0" * 64)), C,
+                         r"signature: the card was changed after it was signed \(the per-field digests"),
+    "tensor-missing-from-manifest": (edit_card(lambda d: d["tensors"].pop("readout.weight"), signed=True), W,
+                                     r"tensors: names differ from the card's manifest; missing \[\], "
+                                     r"extra \['readout.weight'\]"),
+    "tensor-missing-from-file": (edit_tensors(lambda t: t.pop("readout.weight")), W,
+                                 r"tensors: names differ .*; missing \['readout.weight'\], extra \[\]"),
+    "tensor-extra-in-file": (edit_tensors(lambda t: t.update(stray=torch.zeros(3))), W,
+                             r"tensors: names differ .*; missing \[\], extra \['stray'\]"),
+    "shape-edited": (edit_card(reshape_first, signed=True), W, r"tensors\['.*'\].shape: \[.*\] in the file, the card"),
+    "dtype-in-file": (edit_tensors(lambda t: t.update({"readout.bias": t["readout.bias"].double()})), W,
+                      r"tensors\['readout.bias'\].dtype: torch.float64 in the file, the card says float32"),
+    "weights-nan": (edit_tensors(set_first_value(float("nan"))), W,
+                    r"tensors\['readout.bias'\]: 1 of 1 values are not finite"),
+    "weights-inf": (edit_tensors(set_first_value(float("-inf"))), W,
+                    r"tensors\['readout.bias'\]: 1 of 1 values are not finite"),
+    "network-config": (edit_card(lambda d: d["network"].update(width=48), signed=True), C,
+                       r"network: the config .* does not give the stored tensors"),
+    "network-invalid": (edit_card(lambda d: d["network"].update(heads=5), signed=True), C,
+                        r"network: heads: must divide width = 32, got 5"),
+    "vocabulary": (edit_card(lambda d: d["vocabulary"]["tokens"].reverse(), signed=True), C,
+                   r"vocabulary: the vocabulary of world 'ring2d' has changed"),
+    "unknown-world": (edit_card(lambda d: d.update(world="nowhere"), signed=True), C,
+                      r"world: unknown world 'nowhere'"),
+    "unknown-schedule": (edit_card(lambda d: d.update(schedule="vp-quadratic"), signed=True), C,
+                         r"schedule: unknown schedule 'vp-quadratic'"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_checkpoint_refuses_a_malformed_file(checkpoint, tmp_path, case):
+    """Each malformation ends in a ValueError whose message starts with the offending file's path and names the
+    field (see MALFORMED for what each case did before these checks)."""
+    edit, file_name, message = MALFORMED[case]
     path = tampered_copy(checkpoint, tmp_path, edit)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError) as caught:
         load_checkpoint(path)
+    assert type(caught.value) is ValueError  # not a subclass such as UnicodeDecodeError or JSONDecodeError
+    assert re.match(re.escape(str(tmp_path / file_name)) + ": " + message, str(caught.value)), str(caught.value)
 
 
-def test_checkpoint_refuses_a_malformed_card(checkpoint, tmp_path):
-    path = tampered_copy(checkpoint, tmp_path, edit_card(lambda d: d.pop("sha256")))
-    with pytest.raises(ValueError, match=r"^card:"):
-        load_checkpoint(path)
+def test_signed_edit_of_a_bound_field_is_what_the_signature_refuses(checkpoint, tmp_path):
+    """The schedule, data scaling and p_uncond edits above are refused by the signature alone: re-signed, the same
+    cards load, and the network computes something else (so the binding is what protects the numbers)."""
+    x, t = points(64, 2, seed=4), 0.5
+    reference = load_checkpoint(checkpoint[1]).eps(x, t, 2)
+    for change in (lambda d: d.update(schedule="vp-cosine"), lambda d: d["network"].update(data_std=1.0)):
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        loaded = load_checkpoint(tampered_copy(checkpoint, folder, edit_card(change, signed=True)))
+        assert float((loaded.eps(x, t, 2) - reference).abs().max()) > 1e-3
+
+
+def test_save_refuses_non_finite_weights(trained, tmp_path):
+    result, _ = trained
+    import copy
+
+    den = copy.deepcopy(result.denoiser)
+    with torch.no_grad():
+        den.network.readout.bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"^denoiser: non-finite weights, refusing to save them: \{'readout.bias': 1"):
+        save_checkpoint(tmp_path / "bad", den, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(checkpoint, tmp_path, monkeypatch):
+    """An interruption while the weights are written leaves the previous checkpoint loadable and no temporary file
+    (before, the weights were written in place: half a file beside the old card)."""
+    result, weights, card = checkpoint
+    path = tmp_path / "ring2d"
+    save_checkpoint(path, result.denoiser, {"note": "first"})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    import toy_models.neural.checkpoint as module
+
+    def interrupted(tensors, filename, metadata=None):  # Ctrl-C halfway through writing the weights
+        pathlib.Path(filename).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, result.denoiser, {"note": "second"})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing half-written, no temp file
+    assert load_checkpoint(path).card["note"] == "first"
+
+
+def test_shipped_checkpoints_load_and_are_signed():
+    """The cards in checkpoints/ were re-signed (tensor files untouched); every one loads and its signature covers
+    the schedule: the same card with the schedule changed is refused."""
+    root = pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
+    cards = sorted(root.rglob("*.json"))
+    assert len(cards) == 9
+    for card in cards:
+        den = load_checkpoint(card)
+        assert den.card["format"] == CARD_FORMAT
+        assert den.card["signature"] == card_signature(den.card)
 
 
 def test_loading_leaves_the_global_generator_alone(checkpoint):
@@ -565,7 +769,7 @@ def test_loading_leaves_the_global_generator_alone(checkpoint):
 
 
 def test_checkpoint_refuses_a_nonexistent_path(tmp_path):
-    with pytest.raises(ValueError, match=r"^path:"):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tmp_path / 'nothing.json'))}: path: does not exist"):
         load_checkpoint(tmp_path / "nothing")
 
 

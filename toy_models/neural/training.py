@@ -41,7 +41,7 @@ from .denoiser import NeuralDenoiser, Vocabulary, network_inputs
 from .evaluate import score_error_table
 from .network import NULL_TOKEN_ID, CrossAttentionEpsNet, NetworkConfig
 
-__all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "ConditionSampler"]
+__all__ = ["TrainConfig", "TrainResult", "PRESETS", "train", "ConditionSampler", "resolve_device"]
 
 NOISE_LEVELS = ("uniform-t", "uniform-logsnr")
 
@@ -73,14 +73,18 @@ class TrainConfig:
     eval_every: int = 500
 
     def __post_init__(self):
+        if not isinstance(self.world, str):
+            raise TypeError(f"world: expected a world name (str), got {type(self.world).__name__}")
         try:
             world = get_world(self.world)
         except ValueError as err:
-            raise ValueError(f"world: {err}") from None
+            raise ValueError(f"world: {str(err).removeprefix('name: ')}") from None
         if not world.is_joint:
             raise ValueError(f"world: {self.world!r} is two separate Gaussians, not one labelled mixture; the network "
                              "trains on joint worlds (ring2d, attributes2d, tokens16d, ...)")
-        schedule = get_schedule(self.schedule)
+        if not isinstance(self.schedule, str):
+            raise TypeError(f"schedule: expected a schedule name (str), got {type(self.schedule).__name__}")
+        schedule = get_schedule(self.schedule)  # "schedule: unknown schedule ..." for a wrong name
         if float(schedule.alpha(1.0)) <= 0.0:
             raise ValueError(f"schedule: {self.schedule!r} has alpha(1) = 0, where the log-SNR the network is "
                              "conditioned on is -inf; train on vp-linear, vp-cosine or ve")
@@ -88,19 +92,36 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive int, got {value!r}")
+        for name in ("seed", "warmup_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name}: must be a non-negative int, got {value!r}")
+        if self.width % self.heads:
+            raise ValueError(f"heads: must divide width = {self.width}, got {self.heads}")
+        for name in ("p_uncond", "p_partial", "ema_decay", "learning_rate", "weight_decay", "t_min", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name}: must be a finite number, got {value!r}")
         for name in ("p_uncond", "p_partial"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}: must be a probability in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: must lie in [0, 1), got {self.ema_decay!r}")
-        if not (self.learning_rate > 0 and self.weight_decay >= 0 and self.grad_clip > 0 and self.warmup_steps >= 0):
-            raise ValueError("learning_rate, grad_clip: must be positive; weight_decay, warmup_steps: non-negative")
+        for name in ("learning_rate", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be positive, got {getattr(self, name)!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay: must be non-negative, got {self.weight_decay!r}")
         if self.noise_levels not in NOISE_LEVELS:
             raise ValueError(f"noise_levels: must be one of {NOISE_LEVELS}, got {self.noise_levels!r}")
         if not 0.0 < self.t_min < 1.0:
             raise ValueError(f"t_min: must lie in (0, 1), got {self.t_min!r}")
-        if self.target_error is not None and not self.target_error > 0:
-            raise ValueError(f"target_error: must be positive, got {self.target_error!r}")
+        if self.target_error is not None and not (isinstance(self.target_error, (int, float))
+                                                  and not isinstance(self.target_error, bool)
+                                                  and math.isfinite(self.target_error) and self.target_error > 0):
+            raise ValueError(f"target_error: must be a positive finite number, got {self.target_error!r}")
+        if not isinstance(self.reduced_precision, bool):
+            raise TypeError(f"reduced_precision: expected a bool, got {type(self.reduced_precision).__name__}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -237,12 +258,40 @@ def _learning_rate(config: TrainConfig, step: int) -> float:
     return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to train on: ``device`` checked against this machine, or (``None``) the local rank's GPU when
+    CUDA is available, else the CPU.
+
+    Raises ``ValueError`` starting with ``device:`` for a string torch cannot parse, a device type other than cpu
+    and cuda, CUDA requested where ``torch.cuda.is_available()`` is False, or a GPU index beyond the device count.
+    """
+    if device is None:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device: expected a str or torch.device, got {type(device).__name__}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device: {str(device)!r} is not a device torch understands; use cpu, cuda or cuda:N"
+                         ) from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ValueError(f"device: {device} was requested but torch.cuda.is_available() is False (torch "
+                             f"{torch.__version__}, {build}); train on the cpu, or leave the device unset to use a "
+                             "GPU only when there is one")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {device} was requested but this machine has {torch.cuda.device_count()} CUDA "
+                             "device(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"device: {str(device)!r} is not supported; train on cpu or cuda")
+    return dev
+
+
 def train(config: TrainConfig, device: str | torch.device | None = None, show_progress: bool = True,
           callback: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train the network of ``config`` and return its EMA denoiser (on the CPU) with the run's measurements."""
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     rank, world_size = _distributed(device)
     if config.batch_size % world_size:
         raise ValueError(f"batch_size: {config.batch_size} does not split over {world_size} processes")
