@@ -8,8 +8,11 @@ from __future__ import annotations
 import inspect
 import io
 import re
+import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import audit_mutants as mutants
 import pytest
@@ -18,8 +21,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from verify.audit import (
+    EXIT_TIMEOUT,
     GUIDANCE_SCALES,
     AuditResult,
+    AuditTimeout,
+    SpecError,
     audit_cfg,
     audit_command,
     cfg_tolerance,
@@ -109,18 +115,37 @@ def test_float32_fails_every_value_check_by_a_wide_margin():
     assert min(result.worst_ratio[n] for n in value_names) > 1e3
 
 
+def test_an_error_between_one_and_ten_tolerances_fails():
+    """The near-miss mutant errs by 3 tolerances at g = 7.5 and nowhere else: exactly those 40 value checks fail,
+    each by err/tol inside (2.9, 3.1) (3 tol plus the correct formula's rounding, at most 0.09 tol); every other check
+    stays below 0.09. So the audit's comparison is tight to within a factor of 3: loosening it tenfold (or by
+    anything above 3.1) lets this mutant pass and fails this test."""
+    result = audit_cfg(mutants.near_miss_3x_tolerance)
+    failed = set(_value_failures(result))
+    assert failed == {n for n in result.worst_ratio if " g=7.5 " in n and "layout" not in n}
+    assert len(failed) == 40 and len(result.failures) == 40  # no contract check sees it
+    factor = mutants.NEAR_MISS_FACTOR
+    assert all(factor - 0.1 < result.worst_ratio[n] < factor + 0.1 for n in failed)
+    assert max(r for n, r in result.worst_ratio.items() if n not in failed) < 0.09
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The audit itself
 # ----------------------------------------------------------------------------------------------------------------
 def test_result_structure():
     result = audit_cfg(mutants.lerp_eps)
-    assert isinstance(result.passed, bool) and result.passed
+    assert result.passed is True and result.failures == []
     assert len(result.checks) == len(CONTRACT_NAMES) + N_VALUE_CHECKS + 4
     names = [c[0] for c in result.checks]
     assert len(set(names)) == len(names)
-    for name, passed, detail in result.checks:
-        assert isinstance(name, str) and isinstance(passed, bool) and isinstance(detail, str) and detail
     assert [c.name for c in result.checks[:len(CONTRACT_NAMES)]] == list(CONTRACT_NAMES)
+    for name, passed, detail in result.checks[:len(CONTRACT_NAMES)]:
+        assert passed is True and detail == f"held in all {N_VALUE_CHECKS} calls", name
+    # every value and layout check's detail reports the ratio worst_ratio records for it (3 significant digits)
+    for name, passed, detail in result.checks[len(CONTRACT_NAMES):]:
+        assert passed is True, name
+        reported = float(re.search(r"err/tol = ([^)]+)\)", detail).group(1))
+        assert reported == float(f"{result.worst_ratio[name]:.3g}"), (name, detail)
     value = next(c for c in result.checks if c.name == "ring2d vp-linear t=0.30 g=3.3 tails: matches analytic CFG")
     assert "tol" in value.detail and "max |err|" in value.detail
     assert result.summary() == f"{len(result.checks)} passed, 0 failed"
@@ -158,8 +183,7 @@ def test_grid_covers_dimensions_scales_and_noise_levels():
     scales = {g for *_, g, _, _ in recorder.calls}
     coefficients = {(a, s) for *_, a, s in recorder.calls}
     assert dims == {1, 2, 16}
-    assert {0.0, 1.0, 7.5} <= scales and len(scales - {0.0, 1.0}) >= 3
-    assert all(isinstance(g, float) for g in scales)
+    assert scales == set(GUIDANCE_SCALES) and {0.0, 1.0, 7.5} <= scales and len(scales - {0.0, 1.0}) >= 3
     assert all(t.dtype == torch.float64 for tensors, *_ in recorder.calls for t in tensors)
     assert any(s < 0.1 for _, s in coefficients)                       # low noise
     assert any(a < 0.05 for a, _ in coefficients)                      # alpha small
@@ -253,9 +277,10 @@ def test_tolerance_formula():
 # ----------------------------------------------------------------------------------------------------------------
 def test_audit_command_signature():
     params = inspect.signature(audit_command).parameters
-    assert list(params) == ["spec", "stream"]
+    assert list(params) == ["spec", "stream", "timeout", "show_progress", "hard_exit", "started"]
     assert params["spec"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    assert params["stream"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(params)[1:])
+    assert params["timeout"].default == 300.0
 
 
 def test_audit_command_good_combiner(capsys):
@@ -278,9 +303,10 @@ def test_audit_command_bad_combiner(capsys):
 
 def test_audit_command_explicit_stream_and_unloadable_spec(capsys):
     buffer = io.StringIO()
-    assert audit_command("no_such_module_xyz:f", stream=buffer) == 1
-    text = buffer.getvalue()
-    assert "FAIL  load" in text and "spec" in text and text.rstrip().endswith("could not be loaded")
+    assert audit_command("audit_mutants:lerp_eps", stream=buffer) == 0
+    assert buffer.getvalue().rstrip().splitlines()[-1].startswith("audit passed")
+    with pytest.raises(SpecError, match=r"^spec: 'no_such_module_xyz:f': no module named"):
+        audit_command("no_such_module_xyz:f", stream=buffer)
     assert capsys.readouterr().out == ""
 
 
@@ -291,7 +317,8 @@ def test_load_combiner_rejects_malformed_spec(spec):
 
 
 def test_load_combiner_errors_name_the_spec():
-    with pytest.raises(ValueError, match=r"spec.*no module named 'no_such_module_xyz'"):
+    assert issubclass(SpecError, ValueError)
+    with pytest.raises(SpecError, match=r"^spec: .*no module named 'no_such_module_xyz'"):
         load_combiner("no_such_module_xyz:f")
     with pytest.raises(ValueError, match=r"spec.*has no attribute 'no_such_function'"):
         load_combiner("audit_mutants:no_such_function")
@@ -324,3 +351,151 @@ def test_load_combiner_falls_back_to_the_working_directory(tmp_path, monkeypatch
     finally:
         for name in ("cwd_combiner_mod", "cwd_broken_mod", "cwd_syntax_mod"):
             sys.modules.pop(name, None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Time limits: a combiner that never returns cannot hold the audit
+# ----------------------------------------------------------------------------------------------------------------
+def _sleeps(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
+    time.sleep(600)
+
+
+def _sleeps_at_layout(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
+    """Right until the first diffusers-layout call (eps_uncond a view into a [2N, d] batch), then hangs."""
+    if eps_uncond.untyped_storage().nbytes() > eps_uncond.numel() * eps_uncond.element_size():
+        time.sleep(600)
+    return torch.lerp(eps_uncond, eps_cond, guidance_scale)
+
+
+def _swallows(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
+    """Catches everything, the timeout included, and goes on sleeping for 2 s more: the watchdog re-raises."""
+    for _ in range(4):
+        try:
+            time.sleep(0.5)
+        except BaseException:  # noqa: BLE001, S110 - the point of this combiner
+            pass
+    time.sleep(600)
+
+
+FIRST_CHECK = "bimodal1d vp-linear t=0.02 g=0 bulk: endpoint, equals eps_uncond"
+# The watchdog fires at the deadline; the audit then unwinds one sleep call. Slack 1.5 s on a loaded 2-core
+# machine, far below the 600 s the combiner would sleep.
+SLACK_S = 1.5
+
+
+def test_timeout_stops_a_sleeping_combiner_and_names_the_check():
+    start = time.monotonic()
+    with pytest.raises(AuditTimeout) as caught:
+        audit_cfg(_sleeps, timeout=1.0)
+    assert time.monotonic() - start < 1.0 + SLACK_S
+    exc = caught.value
+    assert (exc.timeout, exc.done, exc.total) == (1.0, 0, N_VALUE_CHECKS + 4)
+    assert exc.what.startswith(f"check {FIRST_CHECK!r} (first of its 2 calls; world=bimodal1d, condition=1, "
+                               "schedule=vp-linear, t=0.02, alpha=")
+    assert "guidance_scale=0, points=bulk, x of shape [32, 1])" in exc.what
+    assert str(exc).startswith(f"timed out after 1 s during check {FIRST_CHECK!r}")
+    assert not isinstance(exc, Exception)  # a combiner's `except Exception` cannot swallow it
+
+
+def test_timeout_counts_finished_checks():
+    """The layout checks run last: by then every value check has finished, and the timeout says so."""
+    with pytest.raises(AuditTimeout) as caught:
+        audit_cfg(_sleeps_at_layout, timeout=3.0)
+    assert caught.value.done == N_VALUE_CHECKS
+    assert "diffusers layout" in caught.value.what and "(layout check; world=bimodal1d" in caught.value.what
+
+
+def test_timeout_survives_a_combiner_that_swallows_it():
+    start = time.monotonic()
+    with pytest.raises(AuditTimeout):
+        audit_cfg(_swallows, timeout=0.5)
+    assert time.monotonic() - start < 2.0 + 0.5 + SLACK_S  # its 4 swallowed sleeps, then the next re-raise
+
+
+def test_timeout_off_the_main_thread_uses_a_worker():
+    """No SIGALRM off the main thread: the checks run in a daemon worker that the caller stops waiting for."""
+    outcome = {}
+
+    def run():
+        start = time.monotonic()
+        try:
+            audit_cfg(_sleeps, timeout=1.0)
+        except AuditTimeout as exc:
+            outcome["exc"], outcome["elapsed"] = exc, time.monotonic() - start
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(30)
+    assert outcome["elapsed"] < 1.0 + SLACK_S and FIRST_CHECK in outcome["exc"].what
+    assert audit_cfg(mutants.lerp_eps, timeout=60.0).passed  # and a finishing audit is unaffected on the main thread
+
+
+def test_timeout_leaves_no_alarm_behind():
+    import signal
+
+    before = signal.getsignal(signal.SIGALRM)
+    assert audit_cfg(mutants.lerp_eps, timeout=60.0).passed
+    with pytest.raises(AuditTimeout):
+        audit_cfg(_sleeps, timeout=0.5)
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0) and signal.getsignal(signal.SIGALRM) == before
+
+
+@pytest.mark.parametrize(("timeout", "error"), [(0.0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                                (float("inf"), ValueError), ("5", TypeError), (True, TypeError)])
+def test_bad_timeout_names_the_argument(timeout, error):
+    with pytest.raises(error, match=r"^timeout:"):
+        audit_cfg(mutants.lerp_eps, timeout=timeout)
+
+
+def test_progress_reports_every_check():
+    calls = []
+    audit_cfg(mutants.lerp_eps, progress=lambda done, total, what: calls.append((done, total, what)))
+    total = N_VALUE_CHECKS + 4
+    assert calls[-1] == (total, total, "finished")
+    assert [c[0] for c in calls[:-1]] == sorted(c[0] for c in calls[:-1]) and calls[0][0] == 0
+    assert len(calls) == 2 * N_VALUE_CHECKS + 4 + 1  # two calls per value check, one per layout check, the end
+
+
+def test_audit_command_times_out_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sleepy_combiner_mod.py").write_text(textwrap.dedent("""
+        import time
+        def combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
+            time.sleep(600)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert audit_command("sleepy_combiner_mod:combine", timeout=1.0) == EXIT_TIMEOUT == 3
+    finally:
+        sys.modules.pop("sleepy_combiner_mod", None)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith(f"cfgtruth audit: timed out after 1 s during check {FIRST_CHECK!r} (first of")
+    assert line.endswith("0 of 244 checks had finished")
+
+
+def test_audit_command_times_out_in_a_slow_import(tmp_path, monkeypatch, capsys):
+    (tmp_path / "slow_import_mod.py").write_text("import time\ntime.sleep(600)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert audit_command("slow_import_mod:f", timeout=1.0) == EXIT_TIMEOUT
+    finally:
+        sys.modules.pop("slow_import_mod", None)
+    assert "during the import of 'slow_import_mod:f'" in capsys.readouterr().err
+
+
+def test_cli_audit_timeout_in_a_fresh_process(tmp_path):
+    """``cfgtruth audit --timeout 8`` on a combiner that sleeps: the whole command, interpreter start-up and torch's
+    import included, ends within the limit plus the slack, exit 3, one line on stderr naming the first check. The
+    limit counts from the process's start: 8 s leaves room for start-up (2-3 s of torch import on a loaded 2-core
+    machine) and for building the audit's inputs (about 1 s) before the first check begins, so the check it names
+    is the first one."""
+    (tmp_path / "sleepy_cli_mod.py").write_text("import time\ndef combine(*a, **k):\n    time.sleep(600)\n")
+    start = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "verify.cli", "audit", "sleepy_cli_mod:combine", "--timeout", "8"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert run.returncode == 3, run.stderr
+    (line,) = run.stderr.splitlines()
+    assert line.startswith(f"cfgtruth audit: timed out after 8 s during check {FIRST_CHECK!r}")
+    assert run.stdout == "" and elapsed < 8.0 + SLACK_S

@@ -72,23 +72,47 @@ most 0.09 of the bound there (measured on the eps, score, x0, Tweedie-x0 and v r
 
 Running it
 ----------
-From the shell: ``cfgtruth audit mypackage.guidance:my_cfg`` (``MODULE:FUNCTION``; the module is imported from
-``sys.path``, then from the current directory) prints one line per check and exits 0 when every check passes,
-1 otherwise. From Python:
+From the shell: ``cfgtruth audit mypackage.guidance:my_cfg [--timeout SECONDS]`` (``MODULE:FUNCTION``; the module
+is imported from ``sys.path``, then from the current directory) prints one line per check and exits
+
+* 0 when every check passes, 1 when any fails (findings);
+* 2 when the spec cannot be loaded (no such module or attribute, not callable): one line on stderr;
+* 3 when the time runs out (:data:`EXIT_TIMEOUT`; default :data:`DEFAULT_TIMEOUT_S` = 300 s, the import of the
+  module included; ``--timeout 0`` waits for ever). One line on stderr names the check that was running, with its
+  parameters, and how many checks had finished. 3 rather than 1 because a timeout is not a finding about the
+  combiner's values, and rather than 2 because the spec was fine.
+
+A correct combiner finishes the whole audit in about a second, so the default leaves room for combiners that are
+thousands of times slower while still ending an audit whose combiner sleeps or loops for ever. From Python:
 
 .. code-block:: python
 
     from verify.audit import audit_cfg
-    result = audit_cfg(my_cfg)
+    result = audit_cfg(my_cfg, timeout=60.0)   # AuditTimeout (a BaseException) if it runs out
     result.passed                      # bool
     [c for c in result.checks if not c.passed]   # (name, passed, detail) named tuples
+
+How the timeout interrupts a combiner
+-------------------------------------
+In the main thread of a Unix process a ``SIGALRM`` watchdog (``signal.setitimer``) raises :class:`AuditTimeout`
+inside whatever the combiner is doing (``time.sleep``, a Python loop), and keeps re-raising it every 0.5 s in case
+the combiner swallows it with a bare ``except``. :class:`AuditTimeout` derives from ``BaseException``, so the
+combiner's ``except Exception`` and the audit's own do not catch it. Elsewhere (another thread, an alarm already in
+use, no ``setitimer``) the checks run in a daemon worker thread that the caller stops waiting for at the deadline;
+the worker makes no further combiner call after it. A combiner stuck inside one C call cannot be interrupted by
+either; for that case the command line (``hard_exit=True``) prints the timeout line and ends the process 5 s after
+the deadline. The audit records the check it is running in an :class:`Activity`, which is what the timeout names.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -101,12 +125,17 @@ from toy_models.scenarios import get_world
 from verify.tolerances import gamma
 
 __all__ = [
+    "Activity",
     "AuditResult",
+    "AuditTimeout",
+    "SpecError",
     "Check",
     "audit_cfg",
     "audit_command",
     "cfg_tolerance",
     "load_combiner",
+    "DEFAULT_TIMEOUT_S",
+    "EXIT_TIMEOUT",
     "GUIDANCE_SCALES",
     "NOISE_LEVELS",
     "ROUNDING_CHAIN",
@@ -136,6 +165,15 @@ GUIDANCE_SCALES: tuple[float, ...] = (0.0, 1.0, 0.3, 1.5, 3.3, 7.5)
 N_BULK = 32  # half from the noised conditional law, half from the noised unconditional law
 TAIL_FACTOR = 4.0  # tail points: bulk points pushed this many times further from the unconditional mean
 LAYOUT_CASE = ("vp-linear", 0.3, 3.3, "bulk")
+
+#: ``cfgtruth audit``'s default time limit in seconds (a correct combiner needs about one)
+DEFAULT_TIMEOUT_S = 300.0
+#: exit status of ``cfgtruth audit`` when the time runs out (0 passed, 1 failed checks, 2 usage error)
+EXIT_TIMEOUT = 3
+#: seconds past the deadline after which the command line gives up on a combiner stuck in a C call
+HARD_EXIT_GRACE_S = 5.0
+#: the watchdog re-raises every this many seconds after the deadline (a combiner may swallow the first one)
+_REARM_S = 0.5
 
 #: Longest chain of roundings behind one term of the bound (see cfg_tolerance): 15 for the v-space route, the
 #: longest of the four, plus 3 for the float64 reference itself.
@@ -175,6 +213,121 @@ class AuditResult:
     def summary(self) -> str:
         n_fail = len(self.failures)
         return f"{len(self.checks) - n_fail} passed, {n_fail} failed"
+
+
+class SpecError(ValueError):
+    """A ``MODULE:FUNCTION`` spec that cannot be loaded (malformed, no module, no attribute, not callable)."""
+
+
+@dataclass
+class Activity:
+    """What the audit is doing now: shared with the watchdog, so that a timeout can say which check was running.
+
+    ``what`` describes the current step (a check's name and parameters, or the import), ``done`` counts the value
+    and layout checks already finished out of ``total``; ``cancelled`` tells a worker thread to stop.
+    """
+
+    what: str = "starting"
+    done: int = 0
+    total: int = 0
+    cancelled: bool = False
+
+
+class AuditTimeout(BaseException):
+    """The audit's time ran out. A ``BaseException`` (like ``KeyboardInterrupt``), so that neither the combiner's
+    ``except Exception`` nor the audit's own handling of a raising combiner can swallow it.
+
+    ``timeout`` (seconds), ``what`` (the check that was running, with its parameters), ``done`` and ``total``.
+    """
+
+    def __init__(self, timeout: float, what: str, done: int, total: int):
+        super().__init__(timeout, what, done, total)
+        self.timeout, self.what, self.done, self.total = timeout, what, done, total
+
+    def __str__(self) -> str:
+        return (f"timed out after {self.timeout:g} s during {self.what}; {self.done} of {self.total} checks "
+                "had finished")
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    """``None`` (no limit) or a positive finite number of seconds."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout: expected a number of seconds or None, got {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout: must be a positive finite number of seconds or None, got {timeout!r}")
+    return float(timeout)
+
+
+def _call_with_deadline(fn: Callable[[], Any], timeout: float | None, activity: Activity,
+                        hard_exit: bool = False, started: float | None = None) -> Any:
+    """``fn()``, stopped with :class:`AuditTimeout` ``timeout`` seconds after ``started`` (a ``time.monotonic()``
+    reading; default: now). See the module docstring."""
+    if timeout is None:
+        return fn()
+    remaining = timeout - (time.monotonic() - started) if started is not None else timeout
+    if remaining <= 0:
+        raise AuditTimeout(timeout, activity.what, activity.done, activity.total)
+    backstop = None
+    if hard_exit:
+        def give_up() -> None:  # the combiner is stuck where no exception reaches it
+            print(f"cfgtruth audit: {AuditTimeout(timeout, activity.what, activity.done, activity.total)} "
+                  f"(the combiner did not return {HARD_EXIT_GRACE_S:g} s after the deadline; process ended)",
+                  file=sys.stderr, flush=True)
+            os._exit(EXIT_TIMEOUT)
+
+        backstop = threading.Timer(remaining + HARD_EXIT_GRACE_S, give_up)
+        backstop.daemon = True
+        backstop.start()
+    try:
+        if _alarm_available():
+            return _with_alarm(fn, timeout, remaining, activity)
+        return _with_worker(fn, timeout, remaining, activity)
+    finally:
+        if backstop is not None:
+            backstop.cancel()
+
+
+def _alarm_available() -> bool:
+    """SIGALRM is usable: Unix, the main thread, and no other alarm pending or handler installed."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getitimer(signal.ITIMER_REAL)[0] == 0 and signal.getsignal(signal.SIGALRM) in (
+        signal.SIG_DFL, signal.SIG_IGN, None)
+
+
+def _with_alarm(fn: Callable[[], Any], timeout: float, remaining: float, activity: Activity) -> Any:
+    def expired(signum, frame):
+        raise AuditTimeout(timeout, activity.what, activity.done, activity.total)
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, remaining, _REARM_S)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _with_worker(fn: Callable[[], Any], timeout: float, remaining: float, activity: Activity) -> Any:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="cfgtruth-audit", daemon=True)
+    worker.start()
+    worker.join(remaining)
+    if worker.is_alive():
+        activity.cancelled = True  # the worker makes no further combiner call
+        raise AuditTimeout(timeout, activity.what, activity.done, activity.total)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -397,42 +550,78 @@ def _same_outcome(first: _Call, second: _Call) -> str | None:
 # --------------------------------------------------------------------------------------------------------------
 # The audit
 # --------------------------------------------------------------------------------------------------------------
-def audit_cfg(combine: Combiner, *, seed: int = 0) -> AuditResult:
+def audit_cfg(combine: Combiner, *, seed: int = 0, timeout: float | None = None,
+              progress: Callable[[int, int, str], None] | None = None) -> AuditResult:
     """Audit ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma) -> eps`` (diffusers convention).
 
     Runs the checks listed in the module docstring and returns an :class:`AuditResult`; ``seed`` seeds the one
     ``torch.Generator`` that draws the bulk points. Never raises for a misbehaving combiner (exceptions it raises
-    are failed checks); raises ``TypeError`` if ``combine`` is not callable.
+    are failed checks), except that after ``timeout`` seconds (``None``: no limit) it raises :class:`AuditTimeout`
+    naming the check that was running. ``progress(done, total, what)`` is called before each value or layout check.
+    Raises ``TypeError`` if ``combine`` is not callable, ``ValueError``/``TypeError`` starting with ``timeout:``
+    for a timeout that is not a positive finite number.
     """
     if not callable(combine):
         raise TypeError(f"combine: expected a callable, got {type(combine).__name__}")
+    timeout = _check_timeout(timeout)
+    activity = Activity(total=_n_checks_timed())
+    return _call_with_deadline(lambda: _run_checks(combine, int(seed), activity, progress), timeout, activity)
+
+
+def _n_checks_timed() -> int:
+    """Value and layout checks: the steps that progress and timeouts count."""
+    n_sets = len(WORLDS) * len(NOISE_LEVELS) * 2
+    return n_sets * len(GUIDANCE_SCALES) + len(WORLDS)
+
+
+def _describe(ps: _PointSet, name: str, g: float, call: str) -> str:
+    condition = dict(WORLDS)[ps.world]
+    return (f"check {name!r} ({call}; world={ps.world}, condition={condition!r}, schedule={ps.schedule}, "
+            f"t={ps.t:g}, alpha={ps.alpha:.4g}, sigma={ps.sigma:.4g}, guidance_scale={g:g}, points={ps.region}, "
+            f"x of shape {list(ps.x.shape)})")
+
+
+def _step(activity: Activity, what: str, progress: Callable[[int, int, str], None] | None) -> None:
+    """Record the step about to run; stop here if a watchdog thread has given up on this audit."""
+    if activity.cancelled:
+        raise AuditTimeout(0.0, activity.what, activity.done, activity.total)
+    activity.what = what
+    if progress is not None:
+        progress(activity.done, activity.total, what)
+
+
+def _run_checks(combine: Combiner, seed: int, activity: Activity,
+                progress: Callable[[int, int, str], None] | None) -> AuditResult:
     tallies = {key: _Tally(name) for key, name in _CONTRACT.items()}
     value_checks: list[Check] = []
     ratios: dict[str, float] = {}
-    point_sets = _point_sets(int(seed))
+    activity.what = "the construction of the audit's inputs"
+    point_sets = _point_sets(seed)
 
     for ps in point_sets:
         for g in GUIDANCE_SCALES:
             where = ps.label(g)
-            pristine = (ps.eps_uncond, ps.eps_cond, ps.x)
-            given = tuple(t.clone() for t in pristine)
-            first = _invoke(combine, given[0], given[1], g, given[2], ps.alpha, ps.sigma)
-            problems = _contract_problems(first, ps.x.shape, given)
-            changed = [why for why in (_changed(p, a, n) for p, a, n in
-                                       zip(pristine, given, ("eps_uncond", "eps_cond", "x"), strict=True)) if why]
-            problems["inputs"] = "; ".join(changed) if changed else None
-            again = tuple(t.clone() for t in pristine)
-            second = _invoke(combine, again[0], again[1], g, again[2], ps.alpha, ps.sigma)
-            problems["determinism"] = _same_outcome(first, second)
-            for key, problem in problems.items():
-                tallies[key].observe(where, problem)
-
             if g == 0.0:
                 name = f"{where}: endpoint, equals eps_uncond"
             elif g == 1.0:
                 name = f"{where}: endpoint, equals eps_cond"
             else:
                 name = f"{where}: matches analytic CFG"
+            pristine = (ps.eps_uncond, ps.eps_cond, ps.x)
+            given = tuple(t.clone() for t in pristine)
+            _step(activity, _describe(ps, name, g, "first of its 2 calls"), progress)
+            first = _invoke(combine, given[0], given[1], g, given[2], ps.alpha, ps.sigma)
+            problems = _contract_problems(first, ps.x.shape, given)
+            changed = [why for why in (_changed(p, a, n) for p, a, n in
+                                       zip(pristine, given, ("eps_uncond", "eps_cond", "x"), strict=True)) if why]
+            problems["inputs"] = "; ".join(changed) if changed else None
+            again = tuple(t.clone() for t in pristine)
+            _step(activity, _describe(ps, name, g, "second call, the determinism check"), progress)
+            second = _invoke(combine, again[0], again[1], g, again[2], ps.alpha, ps.sigma)
+            problems["determinism"] = _same_outcome(first, second)
+            for key, problem in problems.items():
+                tallies[key].observe(where, problem)
+
             if first.error is not None:
                 passed, ratio, detail = False, float("inf"), first.error
             else:
@@ -440,9 +629,18 @@ def audit_cfg(combine: Combiner, *, seed: int = 0) -> AuditResult:
                 passed, ratio, detail = _value_error(first.output, _reference(ps, g), tol)
             value_checks.append(Check(name, passed, detail))
             ratios[name] = ratio
+            activity.done += 1
 
-    layout_checks = [_layout_check(combine, ps, ratios) for ps in point_sets
-                     if (ps.schedule, ps.t, ps.region) == (LAYOUT_CASE[0], LAYOUT_CASE[1], LAYOUT_CASE[3])]
+    layout_checks = []
+    for ps in point_sets:
+        if (ps.schedule, ps.t, ps.region) == (LAYOUT_CASE[0], LAYOUT_CASE[1], LAYOUT_CASE[3]):
+            _step(activity, _describe(ps, f"{ps.label(LAYOUT_CASE[2])}, diffusers layout", LAYOUT_CASE[2],
+                                      "layout check"), progress)
+            layout_checks.append(_layout_check(combine, ps, ratios))
+            activity.done += 1
+    activity.what = "finished"
+    if progress is not None:
+        progress(activity.done, activity.total, "finished")
     checks = [t.check() for t in tallies.values()] + value_checks + layout_checks
     return AuditResult(checks, ratios)
 
@@ -479,23 +677,23 @@ def load_combiner(spec: str) -> Combiner:
 
     The module is imported from ``sys.path``; if it is not found there, the current working directory is appended
     to ``sys.path`` (and stays there, so the module's own lazy imports keep working) and the import is retried.
-    Raises ``ValueError`` naming ``spec`` when the spec is malformed, the module cannot be imported, the attribute is
-    missing, or it is not callable.
+    Raises :class:`SpecError` (a ``ValueError`` starting with ``spec:``) when the spec is malformed, the module
+    cannot be imported, the attribute is missing, or it is not callable.
     """
     if not isinstance(spec, str) or spec.count(":") != 1:
-        raise ValueError(f"spec: expected 'MODULE:FUNCTION' (e.g. 'mypkg.guidance:my_cfg'), got {spec!r}")
+        raise SpecError(f"spec: expected 'MODULE:FUNCTION' (e.g. 'mypkg.guidance:my_cfg'), got {spec!r}")
     module_name, attr_path = (part.strip() for part in spec.split(":"))
     if not module_name or not attr_path:
-        raise ValueError(f"spec: expected 'MODULE:FUNCTION' with both parts non-empty, got {spec!r}")
+        raise SpecError(f"spec: expected 'MODULE:FUNCTION' with both parts non-empty, got {spec!r}")
     module = _import(module_name, spec)
     target: Any = module
     for attr in attr_path.split("."):
         if not hasattr(target, attr):
-            raise ValueError(f"spec: {spec!r}: {getattr(target, '__name__', module_name)!r} has no attribute "
+            raise SpecError(f"spec: {spec!r}: {getattr(target, '__name__', module_name)!r} has no attribute "
                              f"{attr!r}")
         target = getattr(target, attr)
     if not callable(target):
-        raise ValueError(f"spec: {spec!r} names a {type(target).__name__}, not a callable")
+        raise SpecError(f"spec: {spec!r} names a {type(target).__name__}, not a callable")
     return target
 
 
@@ -504,9 +702,9 @@ def _import(module_name: str, spec: str):
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if not _is_missing(exc, module_name):
-            raise ValueError(f"spec: {spec!r}: importing {module_name!r} failed: {exc}") from exc
+            raise SpecError(f"spec: {spec!r}: importing {module_name!r} failed: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a broken module is a bad spec, reported as such
-        raise ValueError(f"spec: {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+        raise SpecError(f"spec: {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.append(cwd)
@@ -515,11 +713,11 @@ def _import(module_name: str, spec: str):
             return importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if not _is_missing(exc, module_name):
-                raise ValueError(f"spec: {spec!r}: importing {module_name!r} failed: {exc}") from exc
+                raise SpecError(f"spec: {spec!r}: importing {module_name!r} failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"spec: {spec!r}: importing {module_name!r} raised {type(exc).__name__}: "
+            raise SpecError(f"spec: {spec!r}: importing {module_name!r} raised {type(exc).__name__}: "
                              f"{exc}") from exc
-    raise ValueError(f"spec: {spec!r}: no module named {module_name!r} on sys.path or in {cwd}")
+    raise SpecError(f"spec: {spec!r}: no module named {module_name!r} on sys.path or in {cwd}")
 
 
 def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
@@ -528,25 +726,50 @@ def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
     return module_name == missing or module_name.startswith(missing + ".")
 
 
-def audit_command(spec: str, *, stream: TextIO | None = None) -> int:
-    """``cfgtruth audit MODULE:FUNCTION``: load, audit, print one line per check and a summary; 0 if passed.
+def audit_command(spec: str, *, stream: TextIO | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
+                  show_progress: bool | None = False, hard_exit: bool = False, started: float | None = None) -> int:
+    """``cfgtruth audit MODULE:FUNCTION``: load, audit, print one line per check and a summary.
 
-    ``stream`` defaults to ``sys.stdout`` looked up at call time (so redirections made after import apply).
+    Returns 0 if every check passed, 1 if any failed, :data:`EXIT_TIMEOUT` (3) if ``timeout`` seconds (``None``: no
+    limit; the import of the module counts) ran out, after printing one line to stderr that names the check that
+    was running. Raises :class:`SpecError` (a ``ValueError`` starting with ``spec:``) if the spec cannot be
+    loaded. ``stream`` defaults to ``sys.stdout`` looked up at call time (so redirections made after import
+    apply); ``show_progress`` draws a progress bar on stderr (``None``: only when stderr is a terminal);
+    ``hard_exit`` ends the process when a combiner stuck in a C call ignores the timeout (command line only);
+    ``started`` is the ``time.monotonic()`` reading the timeout counts from (the command line passes the moment it
+    started, so that ``--timeout 5`` is 5 s of the command's wall time, interpreter start-up included).
     """
     out = sys.stdout if stream is None else stream
-    try:
+    timeout = _check_timeout(timeout)
+    activity = Activity(what=f"the import of {spec!r}", total=_n_checks_timed())
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=activity.total, desc="audit", unit="check", file=sys.stderr, leave=False, mininterval=0.5,
+               disable=None if show_progress is None else not show_progress)
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.update(done - bar.n)
+
+    def run() -> AuditResult:
         combine = load_combiner(spec)
-    except ValueError as exc:
-        print(f"FAIL  load {spec}: {exc}", file=out)
-        print("0 passed, 1 failed", file=out)
-        print(f"audit failed: {spec} could not be loaded", file=out)
-        return 1
-    result = audit_cfg(combine)
+        return _run_checks(combine, 0, activity, progress)
+
+    start = time.perf_counter()
+    try:
+        result = _call_with_deadline(run, timeout, activity, hard_exit=hard_exit, started=started)
+    except AuditTimeout as exc:
+        bar.close()
+        print(f"cfgtruth audit: {exc}", file=sys.stderr)
+        return EXIT_TIMEOUT
+    bar.close()
     for check in result.checks:
         print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}  -- {check.detail}", file=out)
     print(result.summary(), file=out)
+    elapsed = time.perf_counter() - start
     if result.passed:
-        print(f"audit passed: {spec} matches the analytic CFG reference on all {len(result.checks)} checks", file=out)
+        print(f"audit passed: {spec} matches the analytic CFG reference on all {len(result.checks)} checks "
+              f"({elapsed:.1f} s)", file=out)
         return 0
-    print(f"audit failed: {spec} failed {len(result.failures)} of {len(result.checks)} checks", file=out)
+    print(f"audit failed: {spec} failed {len(result.failures)} of {len(result.checks)} checks ({elapsed:.1f} s)",
+          file=out)
     return 1
