@@ -90,10 +90,26 @@ def test_eps_is_minus_sigma_score_and_float32_path():
     (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 3), 0.5), "x"),
     (lambda: AnalyticDenoiser(get_world("ring2d"), "cosine"), "schedule"),
     (lambda: AnalyticDenoiser("ring2d"), "world"),
+    (lambda: AnalyticDenoiser(get_world("ring2d"), dtype=torch.float16), "dtype"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2, dtype=torch.complex128), 0.5), "x.*complex"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2, dtype=torch.bool), 0.5), "x.*bool"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2, dtype=torch.float16), 0.5), "x.*float16"),
+    (lambda: AnalyticDenoiser(get_world("ring2d")).eps(torch.zeros(2, 2), 0.5 + 0j), "t.*complex"),
 ])
 def test_bad_denoiser_input_raises(call, match):
-    with pytest.raises(ValueError, match=match):
+    """Refused with a ValueError (wrong value) or TypeError (wrong kind) whose message starts with the argument."""
+    with pytest.raises((ValueError, TypeError), match=f"^{match}"):
         call()
+
+
+def test_integer_points_are_converted_exactly():
+    """An integer x is read as the same real numbers (not truncated, not an integer result): the policy's rule."""
+    den = AnalyticDenoiser(get_world("ring2d"))
+    ints = torch.tensor([[1, 2], [-3, 0]])
+    out = den.eps(ints, 0.5, 0)
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, den.eps(ints.double(), 0.5, 0), rtol=0, atol=0)
+    assert bool((out != 0).any())
 
 
 def test_t_zero_gives_the_data_score():

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from toy_models import GaussianMixture, get_schedule, get_world
-from toy_models.strategies import mixtures, points, times
+from toy_models.strategies import mixtures, points, simplex_weights, spd_matrices, times
 from verify.metrics import holm_reject, moment_pvalues
 from verify.tolerances import (
     bayes_identity_tolerance,
@@ -74,17 +74,6 @@ def test_score_matches_central_differences(gm, data):
     tol = (d_h - d_h2).abs() + 2.0 * lp_bound / h + score_rounding_bound(gm, x)
     err = ((gm.score(x) * v).sum(-1) - d_h2).abs()
     assert bool((err <= tol).all()), f"max err {float(err.max()):.3g}, tol {float(tol.max()):.3g}"
-
-
-@given(mixtures(dims=st.integers(1, 4), components=st.integers(1, 5)), st.data())
-def test_feature_engine_agrees_with_precision_engine(gm, data):
-    """d <= 4 runs the quadratic-feature engine; force the precision engine on a copy and compare."""
-    x = _as_points(data.draw(points(gm.dim, scale=6.0)))
-    other = gm.to(torch.float32).to(F64)  # a fresh object with the same parameters
-    other._use_features = False
-    tol = 2.0 * score_rounding_bound(gm, x)
-    assert bool((torch.linalg.vector_norm(gm.score(x) - other.score(x), dim=-1) <= tol).all())
-    assert bool(((gm.log_prob(x) - other.log_prob(x)).abs() <= 2.0 * log_prob_rounding_bound(gm, x)).all())
 
 
 @given(mixtures(), st.data())
@@ -266,11 +255,11 @@ def test_log_density_obeys_fokker_planck(schedule, gm, t, data):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Far from the modes and at tiny sigma: against 40-digit mpmath
+# Far from the modes, at narrow modes far from the origin, and at tiny sigma: against 50-digit mpmath
 # --------------------------------------------------------------------------------------------------------------
 def _mpmath_log_prob_and_score(gm: GaussianMixture, x: np.ndarray):
-    """Reference in 40-digit arithmetic from the mixture's float64 parameters (converted exactly)."""
-    mpmath.mp.dps = 40
+    """Reference in 50-digit arithmetic from the mixture's float64 parameters (converted exactly)."""
+    mpmath.mp.dps = 50
     w, mu, cov = gm.weights.numpy(), gm.means.numpy(), gm.covariances.numpy()
     d = gm.dim
     out_lp, out_s = [], []
@@ -329,6 +318,70 @@ def test_far_points_and_tiny_sigma_against_mpmath(case, dtype):
         assert float(rel.max()) < 1e-8
 
 
+@st.composite
+def _narrow_far_mixtures(draw):
+    """Random mixtures whose components are narrow (variances 1e-12 .. 1) and far from the origin (|mu| up to
+    1e4), with anisotropic covariances (condition up to 1e4), and points at, near and between their modes."""
+    dim = draw(st.integers(1, 4))
+    k = draw(st.integers(1, 3))
+    centre = draw(st.sampled_from([0.0, 1e2, 1e3, 1e4])) * np.array(draw(st.lists(
+        st.floats(-1, 1), min_size=dim, max_size=dim)))
+    scales = [10.0 ** draw(st.integers(-6, 0)) for _ in range(k)]  # standard deviations
+    covs, means = [], []
+    for std in scales:
+        covs.append(std**2 * draw(spd_matrices(dim, min_eigenvalue=1.0, max_condition=1e4)) / 1e2)
+        means.append(centre + std * 30 * np.array(draw(st.lists(st.floats(-1, 1), min_size=dim, max_size=dim))))
+    gm = GaussianMixture(draw(simplex_weights(k)), np.array(means), np.array(covs))
+    # points: each mode, plus offsets of 0.1 .. 10 standard deviations of its component
+    pts = []
+    for mean, std in zip(means, scales, strict=True):
+        pts.append(mean)
+        for _ in range(2):
+            offset = np.array(draw(st.lists(st.floats(-1, 1), min_size=dim, max_size=dim)))
+            pts.append(mean + std * 10.0 ** draw(st.integers(-1, 1)) * offset)
+    return gm, np.array(pts)
+
+
+@given(_narrow_far_mixtures(), st.sampled_from([torch.float64, torch.float32]))
+@example(case=(GaussianMixture([1.0], [[1e3, 1e3]], [1e-12 * np.eye(2)]), np.array([[1e3, 1e3], [1e3 + 1e-6, 1e3]])),
+         dtype=F64)
+@example(case=(GaussianMixture([1.0], [[1e3, 1e3]], [1e-12 * np.eye(2)]), np.array([[1e3, 1e3], [1e3 + 1e-6, 1e3]])),
+         dtype=torch.float32)
+def test_narrow_far_modes_against_mpmath(case, dtype):
+    """log_prob and score at narrow modes far from the origin, against 50-digit mpmath.
+
+    The old engine expanded the quadratic form and returned 0.0 for log p = 25.79 at the mode of N((1e3, 1e3),
+    1e-12 I). The derived bound (verify.tolerances) must hold, and in float64 it must also be small: within 3
+    standard deviations of a mode the log density is good to 1e-9 relative (the bound itself, checked here, is
+    proportional to the distance to the component's own mean, never to |x|).
+    """
+    gm64, x = case
+    gm = gm64.to(dtype)
+    xt = torch.as_tensor(x, dtype=dtype)
+    x_used = xt.to(F64)  # float32 inputs are rounded: compare with the reference at the rounded points
+    ref_lp, ref_s = _mpmath_log_prob_and_score(gm64, x_used.numpy())
+    lp, s = gm.log_prob_and_score(xt)
+    u = unit_roundoff(dtype)
+    tol_lp = log_prob_rounding_bound(gm64, x_used, dtype) + u * ref_lp.abs()  # + the output's own rounding
+    tol_s = score_rounding_bound(gm64, x_used, dtype) + u * torch.linalg.vector_norm(ref_s, dim=-1)
+    err_lp = (lp.to(F64) - ref_lp).abs()
+    err_s = torch.linalg.vector_norm(s.to(F64) - ref_s, dim=-1)
+    assert bool((err_lp <= tol_lp).all()), f"log_prob err {float(err_lp.max()):.3g}, tol {float(tol_lp.min()):.3g}"
+    assert bool((err_s <= tol_s).all()), f"score err {float(err_s.max()):.3g}"
+    if dtype == F64:
+        assert float((err_lp / ref_lp.abs().clamp_min(1.0)).max()) < 1e-9
+
+
+def test_narrow_far_mode_log_prob_regression():
+    """The reported case, in numbers: N((1e3, 1e3), 1e-12 I) at its mode has log p = log(1 / (2 pi 1e-12))."""
+    gm = GaussianMixture([1.0], [[1e3, 1e3]], [1e-12 * np.eye(2)])
+    exact = -math.log(2 * math.pi * 1e-12)  # 25.7931...
+    for dtype in (F64, torch.float32):
+        got = float(gm.to(dtype).log_prob(torch.tensor([[1e3, 1e3]], dtype=dtype)))
+        # float64: the constant -log|L| - log(2 pi) in a few roundings; float32: the same in float32 (u = 6e-8)
+        assert abs(got - exact) <= 8 * unit_roundoff(dtype) * abs(exact)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Bad input: a ValueError naming the argument
 # --------------------------------------------------------------------------------------------------------------
@@ -381,6 +434,79 @@ def test_bad_calls_raise(call, match):
     gm = get_world("attributes2d").unconditional
     with pytest.raises(ValueError, match=match):
         call(gm)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), [
+    ({"means": torch.tensor([[0.0, 0.0], [1.0, 1.0j]])}, TypeError, "^means: complex"),
+    ({"means": np.array([[True, False], [False, True]])}, TypeError, "^means: bool"),
+    ({"means": [["a", "b"], ["c", "d"]]}, TypeError, "^means: expected numbers"),
+    ({"means": torch.zeros(2, 2, dtype=torch.float16)}, TypeError, "^means: torch.float16"),
+    ({"means": torch.zeros(2, 2, device="meta")}, ValueError, "^means: is a meta tensor"),
+    ({"weights": None}, TypeError, "^weights: expected numbers, got None"),
+    ({"covariances": [1e-310 * np.eye(2)] * 2}, ValueError, "^covariances: .*subnormal"),
+    ({"covariances": [1e300 * np.eye(2)] * 2}, ValueError, "^covariances: .*too large"),
+    ({"means": [[1e160, 0.0], [0.0, 0.0]]}, ValueError, "^means: .*too large"),
+    ({"means": np.array([[2**60, 0], [0, 0]])}, ValueError, "^means: integer values beyond 2\\*\\*53"),
+])
+def test_input_policy_at_construction(kwargs, error, match):
+    """The input policy (toy_models._checks): wrong kinds are TypeErrors, wrong values ValueErrors, each message
+    starting with the argument's name; huge or subnormal values are refused before they turn into NaN."""
+    args = {"weights": GOOD_W, "means": GOOD_MU, "covariances": GOOD_COV} | kwargs
+    with pytest.raises(error, match=match):
+        GaussianMixture(**args)
+
+
+def test_integer_parameters_are_converted_exactly():
+    gm = GaussianMixture([1, 0], [[0, 0], [3, 4]], [np.eye(2, dtype=int)] * 2)
+    assert gm.means.dtype == F64 and gm.means.tolist() == [[0.0, 0.0], [3.0, 4.0]]
+
+
+def test_caller_arrays_are_copied():
+    """Changing the caller's tensors after construction moves nothing: sample, mean and log_prob all agree."""
+    means, covs = torch.tensor([[0.0, 0.0], [3.0, 0.0]], dtype=F64), torch.eye(2, dtype=F64).repeat(2, 1, 1)
+    weights = torch.tensor([0.5, 0.5], dtype=F64)
+    gm = GaussianMixture(weights, means, covs)
+    before = (gm.mean().clone(), gm.sample(4, torch.Generator().manual_seed(0)), gm.log_prob([[1.0, 1.0]]))
+    means.add_(100.0), covs.mul_(4.0), weights.copy_(torch.tensor([1.0, 0.0]))
+    after = (gm.mean(), gm.sample(4, torch.Generator().manual_seed(0)), gm.log_prob([[1.0, 1.0]]))
+    for b, a in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda gm: gm.noised(1.0, 1e155), "^sigma: .*too large"),
+    (lambda gm: gm.noised(1e155, 1.0), "^alpha: .*too large"),
+    (lambda gm: gm.log_prob([[1e200, 0.0]]), "^x: point 0 is so far"),
+    (lambda gm: gm.to(torch.float32).score([[1e25, 0.0]]), "^x: point 0 .*float64 has a far larger range"),
+    (lambda gm: gm.score(torch.zeros(2, 2, dtype=torch.complex64)), "^x: complex"),
+    (lambda gm: gm.score(torch.zeros(2, 2, dtype=torch.bfloat16)), "^x: torch.bfloat16"),
+    (lambda gm: gm.noised(1.0, 1j), "^sigma: complex"),
+    (lambda gm: GaussianMixture([1.0], [[0.0]], [[[1e-300]]]).to(torch.float32), "^dtype: "),
+])
+def test_huge_and_wrong_kind_inputs_are_refused_not_nan(call, match):
+    gm = GaussianMixture(GOOD_W, GOOD_MU, GOOD_COV)
+    with pytest.raises((ValueError, TypeError), match=match):
+        call(gm)
+
+
+@pytest.mark.parametrize("far", [1e6, 1e150])
+def test_huge_but_representable_inputs_stay_finite(far):
+    """Far points whose quadratic form fits in float64 give a finite answer within the derived bound, never NaN.
+
+    The nearer component (mean (1, 1)) dominates completely, so the exact score is -(x - (1, 1)). At 1e6 the two
+    quadratic forms differ by 2e6 out of 1e12 and the computation resolves it; at 1e150 they differ by 2e150 out
+    of 1e300, below float64's resolution (ulp 1.5e284): the bound must then cover the whole gap between the two
+    component scores, and it does.
+    """
+    gm = GaussianMixture(GOOD_W, GOOD_MU, GOOD_COV)
+    x = torch.tensor([[far, 0.0]], dtype=F64)
+    lp, s = gm.log_prob_and_score(x)
+    assert bool(torch.isfinite(lp).all()) and bool(torch.isfinite(s).all())
+    exact = -(x - torch.tensor([[1.0, 1.0]], dtype=F64))
+    err = torch.linalg.vector_norm(s - exact, dim=-1)
+    assert bool((err <= score_rounding_bound(gm, x) + U64 * torch.linalg.vector_norm(exact, dim=-1)).all())
+    if far == 1e6:
+        assert float(err.max()) <= 1e-9 * far
 
 
 def test_zero_weight_component_is_inert():

@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from . import parametrization as param
-from ._checks import Tensorish, as_tensor
+from ._checks import COMPUTE_DTYPES, Tensorish, as_tensor, check_points, real_dtype_of
 from .gaussian_mixture import Condition, GaussianMixture
 from .schedules import Schedule, get_schedule
 from .world import World
@@ -58,7 +58,9 @@ class AnalyticDenoiser:
         if isinstance(world, GaussianMixture):
             world = World("mixture", world)
         if not isinstance(world, World):
-            raise ValueError(f"world: expected a World or a GaussianMixture, got {type(world).__name__}")
+            raise TypeError(f"world: expected a World or a GaussianMixture, got {type(world).__name__}")
+        if dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
         self.world = world.to(dtype)
         self.schedule = get_schedule(schedule)
         self.dtype = dtype
@@ -77,8 +79,8 @@ class AnalyticDenoiser:
 
     def score(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\nabla_x \log p_t(x \mid c)`, ``[N, d]``. ``t`` a float or ``[N]``."""
-        x = torch.as_tensor(x)
-        times = as_tensor(t, "t")
+        x = self._points(x)
+        times = as_tensor(t, "t", copy=False)
         if times.numel() == 1:
             return self.noised_law(float(times.reshape(())), condition).score(x).to(x.dtype)
         if times.shape != (x.shape[0],):
@@ -91,6 +93,7 @@ class AnalyticDenoiser:
 
     def eps(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\hat\varepsilon = -\sigma_t \nabla_x \log p_t(x \mid c)`, ``[N, d]``."""
+        x = self._points(x)
         sigma = self._per_row(self.schedule.sigma(t), x)
         return param.score_to_eps(self.score(x, t, condition), sigma)
 
@@ -100,12 +103,18 @@ class AnalyticDenoiser:
 
     def x0(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`E[x_0 \mid x_t = x, c]` by Tweedie's formula, ``[N, d]``."""
+        x = self._points(x)
         alpha, sigma = (self._per_row(v, x) for v in self.schedule.alpha_sigma(t))
         return param.convert(self.eps(x, t, condition), "eps", "x0", x=x, alpha=alpha, sigma=sigma)
 
+    def _points(self, x: Tensorish) -> torch.Tensor:
+        """``x`` under the input policy: float32/float64 kept (the output has the caller's dtype), integers
+        converted exactly to the denoiser's dtype, everything else refused."""
+        return check_points(x, self.dim, real_dtype_of(x, self.dtype))
+
     @staticmethod
     def _per_row(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        value = value.to(torch.as_tensor(x).dtype)
+        value = value.to(x.dtype)
         return value.reshape(-1, 1) if value.numel() > 1 else value.reshape(())
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ A mixture :math:`p(x) = \sum_k \pi_k\, \mathcal N(x; \mu_k, \Sigma_k)` stays a m
 .. math::  p_t(x) = \sum_k \pi_k\, \mathcal N(x;\ \alpha \mu_k,\ \alpha^2 \Sigma_k + \sigma^2 I),
 
 so its density, score, class posterior and the gradient of the class posterior are closed-form at every noise
-level (DESIGN.md section 1). Each component carries a class label and, optionally, several attributes (a colour
+level (see docs/architecture.md). Each component carries a class label and, optionally, several attributes (a colour
 and a shape, say); a *condition* selects the matching components and :math:`p(x \mid c)` is their mixture with
 the weights renormalised.
 
@@ -21,12 +21,17 @@ Numerics
 * Parameters (Cholesky factors, their inverses, log-determinants, and the noised covariances of
   :meth:`GaussianMixture.noised`) are always computed in float64 and only then cast to the mixture's compute
   dtype, so the float32 path loses precision only in the per-point arithmetic.
-* No ``[N, K, d, d]`` intermediate. For :math:`d \le 4` the log joint is linear in the quadratic features
-  :math:`\phi(x) = (x_i x_j)_{i \le j} \oplus x \oplus 1`, so all components are one ``[N, D] x [D, K]`` product
-  and the score is :math:`r B - (\sum_k r_k P_k) x` with :math:`B_k = P_k \mu_k`: memory :math:`O(N (K + d^2))`.
-  Above that, :math:`g_k = \Sigma_k^{-1}(x - \mu_k)` for all components is one ``[N, d] x [d, K d]`` product;
-  the quadratic forms are :math:`x \cdot g_k - b_k \cdot x + c_k` and the score is :math:`-\sum_k r_k g_k`, so
-  that product is the only one of its size: memory :math:`O(N K d)`.
+* One engine for every dimension, centred before it squares: per component, the residual :math:`x - \mu_k`,
+  then :math:`g_k = P_k (x - \mu_k)` (:math:`P_k = \Sigma_k^{-1}`) and the quadratic form
+  :math:`(x - \mu_k) \cdot g_k`; the component score is :math:`s_k = -g_k`. Expanding the quadratic form instead
+  (:math:`x^\top P x - 2\mu^\top P x + \mu^\top P \mu`) cancels catastrophically at a narrow mode far from the
+  origin (covariance 1e-12 I at (1e3, 1e3): three terms of size 1e18 for a result of size 1), so the log density
+  there would be wrong in every digit while the score stayed right. Centred, the rounding is proportional to
+  :math:`|x - \mu_k|^2 \|P_k\|` (and :math:`x - \mu_k` is exact when the two are within a factor 2 of each other,
+  Sterbenz's lemma). Cost :math:`N K d^2`; memory :math:`O(N K d)` for the :math:`g_k`, the residuals one
+  component at a time, no ``[N, K, d, d]`` intermediate.
+* A point so far from every component that :math:`|z_k|^2` overflows the compute dtype for every k is refused with
+  a ``ValueError`` naming ``x`` (its log density is below the dtype's range) rather than returning NaN.
 
 Conditions
 ----------
@@ -43,15 +48,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import Tensorish, as_scalar, as_tensor, check_points
+from ._checks import Tensorish, as_scalar, as_tensor, check_magnitude, check_points
 
 __all__ = ["GaussianMixture", "Condition", "normalize_condition"]
 
 Condition = None | int | str | Sequence[str]
 _UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
 _LOG_2PI = math.log(2.0 * math.pi)
-#: largest dimension evaluated through quadratic features (one [N, D] x [D, K] product) instead of precisions
-_FEATURE_DIM_MAX = 4
+#: up to this dimension, reductions over d are written as whole-row operations (measured faster in
+#: benchmarks/score.py); above it, torch's batched kernels
+_SMALL_DIM = 8
 
 
 def normalize_condition(condition: Any) -> Hashable:
@@ -121,6 +127,13 @@ class GaussianMixture:
         dim = mu.shape[1]
         if cov.shape != (n_comp, dim, dim):
             raise ValueError(f"covariances: expected shape [K, d, d] = [{n_comp}, {dim}, {dim}], got {list(cov.shape)}")
+        tiny = torch.finfo(torch.float64).tiny
+        if bool(((cov != 0) & (cov.abs() < tiny)).any()):
+            raise ValueError(f"covariances: entries below float64's normal range ({tiny:.3g}) are subnormal and carry "
+                             f"fewer significant bits; rescale the problem (e.g. measure x in larger units)")
+        big = math.sqrt(torch.finfo(torch.float64).max) / 4.0
+        check_magnitude(float(cov.abs().max()), big, "covariances", "products of two entries would overflow float64")
+        check_magnitude(float(mu.abs().max()), big, "means", "squared distances would overflow float64")
         if bool((w < 0).any()):
             raise ValueError(f"weights: must be non-negative, got minimum {float(w.min()):.6g}")
         # Summing K numbers rounded to the input dtype errs by at most K u; factor 2 for the sum's own rounding.
@@ -155,25 +168,25 @@ class GaussianMixture:
         n_comp, dim = mu.shape
         eye = torch.eye(dim, dtype=torch.float64).expand(n_comp, dim, dim)
         whiten = torch.linalg.solve_triangular(chol, eye, upper=False)  # W_k = L_k^{-1}, [K, d, d]
+        log_det_half = torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # log |L_k| = log det(S_k) / 2
         precision = whiten.transpose(1, 2) @ whiten  # P_k = W_k^T W_k = Sigma_k^{-1}, [K, d, d]
         precision = 0.5 * (precision + precision.transpose(1, 2))
-        lin_coef = torch.einsum("kij,kj->ki", precision, mu)  # b_k = P_k mu_k, [K, d]
-        quad_const = (lin_coef * mu).sum(-1)  # c_k = mu_k^T P_k mu_k, [K]
-        log_det_half = torch.log(torch.diagonal(chol, dim1=1, dim2=2)).sum(-1)  # log |L_k| = log det(S_k) / 2
-        log_norm = -log_det_half - 0.5 * dim * _LOG_2PI  # [K]
+        limit = torch.finfo(dtype).max
+        bad = ~(precision.abs().flatten(1).amax(-1) <= limit)  # also catches inf and NaN
+        if bool(bad.any()):
+            k = int(torch.nonzero(bad)[0])
+            raise ValueError(f"covariances: component {k} is too close to singular for {dtype}: its precision "
+                             f"matrix has entries beyond {limit:.3g} (smallest Cholesky pivot "
+                             f"{float(torch.diagonal(chol[k]).min()):.3g})")
         self._log_w = torch.log(w).to(dtype)  # -inf for a zero weight; the softmax handles it
-        self._use_features = dim <= _FEATURE_DIM_MAX
-        # Features engine (see _prepare): log pi_k + log N_k(x) = phi(x) . c_k + log pi_k with
-        # phi(x) = [x_i x_j (all i, j), x, 1]. Coefficients in float64, then cast.
-        quad_coef = -0.5 * precision.reshape(n_comp, dim * dim)  # [K, d^2]
-        feature_coef = torch.cat([quad_coef, lin_coef, (log_norm - 0.5 * quad_const)[:, None]], dim=1)
-        self._feature_coef = feature_coef.T.contiguous().to(dtype)  # [d^2 + d + 1, K]
-        # coef @ _score_coef = [sum_k c_k b_k, vec(sum_k c_k P_k)], [N, d + d^2]
-        self._score_coef = torch.cat([lin_coef, precision.reshape(n_comp, dim * dim)], dim=1).to(dtype)
-        # Precision engine: x @ _precision_cols gives [N, K d] with block k equal to (P_k x)^T (P_k symmetric)
-        self._precision_cols = precision.permute(1, 0, 2).reshape(dim, n_comp * dim).to(dtype)
-        self._lin_coef = lin_coef.to(dtype)  # [K, d]
-        self._log_joint_const = (log_norm - 0.5 * quad_const).to(dtype)  # [K]
+        # Centred engine (see _components): the residual x - mu_k is formed first, then g_k = P_k (x - mu_k) and
+        # the quadratic form (x - mu_k) . g_k. In float32 the means are held as hi + lo (hi = mu rounded to
+        # float32, lo = the rest): x - hi is exact near the mode (Sterbenz) and subtracting lo leaves a rounding
+        # relative to |x - mu|; rounding mu itself would move a narrow far mode by u |mu| (6e-5 at |mu| = 1e3).
+        self._mu_hi = mu.to(dtype)  # [K, d]
+        self._mu_lo = (mu - self._mu_hi.double()).to(dtype) if dtype != mu.dtype else None  # [K, d]
+        self._precision = precision.contiguous().to(dtype)  # [K, d, d]
+        self._log_joint_const = (self._log_w + (-log_det_half - 0.5 * dim * _LOG_2PI).to(dtype))  # [K]
         self._classes = torch.unique(labels)
         self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
 
@@ -199,10 +212,18 @@ class GaussianMixture:
         if s < 0:
             raise ValueError(f"sigma: must be >= 0, got {s!r}")
         dim = self.dim
+        # alpha^2 Sigma + sigma^2 I must stay finite (and its Cholesky factor too): refuse, naming the argument
+        # whose square overflows, instead of returning a mixture of NaN
+        big = math.sqrt(torch.finfo(torch.float64).max) / 4.0  # squares and sums of two of them stay finite
+        check_magnitude(s, big, "sigma", "sigma**2 would overflow float64")
+        check_magnitude(a * math.sqrt(float(self._cov64.abs().max())), big, "alpha",
+                        "alpha**2 times the largest covariance entry would overflow float64")
         cov = a * a * self._cov64 + s * s * torch.eye(dim, dtype=torch.float64)
         chol, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
-            raise ValueError(f"alpha: alpha^2 Sigma + sigma^2 I is numerically singular at alpha={a!r}, sigma={s!r}")
+            culprit = "sigma" if s > 0 else "alpha"
+            raise ValueError(f"{culprit}: alpha^2 Sigma + sigma^2 I is numerically singular at alpha={a!r}, "
+                             f"sigma={s!r}")
         return self._derived(self._w64, a * self._mu64, cov, chol)
 
     def given(self, condition: Condition) -> GaussianMixture:
@@ -222,7 +243,10 @@ class GaussianMixture:
         """The same mixture computing in ``dtype`` (float64 or float32)."""
         if dtype == self._dtype:
             return self
-        return self._derived(self._w64, self._mu64, self._cov64, self._chol64, dtype=dtype)
+        try:
+            return self._derived(self._w64, self._mu64, self._cov64, self._chol64, dtype=dtype)
+        except ValueError as err:  # a parameter out of the new dtype's range: the caller chose the dtype
+            raise ValueError(f"dtype: cannot compute this mixture in {dtype}: {err}") from None
 
     # --- conditions -----------------------------------------------------------------------------------
     def matches(self, condition: Condition) -> torch.Tensor:
@@ -309,45 +333,46 @@ class GaussianMixture:
                 f"attributes={list(self._attributes)}, dtype={self._dtype})")
 
     # --- densities and scores -------------------------------------------------------------------------
-    # Two engines compute the same quantities. For d <= 4 the log joint is linear in the quadratic features
-    # phi(x) = [x_i x_j, x, 1], so all K log densities are one [N, D] x [D, K] product and the score is
-    # r @ B - (r @ vec P) x: nothing of size [N, K, d] exists. Above that, g_k = P_k x - b_k for all k is one
-    # [N, d] x [d, K d] product, the quadratic forms are x . g_k - b_k . x + c_k and the score is -sum_k r_k g_k.
-    # Both take x in absolute coordinates; verify.tolerances bounds their rounding (and the tests compare them with
-    # each other and with 40-digit mpmath, near and far from the modes).
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-point state: the features ``phi(x)`` ``[N, D]``, or ``g_k = Sigma_k^{-1}(x - mu_k)`` ``[N, K, d]``."""
-        n, d = x.shape
-        if self._use_features:
-            return torch.cat([(x.unsqueeze(2) * x.unsqueeze(1)).view(n, d * d), x, torch.ones_like(x[:, :1])],
-                             dim=1)  # [N, d^2 + d + 1]
-        # the shift is in place: the product's output is not needed by autograd
-        return (x @ self._precision_cols).view(n, self.n_components, d).sub_(self._lin_coef)  # [N, K, d]
+    # One engine for every dimension, centred before it squares: the residuals x - mu_k, then g_k = P_k (x - mu_k)
+    # (one batched product) and the quadratic forms (x - mu_k) . g_k; the score is -sum_k r_k g_k. Points are laid
+    # out as columns ([K, d, N]) so that every reduction over d adds whole rows. verify.tolerances bounds
+    # the rounding, and the tests compare against 50-digit mpmath at narrow modes far from the origin.
+    def _components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log joints ``log pi_k + log N(x; mu_k, Sigma_k)`` ``[N, K]`` and ``g_k = P_k (x - mu_k)`` ``[K, d, N]``.
 
-    def _log_joint(self, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``log pi_k + log N(x; mu_k, Sigma_k)``, ``[N, K]``."""
-        if self._use_features:
-            return torch.addmm(self._log_w, state, self._feature_coef)  # [N, K]
-        # (x - mu)^T P (x - mu) = x . (P x - b) - b . x + c
-        quad = torch.einsum("nd,nkd->nk", x, state) - x @ self._lin_coef.T  # [N, K]
-        return (self._log_w + self._log_joint_const) - 0.5 * quad
-
-    def _weighted_component_score(self, coef: torch.Tensor, state: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        r""":math:`\sum_k c_k s_k` with :math:`s_k = -\Sigma_k^{-1}(x - \mu_k)`, ``[N, d]``.
-
-        Features engine: :math:`c B - (\sum_k c_k P_k) x`. Precision engine: :math:`-\sum_k c_k g_k`.
+        Refuses (``ValueError`` naming ``x``) a point whose quadratic form overflows the dtype for every
+        component: its log density is below the dtype's range, and a softmax of all -inf would be NaN.
         """
-        if self._use_features:
-            n = x.shape[0]
-            mixed = coef @ self._score_coef  # [N, d + d^2]
-            mixed_precision = mixed[:, self.dim:].view(n, self.dim, self.dim)  # sum_k c_k P_k, [N, d, d]
-            return mixed[:, :self.dim] - (mixed_precision @ x.unsqueeze(-1)).squeeze(-1)
-        return -torch.einsum("nk,nkd->nd", coef, state)
+        xt = x.T.unsqueeze(0)  # [1, d, N]: coordinates as rows, so every reduction over d adds whole rows
+        centred = xt - self._mu_hi.unsqueeze(-1)  # x - mu_k, [K, d, N]
+        if self._mu_lo is not None:  # float32: the low part of the means (see _init_from_valid)
+            lo = self._mu_lo.unsqueeze(-1)
+            centred = centred - lo if centred.requires_grad else centred.sub_(lo)
+        grads = torch.bmm(self._precision, centred)  # g_k = P_k (x - mu_k), [K, d, N]
+        quads = _row_dot(centred, grads)  # (x - mu_k) . g_k, [K, N]
+        log_joint = self._log_joint_const - 0.5 * quads.T  # [N, K]
+        top = log_joint.detach().amax(-1)
+        if not bool(torch.isfinite(top).all()):
+            row = int(torch.nonzero(~torch.isfinite(top))[0])
+            raise ValueError(f"x: point {row} is so far from every component that its quadratic form overflows "
+                             f"{self._dtype} (log p(x) is below the dtype's range)"
+                             + ("; float64 has a far larger range" if self._dtype == torch.float32 else ""))
+        return log_joint, grads
+
+    @staticmethod
+    def _weighted_component_score(coef: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sum_k c_k s_k` with :math:`s_k = -P_k(x - \mu_k) = -g_k`, ``[N, K], [K, d, N] -> [N, d]``."""
+        weights = coef.T.unsqueeze(1)  # [K, 1, N]
+        if coef.requires_grad or grads.requires_grad or grads.shape[1] <= _SMALL_DIM:
+            return -torch.einsum("nk,kdn->nd", coef, grads)
+        out = torch.zeros_like(grads[0])  # [d, N]
+        for k in range(grads.shape[0]):  # K passes over [d, N]: no [K, d, N] temporary
+            out.addcmul_(grads[k], weights[k])
+        return out.neg_().T
 
     def component_log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log \pi_k + \log\mathcal N(x; \mu_k, \Sigma_k)` for every component, ``[N, K]``."""
-        pts = self._points(x)
-        return self._log_joint(self._prepare(pts), pts)
+        return self._components(self._points(x))[0]
 
     def log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log p(x) = \operatorname{logsumexp}_k(\log\pi_k + \log\mathcal N_k(x))`, ``[N, d] -> [N]``."""
@@ -363,10 +388,9 @@ class GaussianMixture:
 
     def log_prob_and_score(self, x: Tensorish) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(x)`` and the score from one pass of the engine."""
-        pts = self._points(x)
-        state = self._prepare(pts)
-        log_p, r = _logsumexp_softmax(self._log_joint(state, pts))  # [N], [N, K]
-        return log_p, self._weighted_component_score(r, state, pts)
+        log_joint, grads = self._components(self._points(x))
+        log_p, r = _logsumexp_softmax(log_joint)  # [N], [N, K]
+        return log_p, self._weighted_component_score(r, grads)
 
     # --- class posteriors -----------------------------------------------------------------------------
     def log_class_posterior(self, x: Tensorish) -> torch.Tensor:
@@ -399,12 +423,10 @@ class GaussianMixture:
         weighted sum, without subtracting two large scores.
         """
         mask = self.matches(condition)
-        pts = self._points(x)
-        state = self._prepare(pts)
-        log_joint = self._log_joint(state, pts)
+        log_joint, grads = self._components(self._points(x))
         r = _logsumexp_softmax(log_joint)[1]
         r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
-        return self._weighted_component_score(r_c - r, state, pts)
+        return self._weighted_component_score(r_c - r, grads)
 
     # --- sampling -------------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -441,6 +463,20 @@ class GaussianMixture:
 
     def _points(self, x: Tensorish) -> torch.Tensor:
         return check_points(x, self.dim, self._dtype)
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``sum_i a[:, i] * b[:, i]`` for ``[K, d, N]`` inputs, ``[K, N]``.
+
+    For small d as d whole-row multiply-adds (a strided reduction over a short axis is several times slower);
+    above that torch's ``vecdot``.
+    """
+    if a.shape[1] > _SMALL_DIM:
+        return torch.linalg.vecdot(a, b, dim=1)
+    out = a[:, 0] * b[:, 0]
+    for i in range(1, a.shape[1]):
+        out = out + a[:, i] * b[:, i] if out.requires_grad else out.addcmul_(a[:, i], b[:, i])
+    return out
 
 
 def _logsumexp_softmax(log_joint: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,7 +55,7 @@ class Schedule(ABC):
 
     # --- validation -------------------------------------------------------------------------------
     def _time(self, t: Tensorish, *, open_at_one: bool = False) -> torch.Tensor:
-        tt = as_tensor(t, "t")
+        tt = as_tensor(t, "t", copy=False)  # evaluated, not kept: keeps an autograd graph
         if bool((tt < 0).any()) or bool((tt > 1).any()):
             raise ValueError(f"t: must lie in [0, 1] for schedule {self.name!r}; got range "
                              f"[{float(tt.min()):.6g}, {float(tt.max()):.6g}]")
@@ -84,9 +84,7 @@ class Schedule(ABC):
 
     def t_from_log_snr(self, log_snr: Tensorish) -> torch.Tensor:
         r"""The inverse of :meth:`log_snr`; raises if :math:`\lambda` is outside the schedule's range."""
-        lam = torch.as_tensor(log_snr, dtype=torch.float64)
-        if bool(torch.isnan(lam).any()):
-            raise ValueError("log_snr: contains NaN")
+        lam = as_tensor(log_snr, "log_snr", copy=False, allow_infinite=True)  # +-inf: the ends of the range
         lo, hi = self.log_snr_range()
         if bool((lam < lo).any()) or bool((lam > hi).any()):
             raise ValueError(f"log_snr: must lie in [{lo:.6g}, {hi:.6g}] for schedule {self.name!r}; got range "
