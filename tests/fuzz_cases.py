@@ -504,11 +504,13 @@ def gen_constructor(rng) -> Case:
         mu = mu - mu.mean(0) if p.K > 0 else mu
         bad, probe = ("covariances",), "density"
     elif kind == "huge_means":
+        dtype = F64  # 1e155 is not a float32 number
         mu = mu / max(np.abs(mu).max(), 1e-300) * 1e155
         cov = np.stack([np.eye(p.d) for _ in range(p.K)])
         probe = "density"
     elif kind == "huge_cov":
-        cov = cov / np.abs(cov).max() * 1e300
+        dtype = F64  # (scores ~ 1e-250 stay clear of gradual underflow)
+        cov = cov / np.abs(cov).max() * 1e250
         probe = "density"
     elif kind == "labels_float":
         labels = labels.astype(np.float64) + 0.5
@@ -2503,8 +2505,9 @@ def gen_metrics(rng) -> Case:
             ref = mp.fsum((mp.mpf(float(mx[i])) - mp.mpf(float(m2[i]))) ** 2 for i in range(d)) + \
                 mp.fsum(cx[i, i] for i in range(d)) + mp.fsum(b) - 2 * cross
             ref = max(float(ref), 0.0)
-            mag = float(np.sum((mx - m2) ** 2) + np.trace(np.abs(cx)) + b.sum()) + 2 * float(
-                np.abs(mx - m2).sum()) * float(np.abs(mx).max() + np.abs(m2).max())
+            # the sample mean of n points errs by n u max|x| (a sum of n terms), the covariance likewise
+            mag = x.shape[0] * (float(np.sum((mx - m2) ** 2) + np.trace(np.abs(cx)) + b.sum()) + 2 * float(
+                np.abs(mx - m2).sum()) * float(np.abs(x).max() + np.abs(m2).max()))
             return compare(np.array([res]), [ref], 64 * d * d * U[F64] * mag * np.linalg.cond(cx) + 1e-300,
                            "frechet_distance (samples)")
         ref = mp.fsum((mp.mpf(float(m1[i])) - mp.mpf(float(m2[i]))) ** 2 for i in range(d)) + mp.fsum(
@@ -2531,9 +2534,15 @@ def checkpoint_dir() -> pathlib.Path:
     return pathlib.Path(toy_models.__file__).resolve().parent.parent / "checkpoints"
 
 
+def _ck(stem: pathlib.Path, ext: str) -> pathlib.Path:
+    """``stem`` + ``ext`` (names such as ``ring2d_p0.50`` have a dot that is not a suffix)."""
+    return stem.parent / (stem.name + ext)
+
+
 def shipped_checkpoints() -> list[pathlib.Path]:
     root = checkpoint_dir()
-    return sorted(p.with_suffix("") for p in root.rglob("*.safetensors") if p.with_suffix(".json").is_file())
+    stems = (p.parent / p.name[: -len(".safetensors")] for p in root.rglob("*.safetensors"))
+    return sorted(s for s in stems if _ck(s, ".json").is_file())
 
 
 _TMP_ROOT: list[pathlib.Path] = []
@@ -2582,8 +2591,8 @@ def gen_checkpoint(rng) -> Case:
 
     def write() -> pathlib.Path:
         out = _tmp_dir() / src.name
-        wsrc, csrc = src.with_suffix(".safetensors"), src.with_suffix(".json")
-        wdst, cdst = out.with_suffix(".safetensors"), out.with_suffix(".json")
+        wsrc, csrc = _ck(src, ".safetensors"), _ck(src, ".json")
+        wdst, cdst = _ck(out, ".safetensors"), _ck(out, ".json")
         shutil.copyfile(wsrc, wdst)
         shutil.copyfile(csrc, cdst)
         r = np.random.default_rng(seed)
@@ -2654,8 +2663,8 @@ def gen_checkpoint(rng) -> Case:
         return load_checkpoint(write())
 
     def check(den):
-        ref = load_file(str(src.with_suffix(".safetensors")))
-        card = json.loads(src.with_suffix(".json").read_text(encoding="utf-8"))
+        ref = load_file(str(_ck(src, ".safetensors")))
+        card = json.loads(_ck(src, ".json").read_text(encoding="utf-8"))
         state = den.network.state_dict()
         if set(state) != set(ref):
             return WRONG, "loaded tensor names differ from the shipped file"
