@@ -82,6 +82,11 @@ def lone_card(tmp_path: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def broken_default_checkpoints(tmp_path: pathlib.Path) -> pathlib.Path:
+    """./checkpoints (the default folder, the test runs in tmp_path) with a broken ring2d."""
+    return broken_checkpoints(tmp_path).rename(tmp_path / "checkpoints")
+
+
 def a_file(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "plain_file"
     path.write_text("not a folder", encoding="utf-8")
@@ -113,6 +118,8 @@ USAGE_ERRORS = {
                           "--heads: must divide width = 30, got 4"),
     "train-negative-seed": (lambda tmp: ["train", "--world", "ring2d", "--seed", "-3"], "train",
                             "--seed: must be a non-negative int, got -3"),
+    "train-huge-seed": (lambda tmp: ["train", "--world", "ring2d", "--seed", str(2**40)], "train",
+                        "--seed: must be below 2^32, got 1099511627776"),
     "train-eval-n-zero": (lambda tmp: ["train", "--world", "ring2d", "--eval-n", "0"], "train",
                           "argument --eval-n: invalid positive integer value: '0'"),
     "train-unknown-device": (lambda tmp: ["train", "--world", "ring2d", "--device", "gpu7"], "train",
@@ -141,6 +148,9 @@ USAGE_ERRORS = {
                               "--checkpoints: {tmp} holds none of the checkpoints ring2d, attributes2d"),
     "run-checkpoints-broken": (lambda tmp: ["run", "--checkpoints", str(broken_checkpoints(tmp))], "run",
                                "--checkpoints: {tmp}/ckpt/ring2d.safetensors: sha256: the file's SHA-256"),
+    "run-default-checkpoints-broken": (lambda tmp: broken_default_checkpoints(tmp) and ["run"], "run",
+                                       "the default checkpoints (no --checkpoints): checkpoints/ring2d.safetensors: "
+                                       "sha256: the file's SHA-256"),
     "run-checkpoints-lone-card": (lambda tmp: ["run", "--checkpoints", str(lone_card(tmp))], "run",
                                   "--checkpoints: {tmp}/lone/tokens16d.json has no tokens16d.safetensors"),
     "run-out-a-file": (lambda tmp: ["run", "--out", str(a_file(tmp))], "run",
@@ -153,7 +163,7 @@ USAGE_ERRORS = {
                               "--update-readme: {tmp}/plain_file: no <!-- ledger --> ... <!-- /ledger --> "
                               "markers"),
     "run-negative-seed": (lambda tmp: ["run", "--seed", "-1"], "run",
-                          "argument --seed: invalid non-negative integer value: '-1'"),
+                          "argument --seed: invalid seed (an integer in [0, 2^32)) value: '-1'"),
     "figures-checkpoints-broken": (lambda tmp: ["figures", "--checkpoints", str(broken_checkpoints(tmp))],
                                    "figures", "--checkpoints: {tmp}/ckpt/ring2d.safetensors: sha256:"),
     "figures-out-a-file": (lambda tmp: ["figures", "--out", str(a_file(tmp))], "figures",

@@ -117,14 +117,14 @@ def _positive_int(text: str) -> int:
 _positive_int.__name__ = "positive integer"
 
 
-def _non_negative_int(text: str) -> int:
+def _seed(text: str) -> int:
     value = int(text)
-    if value < 0:
+    if not 0 <= value < 2**32:
         raise ValueError(text)
     return value
 
 
-_non_negative_int.__name__ = "non-negative integer"
+_seed.__name__ = "seed (an integer in [0, 2^32))"
 
 
 def _seconds(text: str) -> float:
@@ -169,15 +169,18 @@ def _checkpoint_folder(text: str | None, option: str = "--checkpoints") -> str |
     """``--checkpoints DIR``: an existing folder laid out like ``checkpoints/`` whose checkpoints all load.
 
     Every checkpoint the ledger or the figures would read is loaded here, so that a malformed one is a usage error
-    before the long run, not a traceback in the middle of it.
+    before the long run, not a traceback in the middle of it. Without the option the default folder (``./checkpoints``
+    or the repository's) is checked the same way, except that it may lack checkpoints (their claims stay pending);
+    returns ``text`` unchanged.
     """
-    if text is None:
-        return None
     from toy_models.neural import load_checkpoint
-    from verify.claims.network import MAIN, P_UNCOND
+    from verify.claims.network import MAIN, P_UNCOND, default_checkpoints
 
-    folder = pathlib.Path(text)
+    folder = pathlib.Path(text) if text is not None else default_checkpoints()
+    label = option if text is not None else f"the default checkpoints (no {option})"
     if not folder.is_dir():
+        if text is None:
+            return None
         raise UsageError(f"{option}: {folder} is not a directory")
     names = [*MAIN, *(f"ablation/ring2d_p{p}" for p in P_UNCOND), "imperfect/ring2d"]
     found = 0
@@ -185,17 +188,17 @@ def _checkpoint_folder(text: str | None, option: str = "--checkpoints") -> str |
         weights, card = folder / f"{name}.safetensors", folder / f"{name}.json"
         if weights.is_file() != card.is_file():
             have, lack = (weights, card) if weights.is_file() else (card, weights)
-            raise UsageError(f"{option}: {have} has no {lack.name} beside it (a checkpoint is both files)")
+            raise UsageError(f"{label}: {have} has no {lack.name} beside it (a checkpoint is both files)")
         if weights.is_file():
             try:
                 load_checkpoint(folder / name)
             except ValueError as err:
-                raise UsageError(f"{option}: {_one_line(err)}") from err
+                raise UsageError(f"{label}: {_one_line(err)}") from err
             found += 1
-    if not found:
+    if not found and text is not None:
         raise UsageError(f"{option}: {folder} holds none of the checkpoints {', '.join(names)} "
                          "(each NAME.safetensors beside NAME.json)")
-    return str(folder)
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -472,7 +475,7 @@ def _parser() -> argparse.ArgumentParser:
     run = command("run", help="evaluate every claim and write the ledger")
     run.add_argument("--out", default="results", help="output folder (default: results)")
     run.add_argument("--quick", action="store_true", help="smaller grids for a smoke run (same tolerances)")
-    run.add_argument("--seed", type=_non_negative_int, default=0, help="seed of every random draw (default: 0)")
+    run.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--checkpoints", metavar="DIR", help="trained networks to check (default: checkpoints/)")
     run.add_argument("--update-readme", metavar="PATH", help="also write the ledger table into PATH between "

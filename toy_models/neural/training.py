@@ -96,6 +96,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name}: must be a non-negative int, got {value!r}")
+        if self.seed >= 2**32:  # the data generator is seeded with seed * 1_000_003 + rank, which must fit 64 bits
+            raise ValueError(f"seed: must be below 2^32, got {self.seed}")
         if self.width % self.heads:
             raise ValueError(f"heads: must divide width = {self.width}, got {self.heads}")
         for name in ("p_uncond", "p_partial", "ema_decay", "learning_rate", "weight_decay", "t_min", "grad_clip"):
