@@ -131,9 +131,9 @@ class GaussianMixture:
         if bool(((cov != 0) & (cov.abs() < tiny)).any()):
             raise ValueError(f"covariances: entries below float64's normal range ({tiny:.3g}) are subnormal and carry "
                              f"fewer significant bits; rescale the problem (e.g. measure x in larger units)")
-        big = math.sqrt(torch.finfo(torch.float64).max) / 4.0
-        check_magnitude(float(cov.abs().max()), big, "covariances", "products of two entries would overflow float64")
-        check_magnitude(float(mu.abs().max()), big, "means", "squared distances would overflow float64")
+        # sums of up to 4 d such entries (Cholesky, noising, moments) must stay finite
+        check_magnitude(float(cov.abs().max()), torch.finfo(torch.float64).max / (4 * max(dim, 1)), "covariances",
+                        "sums of the entries would overflow float64")
         if bool((w < 0).any()):
             raise ValueError(f"weights: must be non-negative, got minimum {float(w.min()):.6g}")
         # Summing K numbers rounded to the input dtype errs by at most K u; factor 2 for the sum's own rounding.
@@ -218,7 +218,7 @@ class GaussianMixture:
         check_magnitude(s, big, "sigma", "sigma**2 would overflow float64")
         check_magnitude(a * math.sqrt(float(self._cov64.abs().max())), big, "alpha",
                         "alpha**2 times the largest covariance entry would overflow float64")
-        cov = a * a * self._cov64 + s * s * torch.eye(dim, dtype=torch.float64)
+        cov = (self._cov64 * a) * a + s * s * torch.eye(dim, dtype=torch.float64)  # (S a) a: a^2 alone may overflow
         chol, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
             culprit = "sigma" if s > 0 else "alpha"
@@ -323,10 +323,12 @@ class GaussianMixture:
 
     def covariance(self) -> torch.Tensor:
         r"""Mixture covariance (law of total covariance),
-        :math:`\sum_k \pi_k(\Sigma_k + \mu_k\mu_k^\top) - m m^\top`, ``[d, d]``."""
+        :math:`\sum_k \pi_k(\Sigma_k + (\mu_k - m)(\mu_k - m)^\top)`, ``[d, d]``, centred so that a narrow law far
+        from the origin keeps its digits."""
         m = self._w64 @ self._mu64
-        second = torch.einsum("k,kij->ij", self._w64, self._cov64 + self._mu64[:, :, None] * self._mu64[:, None, :])
-        return (second - torch.outer(m, m)).to(self._dtype)
+        spread = self._mu64 - m  # centred first: sum_k pi_k mu_k mu_k^T - m m^T would cancel for far laws
+        return torch.einsum("k,kij->ij", self._w64, self._cov64 + spread[:, :, None] * spread[:, None, :]
+                            ).to(self._dtype)
 
     def __repr__(self) -> str:
         return (f"GaussianMixture(K={self.n_components}, d={self.dim}, classes={self.classes.tolist()}, "
@@ -439,8 +441,12 @@ class GaussianMixture:
     def sample_with_components(self, n: int, generator: torch.Generator | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Points ``[n, d]`` and the index ``[n]`` of the component each was drawn from."""
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 0:
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+            raise TypeError(f"n: must be a non-negative int, got {type(n).__name__} {n!r}")
+        if n < 0:
             raise ValueError(f"n: must be a non-negative int, got {n!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: must be a torch.Generator or None, got {type(generator).__name__}")
         n = int(n)
         comp = (torch.multinomial(self._w64, n, replacement=True, generator=generator) if n
                 else torch.zeros(0, dtype=torch.long))

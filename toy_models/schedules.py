@@ -181,7 +181,9 @@ class VPCosine(Schedule):
         return 0.5 * math.pi * self.s / (1.0 + self.s)
 
     def _alpha(self, t):
-        return (torch.cos(self._phi(t)) / math.cos(self._phi0())).clamp_min(0.0)
+        # cos(phi_t) = sin(pi/2 - phi_t) = sin((pi/2)(1 - t)/(1 + s)): exactly 0 at t = 1 (cos of the rounded
+        # phi_1 would give 6e-17 and admit t = 1 as a valid noise level) and accurate near it
+        return torch.sin(0.5 * math.pi * (1.0 - t) / (1.0 + self.s)).clamp_min(0.0) / math.cos(self._phi0())
 
     def _sigma(self, t):
         # sigma^2 = 1 - cos^2(phi_t)/cos^2(phi_0) = sin(phi_t - phi_0) sin(phi_t + phi_0) / cos^2(phi_0), with
@@ -197,9 +199,14 @@ class VPCosine(Schedule):
     def _t_from_log_snr(self, lam):
         # cos(phi) = c0 alpha with alpha^2 = sigmoid(lambda); sin^2(phi) = sin^2(phi_0) + c0^2 sigmoid(-lambda).
         # atan2 of the two keeps full precision at both ends (arccos of a number near 1 would not).
+        # The angle phi_t - phi_0 is formed directly (subtracting phi_0 from phi_t would cancel as t -> 0):
+        # sin(phi - phi_0) = c0 (sin phi - alpha s0) = c0 sigma^2 / (sin phi + alpha s0) after rationalising
+        # (sin^2 phi - alpha^2 s0^2 = sigma^2 since alpha^2 + sigma^2 = 1), cos(phi - phi_0) = c0^2 alpha + s0 sin phi.
         c0, s0 = math.cos(self._phi0()), math.sin(self._phi0())
-        phi = torch.atan2(torch.sqrt(s0**2 + c0**2 * torch.sigmoid(-lam)), c0 * torch.sqrt(torch.sigmoid(lam)))
-        return (phi - self._phi0()) * 2.0 * (1.0 + self.s) / math.pi
+        alpha, sigma2 = torch.sqrt(torch.sigmoid(lam)), torch.sigmoid(-lam)
+        sin_phi = torch.sqrt(s0**2 + c0**2 * sigma2)
+        angle = torch.atan2(c0 * sigma2 / (sin_phi + alpha * s0), c0**2 * alpha + s0 * sin_phi)
+        return angle * 2.0 * (1.0 + self.s) / math.pi
 
     def _drift(self, t):
         return -torch.tan(self._phi(t)) * 0.5 * math.pi / (1.0 + self.s)
