@@ -101,6 +101,8 @@ class Oracle:
                 return OTHER, f"valid input refused: {kind}: {msg[:300]}"
             head = msg.split(":", 1)[0] if ":" in msg else ""
             names = {n.strip() for n in head.split(",")}
+            if "path" in self.bad and head.endswith((".json", ".safetensors")):
+                names.add("path")  # a checkpoint refusal names the file itself, then the field
             if names & set(self.bad) and (self.mention is None or self.mention(msg)):
                 return REFUSED, f"{kind}: {msg[:200]}"
             return OTHER, f"unclear refusal (the bad argument is {'/'.join(self.bad)}): {kind}: {msg[:300]}"
@@ -718,12 +720,14 @@ def _adversarial_x(rng, kind: str, x: np.ndarray, dtype, p: MixParams):
         xx = x / max(np.abs(x).max(), 1e-300) * (1e155 if big else 1e18) if np.abs(x).max() > 0 else x + (
             1e155 if big else 1e18)
         xt = torch.tensor(xx, dtype=td)
-        return xt, xt.double().numpy(), None, True
+        # huge but finite: computed finitely and right, or refused naming x (the input policy allows both: the log
+        # density of such a point can be below the dtype's range)
+        return xt, xt.double().numpy(), ("x",), True
     if kind == "huge300":
         xx = x.copy()
         xx.flat[0] = 1e300 if dtype == F64 else 1e37
         xt = torch.tensor(xx, dtype=td)
-        return xt, xt.double().numpy(), None, True
+        return xt, xt.double().numpy(), ("x",), True
     if kind == "subnormal":
         xt = torch.full(x.shape, 1e-310 if dtype == F64 else 1e-40, dtype=td)
         return xt, xt.double().numpy(), None, True
@@ -906,7 +910,7 @@ def gen_noised(rng) -> Case:
             return st, det
         cov_ref = np.array([[[mp_f(mp.mpf(a_val) ** 2 * mp.mpf(float(c)) + (mp.mpf(s_val) ** 2 if i == j else 0))
                               for j, c in enumerate(row)] for i, row in enumerate(mat)] for mat in p.cov])
-        mag = a_val**2 * np.abs(p.cov) + s_val**2 * np.eye(p.d)
+        mag = (np.abs(p.cov) * a_val) * a_val + s_val**2 * np.eye(p.d)  # (S a) a: a**2 alone may overflow
         st, det = compare(law.covariances, cov_ref, 8 * u * mag + 1e-300, "noised covariances")
         if st != CORRECT:
             return st, det
@@ -2800,11 +2804,12 @@ def known_bug_cases() -> list[Case]:
                                                              -0.5, 2.0),
                         Oracle(None, ("sigma",)),
                         IMPORTS_G + "print(guidance.classifier_guidance(torch.ones(1, 2), torch.ones(1, 2), -0.5, 2.0))"))
-    # 8. |x| ~ 1e155 gives NaN (the score is finite: -x / 1 for N(0, I))
+    # 8. |x| ~ 1e155 gives NaN (the score is finite: -x / 1 for N(0, I)); the input policy allows the finite
+    # answer or a refusal naming x (|x|^2 = 2e310 overflows float64, and log p(x) with it)
     cases.append(_known("score", "|x| ~ 1e155 gives NaN",
                         lambda: GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2)]).score(torch.tensor([[1e155, -1e155]],
                                                                                                     dtype=F64)),
-                        Oracle(lambda r: compare(r, [[-1e155, 1e155]], 4 * U[F64] * 1e155, "score at 1e155")),
+                        Oracle(lambda r: compare(r, [[-1e155, 1e155]], 4 * U[F64] * 1e155, "score at 1e155"), ("x",)),
                         IMPORTS_GM + "print(GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2)]).score(torch.tensor([[1e155, -1e155]])))"))
     # 9. sigma ~ 1e155 in noised: sigma^2 overflows; the refusal must name sigma, not alpha
     cases.append(_known("noised", "sigma = 1e155 blamed on alpha",
