@@ -156,9 +156,8 @@ def _homogeneous(formula: Callable[..., Tensor], tensors: list[Tensor], name: st
     mag = tensors[0].detach().abs()
     for tensor in tensors[1:]:
         mag = torch.maximum(mag, tensor.detach().abs())
-    exponent = torch.frexp(mag).exponent
-    down, up = torch.ldexp(torch.ones_like(mag), -exponent), torch.ldexp(torch.ones_like(mag), exponent)
-    out = formula(*(tensor * down for tensor in tensors)) * up
+    exponent = torch.frexp(mag).exponent  # torch.ldexp scales exactly even where 2**exponent is not representable
+    out = torch.ldexp(formula(*(torch.ldexp(tensor, -exponent) for tensor in tensors)), exponent)
     if not bool(torch.isfinite(out.detach()).all()):
         raise ValueError(f"{name}: {what} overflows {out.dtype} (largest finite magnitude "
                          f"{torch.finfo(out.dtype).max:.3g})")
