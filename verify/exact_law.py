@@ -28,12 +28,14 @@ is the score of the tilted *noised* laws, which are not the noised tilted law (`
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
+from toy_models._checks import as_real_tensor, as_scalar
 from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.schedules import Schedule, get_schedule
 
@@ -49,6 +51,17 @@ def _single_gaussian(law: GaussianMixture, name: str) -> tuple[np.ndarray, np.nd
     if not isinstance(law, GaussianMixture) or law.n_components != 1:
         raise ValueError(f"{name}: expected a single-component GaussianMixture")
     return law.means[0].to(F64).numpy(), law.covariances[0].to(F64).numpy()
+
+
+def _check_start(start) -> None:
+    if not isinstance(start, str) or start not in STARTS:
+        raise ValueError(f"start: must be one of {STARTS}, got {start!r}")
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def _start(schedule: Schedule, start: str, m_c: np.ndarray, s_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -69,20 +82,26 @@ def exact_gaussian_cfg_law(cond: GaussianMixture, uncond: GaussianMixture, w: fl
 
     ``w`` is Ho & Salimans' strength (``w = 0``: the conditional score). ``start="prior"`` draws x_1 from the prior
     (N(0, I) on VP schedules), ``start="marginal"`` from the noised conditional at t = 1. The public contract of
-    DESIGN.md section 5.
+    docs/contract.md.
+
+    Arguments are checked by the input policy (``docs/input-policy.md``), each refusal naming its argument: ``w`` a
+    finite real, ``t_end`` in [0, 1), ``rtol`` in (0, 1), ``cond``/``uncond`` single Gaussians of one dimension.
+    Strong guidance can make the moments grow without bound (the guided drift expands where :math:`A(t)` is
+    negative); a solution that overflows float64 is refused, naming ``w``, never returned as inf or NaN.
     """
-    if sampler not in SAMPLERS:
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise ValueError(f"sampler: must be one of {SAMPLERS}, got {sampler!r}")
-    if start not in STARTS:
-        raise ValueError(f"start: must be one of {STARTS}, got {start!r}")
-    w = float(w)
-    if not math.isfinite(w):
-        raise ValueError("w: must be finite")
+    _check_start(start)
+    w = as_scalar(w, "w")
     sched = get_schedule(schedule)
     if sched.alpha_vanishes_at_one:
         raise ValueError(f"schedule: {sched.name!r} has alpha = 0 at t = 1, where the guided drift is singular")
+    t_end = as_scalar(t_end, "t_end")
     if not 0.0 <= t_end < 1.0:
         raise ValueError(f"t_end: must lie in [0, 1), got {t_end!r}")
+    rtol = as_scalar(rtol, "rtol")
+    if not 0.0 < rtol < 1.0:
+        raise ValueError(f"rtol: must lie in (0, 1), got {rtol!r}")
     m_c, s_c = _single_gaussian(cond, "cond")
     m_u, s_u = _single_gaussian(uncond, "uncond")
     if m_c.shape != m_u.shape:
@@ -111,10 +130,12 @@ def exact_gaussian_cfg_law(cond: GaussianMixture, uncond: GaussianMixture, w: fl
     mu0, cov0 = _start(sched, start, m_c, s_c)
     sol = solve_ivp(rhs, (1.0, t_end), np.concatenate([mu0, cov0.ravel()]), method="DOP853", rtol=rtol,
                     atol=rtol * 1e-2)
-    if not sol.success:
-        raise RuntimeError(f"moment ODE failed: {sol.message}")
     final = sol.y[:, -1]
+    if not sol.success or not np.all(np.isfinite(final)):
+        raise ValueError(f"w: the moment ODEs of the guided {sampler.upper()} at w = {w!r} could not be integrated "
+                         f"to a finite law ({sol.message}); the guided dynamics diverge at this strength")
     cov = final[d:].reshape(d, d)
+    # the ODE keeps Sigma symmetric in exact arithmetic; the integrator's rounding does not, by ~rtol: symmetrise
     return torch.as_tensor(final[:d], dtype=F64), torch.as_tensor(0.5 * (cov + cov.T), dtype=F64)
 
 
@@ -126,7 +147,15 @@ def closed_form_ode_variance_1d(v_c: float, v_u: float, w: float, start_var: flo
     :math:`u = \alpha^2` (:math:`\dot u = 2fu`, :math:`g^2 = -2f` on VP) and :math:`C = u(v - 1) + 1`,
     :math:`\int \tfrac{g^2}{2C} dt = -\tfrac12 \ln(u/C)`. So
     :math:`\int_{t_e}^1 M = \ln\tfrac{\alpha_1}{\alpha_{t_e}} - \tfrac{1+w}{2}\Big[\ln\tfrac{u}{C_c}\Big]_{t_e}^{1}
-    + \tfrac{w}{2}\Big[\ln\tfrac{u}{C_u}\Big]_{t_e}^{1}`."""
+    + \tfrac{w}{2}\Big[\ln\tfrac{u}{C_u}\Big]_{t_e}^{1}`. Variances ``v_c``, ``v_u``, ``start_var`` > 0, ``w`` finite,
+    ``t_end`` in [0, 1)."""
+    v_c, v_u, start_var = (as_scalar(v, n) for v, n in ((v_c, "v_c"), (v_u, "v_u"), (start_var, "start_var")))
+    for value, name in ((v_c, "v_c"), (v_u, "v_u"), (start_var, "start_var")):
+        if not value > 0:
+            raise ValueError(f"{name}: must be a variance > 0, got {value!r}")
+    w, t_end = as_scalar(w, "w"), as_scalar(t_end, "t_end")
+    if not 0.0 <= t_end < 1.0:
+        raise ValueError(f"t_end: must lie in [0, 1), got {t_end!r}")
     sched = get_schedule(schedule)
     a1, s1 = (float(v) for v in sched.alpha_sigma(1.0))
     ae, se = (float(v) for v in sched.alpha_sigma(t_end))
@@ -138,7 +167,10 @@ def closed_form_ode_variance_1d(v_c: float, v_u: float, w: float, start_var: flo
 
     integral = (math.log(a1 / ae) - 0.5 * (1 + w) * (log_u_over_c(a1**2, v_c) - log_u_over_c(ae**2, v_c))
                 + 0.5 * w * (log_u_over_c(a1**2, v_u) - log_u_over_c(ae**2, v_u)))
-    return start_var * math.exp(-2.0 * integral)
+    log_var = math.log(start_var) - 2.0 * integral
+    if log_var > math.log(torch.finfo(F64).max):
+        raise ValueError(f"w: the guided ODE's variance at w = {w!r} overflows float64 (log variance {log_var:.4g})")
+    return math.exp(log_var)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -192,8 +224,7 @@ def _check_1d(cond, uncond, schedule, start):
     for law, name in ((cond, "cond"), (uncond, "uncond")):
         if not isinstance(law, GaussianMixture) or law.dim != 1:
             raise ValueError(f"{name}: expected a one-dimensional GaussianMixture")
-    if start not in STARTS:
-        raise ValueError(f"start: must be one of {STARTS}, got {start!r}")
+    _check_start(start)
     sched = get_schedule(schedule)
     if sched.alpha_vanishes_at_one:
         raise ValueError(f"schedule: {sched.name!r} has alpha = 0 at t = 1, where the guided drift is singular")
@@ -208,7 +239,12 @@ def pf_ode_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float, sche
     the mass below 0 is :math:`F_1(\Phi^{-1}(0))`. Errors: the difference from half the nodes and 100x looser
     integration tolerance."""
     sched = _check_1d(cond, uncond, schedule, start)
-    score = guided_score_1d(cond, uncond, float(w), sched)
+    w = as_scalar(w, "w")
+    n_nodes = _check_int(n_nodes, "n_nodes", 3)
+    rtol = as_scalar(rtol, "rtol")
+    if not 0.0 < rtol < 1e-2:
+        raise ValueError(f"rtol: must lie in (0, 0.01) (the error estimate runs at 100 rtol), got {rtol!r}")
+    score = guided_score_1d(cond, uncond, w, sched)
     start_law = _start_law_1d(cond, sched, start)
 
     def rhs(t, x):
@@ -254,7 +290,9 @@ def reverse_sde_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float,
     from scipy.linalg import solve_banded
 
     sched = _check_1d(cond, uncond, schedule, start)
-    score = guided_score_1d(cond, uncond, float(w), sched)
+    w = as_scalar(w, "w")
+    n_cells, n_steps = _check_int(n_cells, "n_cells", 4), _check_int(n_steps, "n_steps", 2)
+    score = guided_score_1d(cond, uncond, w, sched)
     start_law = _start_law_1d(cond, sched, start)
     means = torch.cat([cond.means[:, 0], uncond.means[:, 0], start_law.means[:, 0]])
     lo, hi = float(means.min()) - 8.0, float(means.max()) + 8.0
@@ -357,11 +395,25 @@ def discrete_sampler_law(name: str, denoiser, timesteps, mean: torch.Tensor | No
     steps). ``stepwise=False``: one run with a unit-noise row per (step, coordinate) (cost quadratic;
     ``tests/test_samplers.py`` checks the two agree).
     """
-    d = denoiser.dim
-    mean = torch.zeros(d, dtype=F64) if mean is None else mean
-    cov = torch.eye(d, dtype=F64) if cov is None else cov
+    d = getattr(denoiser, "dim", None)
+    if not isinstance(d, int) or not callable(getattr(denoiser, "eps", None)):
+        raise TypeError(f"denoiser: expected a Denoiser with eps() and an int dim, got {type(denoiser).__name__}")
+    mean = torch.zeros(d, dtype=F64) if mean is None else as_real_tensor(mean, "mean")
+    cov = torch.eye(d, dtype=F64) if cov is None else as_real_tensor(cov, "cov")
+    if mean.shape != (d,):
+        raise ValueError(f"mean: expected shape [{d}], got {list(mean.shape)}")
+    if cov.shape != (d, d):
+        raise ValueError(f"cov: expected shape [{d}, {d}], got {list(cov.shape)}")
+    # a covariance assembled from d-term dot products (A^T A, A S A^T) in two summation orders is symmetric to
+    # within 2 gamma_d max|cov| <= 4 d u max|cov|; beyond that it is not a covariance
+    if float((cov - cov.T).abs().max()) > 4 * d * 2.0**-53 * float(cov.abs().max()):
+        raise ValueError("cov: must be symmetric")
+    cov = 0.5 * (cov + cov.T)
+    chol, info = torch.linalg.cholesky_ex(cov)
+    if int(info) != 0:
+        raise ValueError("cov: must be positive definite (its Cholesky factorisation fails)")
     if not _is_stochastic(name, kw) or not stepwise:
-        image, cols = _affine_columns(name, denoiser, timesteps, mean, torch.linalg.cholesky(cov), **kw)
+        image, cols = _affine_columns(name, denoiser, timesteps, mean, chol, **kw)
         return image, cols.T @ cols
     for k in range(len(timesteps) - 1):
         chol = torch.linalg.cholesky(cov)
@@ -396,10 +448,17 @@ def fine_step_reference(denoiser, x_init: torch.Tensor, kind: str = "ode", *, st
     error from above (for order p the fine error is about :math:`1/(2^p - 1)` of the difference)."""
     from verify.samplers import sample, time_grid
 
-    if kind not in SAMPLERS:
+    if not isinstance(kind, str) or kind not in SAMPLERS:
         raise ValueError(f"kind: must be one of {SAMPLERS}, got {kind!r}")
-    if steps < 2 or steps % 2:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 2 or steps % 2:
         raise ValueError(f"steps: must be an even number >= 2, got {steps!r}")
+    steps = int(steps)
+    x_init = as_real_tensor(x_init, "x_init", x_init.dtype if isinstance(x_init, torch.Tensor) and
+                            x_init.dtype in (torch.float32, F64) else F64, copy=False)
+    if x_init.ndim != 2 or x_init.shape[0] < 2:
+        raise ValueError(f"x_init: expected [N, d] with N >= 2 (moments are estimated), got {list(x_init.shape)}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     fine_grid, coarse_grid = time_grid(steps), time_grid(steps // 2)
     if kind == "ode":
         fine = sample("heun", denoiser, x_init, fine_grid, condition=condition)

@@ -21,10 +21,19 @@ Every sampler has one signature (k-diffusion's pattern, with times instead of si
 * ``callback(i, t, x, eps)`` — after step ``i`` (0-based): ``t = timesteps[i + 1]`` the time reached, ``x`` the new
   state, ``eps`` the prediction made at ``timesteps[i]``.
 
+Inputs follow the input policy (``docs/input-policy.md``): ``x`` a finite real ``[N, d]`` tensor (float32/float64
+kept, integers converted exactly to float64; complex, bool, float16 refused), ``timesteps`` finite reals, ``eta`` a
+finite real in [0, 1], ``generator`` a ``torch.Generator`` (``TypeError`` otherwise), ``noise`` finite reals of
+shape ``[steps, N, d]``, ``callback`` callable. Every refusal names its argument. **Every prediction is checked as it
+arrives**: at the first one that is not a finite real tensor of ``x``'s shape the sampler stops with a
+``ValueError`` that starts with ``denoiser:`` and names the step (1-based, of how many), its time ``t`` and how many
+rows hold NaN or infinity, instead of carrying NaN to the end of the trajectory. A state that overflows from finite
+predictions (inputs near the dtype's largest value) is refused the same way, naming ``x``.
+
 Notation: one step goes from ``t`` to ``s < t``; :math:`\hat\varepsilon` is the denoiser's prediction at
 ``(x_t, t)``, :math:`\hat x_0 = (x_t - \sigma_t\hat\varepsilon)/\alpha_t` and :math:`\hat s = -\hat\varepsilon/
 \sigma_t` (:mod:`toy_models.parametrization`); :math:`f, g^2` are the forward SDE's coefficients
-(:mod:`toy_models.schedules`); :math:`\lambda = \log(\alpha^2/\sigma^2)` (DESIGN.md's log-SNR) and
+(:mod:`toy_models.schedules`); :math:`\lambda = \log(\alpha^2/\sigma^2)` (the log-SNR of docs/conventions.md) and
 :math:`q_{ts} = 1 - e^{\lambda_t - \lambda_s} = \sigma_{t|s}^2/\sigma_t^2 \in (0, 1]` with
 :math:`\alpha_{t|s} = \alpha_t/\alpha_s`, :math:`\sigma_{t|s}^2 = \sigma_t^2 - \alpha_{t|s}^2\sigma_s^2`
 (Kingma et al. 2021, eq. 33). At :math:`\sigma_s = 0`, :math:`\lambda_s = +\infty` and :math:`q_{ts} = 1`.
@@ -38,12 +47,14 @@ rows at both levels.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from toy_models import parametrization as param
+from toy_models._checks import as_real_tensor, as_scalar, real_dtype_of
 from toy_models.denoiser import Denoiser
 from toy_models.gaussian_mixture import Condition
 from toy_models.schedules import Schedule, get_schedule
@@ -95,14 +106,9 @@ class _Grid:
 
 
 def _check_times(timesteps, schedule: Schedule) -> _Grid:
-    try:
-        times = torch.as_tensor(timesteps, dtype=F64).detach()
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"timesteps: cannot be read as a 1-D tensor of times ({err})") from None
+    times = as_real_tensor(timesteps, "timesteps", F64).detach()
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"timesteps: expected a 1-D sequence of at least 2 times, got shape {list(times.shape)}")
-    if not bool(torch.isfinite(times).all()):
-        raise ValueError("timesteps: contains NaN or infinity")
     if bool((times < 0).any()) or bool((times > 1).any()):
         raise ValueError(f"timesteps: must lie in [0, 1], got range [{float(times.min()):.6g}, "
                          f"{float(times.max()):.6g}]")
@@ -123,49 +129,91 @@ def _check_times(timesteps, schedule: Schedule) -> _Grid:
 
 def _check_inputs(denoiser: Denoiser, x: Tensor, timesteps) -> tuple[Tensor, _Grid]:
     if not callable(getattr(denoiser, "eps", None)) or not hasattr(denoiser, "schedule"):
-        raise ValueError(f"denoiser: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
-    if not isinstance(x, Tensor) or x.dtype not in (torch.float32, torch.float64):
-        raise ValueError("x: expected a float32 or float64 torch.Tensor")
+        raise TypeError(f"denoiser: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
+    x = as_real_tensor(x, "x", real_dtype_of(x, F64), copy=False)
     dim = getattr(denoiser, "dim", None)
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"x: expected shape [N, {dim if dim is not None else 'd'}], got {list(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("x: contains NaN or infinity")
     return x, _check_times(timesteps, get_schedule(denoiser.schedule))
+
+
+def _check_callback(callback) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable (i, t, x, eps) or None, got {type(callback).__name__}")
+
+
+def _check_eta(eta) -> float:
+    eta = as_scalar(eta, "eta")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta: must lie in [0, 1], got {eta!r}")
+    return eta
 
 
 def _noise_source(grid: _Grid, x: Tensor, generator: torch.Generator | None, noise: Tensor | None,
                   name: str) -> Callable[[int], Tensor]:
     """``i -> z_i`` of shape ``x.shape``: rows of ``noise``, or one draw from ``generator`` per step."""
     if noise is not None:
-        if not isinstance(noise, Tensor) or not noise.is_floating_point():
-            raise ValueError("noise: expected a floating-point torch.Tensor")
+        noise = as_real_tensor(noise, "noise", x.dtype, copy=False).detach()  # the sampler computes in x's dtype
         expected = [grid.steps, *x.shape]
         if list(noise.shape) != expected:
             raise ValueError(f"noise: expected shape [steps, N, d] = {expected}, got {list(noise.shape)}")
-        if not bool(torch.isfinite(noise).all()):
-            raise ValueError("noise: contains NaN or infinity")
-        noise = noise.to(dtype=x.dtype, device=x.device)
+        noise = noise.to(device=x.device)
         return lambda i: noise[i]
     if generator is None:
         raise ValueError(f"generator, noise: {name} is stochastic; pass a torch.Generator or a noise tensor "
                          f"(no hidden randomness)")
     if not isinstance(generator, torch.Generator):
-        raise ValueError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
     return lambda i: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def sampler_noise(steps: int, shape, generator: torch.Generator, dtype: torch.dtype = F64) -> Tensor:
     """The ``[steps, *shape]`` noise a stochastic sampler draws from ``generator``: one ``torch.randn(shape)`` per
     step, in order. Passing it as ``noise=`` reproduces the generator run exactly."""
-    return torch.stack([torch.randn(tuple(shape), generator=generator, dtype=dtype) for _ in range(steps)])
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps: must be an int >= 0, got {steps!r}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
+    try:
+        shape = tuple(int(n) for n in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape: expected a sequence of sizes, got {shape!r}") from None
+    return torch.stack([torch.randn(shape, generator=generator, dtype=dtype) for _ in range(int(steps))]) \
+        if steps else torch.zeros((0, *shape), dtype=dtype)
 
 
-def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition) -> Tensor:
+def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int,
+         second: bool = False) -> Tensor:
+    """The denoiser's prediction at ``(x, t)``, checked: a real tensor of ``x``'s shape, finite in every entry.
+    Step ``i`` is reported 1-based, with its time (and whether it is Heun's second evaluation)."""
     eps = denoiser.eps(x, t, condition)
+    where = (f"at step {i + 1} of {grid.steps} ({'second evaluation, ' if second else ''}t = {t:.6g})")
+    if not isinstance(eps, Tensor):
+        raise ValueError(f"denoiser: eps returned {type(eps).__name__}, not a tensor, {where}")
     if eps.shape != x.shape:
-        raise ValueError(f"denoiser: eps returned shape {list(eps.shape)} for x of shape {list(x.shape)}")
+        raise ValueError(f"denoiser: eps returned shape {list(eps.shape)} for x of shape {list(x.shape)} {where}")
+    if eps.is_complex() or not eps.is_floating_point():
+        raise ValueError(f"denoiser: eps returned dtype {eps.dtype}, not a real floating tensor, {where}")
+    finite = torch.isfinite(eps.detach())
+    if not bool(finite.all()):
+        nan_rows = int(torch.isnan(eps.detach()).any(dim=1).sum())
+        bad_rows = int((~finite).any(dim=1).sum())
+        what = (f"NaN in {nan_rows}" if nan_rows == bad_rows else
+                f"NaN or infinity in {bad_rows}" if nan_rows else f"infinity in {bad_rows}")
+        raise ValueError(f"denoiser: non-finite prediction {where}: {what} of {x.shape[0]} rows")
     return eps.to(x.dtype)
+
+
+def _check_state(x: Tensor, grid: _Grid, i: int) -> Tensor:
+    """Refuse a state that overflowed in step ``i`` (finite inputs and predictions near the dtype's maximum)."""
+    if not bool(torch.isfinite(x.detach()).all()):
+        rows = int((~torch.isfinite(x.detach())).any(dim=1).sum())
+        raise ValueError(f"x: the state overflows {x.dtype} at step {i + 1} of {grid.steps} (t = "
+                         f"{grid.times[i + 1]:.6g}) in {rows} of {x.shape[0]} rows; the input or the predictions are "
+                         f"too large for this dtype")
+    return x
 
 
 def _pf_ode_velocity(grid: _Grid, i: int, x: Tensor, eps: Tensor, *, sde: bool = False) -> Tensor:
@@ -198,14 +246,13 @@ def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     :math:`\alpha_s\hat x_0`.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
-    eta = float(eta)
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta: must lie in [0, 1], got {eta!r}")
+    eta = _check_eta(eta)
+    _check_callback(callback)
     draw = _noise_source(grid, x, generator, noise, "ddim with eta > 0") if eta > 0 else None
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         q = grid.q(i)
         x_next = alpha_s * x0 + (sigma_s * math.sqrt(1.0 - eta * eta * q)) * eps
@@ -213,6 +260,7 @@ def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
             z = draw(i)  # drawn on every step (also where c = 0), so the stream does not depend on the grid
             x_next = x_next + (eta * sigma_s * math.sqrt(q)) * z
         x = x_next
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -232,15 +280,17 @@ def ddpm(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     made). ``eta`` is ignored.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
+    _check_callback(callback)
     draw = _noise_source(grid, x, generator, noise, "ddpm")
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         q = grid.q(i)
         coef_x = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2
         x = coef_x * x + (alpha_s * q) * x0 + (sigma_s * math.sqrt(q)) * draw(i)
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -257,10 +307,12 @@ def euler(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = No
     Evaluates only at step starts, so ``t_end = 0`` needs nothing special. Deterministic.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
+    _check_callback(callback)
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps)
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -279,16 +331,19 @@ def heun(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     :math:`\tilde x`, as in Karras' Algorithm 1 (line 6). Two evaluations per step, one on such a last step.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
+    _check_callback(callback)
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         velocity = _pf_ode_velocity(grid, i, x, eps)
         x_euler = x + (s - t) * velocity
         if grid.sigma[i + 1] > 0:
-            eps_next = _eps(denoiser, x_euler, s, condition)
+            x_euler = _check_state(x_euler, grid, i)
+            eps_next = _eps(denoiser, x_euler, s, condition, grid, i, second=True)
             x = x + (0.5 * (s - t)) * (velocity + _pf_ode_velocity(grid, i + 1, x_euler, eps_next))
         else:
             x = x_euler
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -305,12 +360,14 @@ def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condi
     discretised SDE's state at ``t_end``. ``eta`` is ignored.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
+    _check_callback(callback)
     draw = _noise_source(grid, x, generator, noise, "euler_maruyama")
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         g2 = float(grid.schedule.diffusion_squared(t))
         x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps, sde=True) + math.sqrt(g2 * (t - s)) * draw(i)
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -331,11 +388,12 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition =
     t grid to ``t_end = 0`` is :math:`O(1/n)`: for second-order convergence end at ``t_end > 0``. Deterministic.
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
+    _check_callback(callback)
     x0_prev, h_prev = None, None
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition)
+        eps = _eps(denoiser, x, t, condition, grid, i)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         if sigma_s == 0:
             x, h = alpha_s * x0, math.inf
@@ -348,6 +406,7 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition =
                 data = (1.0 + half_inv_r) * x0 - half_inv_r * x0_prev
             x = (sigma_s / sigma_t) * x - (alpha_s * math.expm1(-h)) * data
         x0_prev, h_prev = x0, h
+        x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
@@ -367,7 +426,7 @@ STOCHASTIC = frozenset({"ddpm", "euler_maruyama"})
 
 def sample(name: str, denoiser: Denoiser, x: Tensor, timesteps, **kw) -> Tensor:
     """Run the sampler called ``name`` (a key of :data:`SAMPLERS`) with the common signature."""
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     return SAMPLERS[name](denoiser, x, timesteps, **kw)
 
@@ -383,11 +442,14 @@ def time_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: s
     (DPM-Solver's "logSNR" skip type, Lu et al. 2022a, section 3.3); needs :math:`\sigma(t_{end}) > 0` (finite
     :math:`\lambda`) and :math:`\alpha(t_{start}) > 0`.
     """
-    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+    if isinstance(n_steps, bool) or not isinstance(n_steps, numbers.Integral) or n_steps < 1:
         raise ValueError(f"n_steps: must be a positive int, got {n_steps!r}")
-    t_start, t_end = float(t_start), float(t_end)
+    n_steps = int(n_steps)
+    t_start, t_end = as_scalar(t_start, "t_start"), as_scalar(t_end, "t_end")
     if not 0.0 <= t_end < t_start <= 1.0:
         raise ValueError(f"t_start, t_end: need 0 <= t_end < t_start <= 1, got t_start={t_start!r}, t_end={t_end!r}")
+    if not isinstance(spacing, str):
+        raise ValueError(f"spacing: must be 'uniform' or 'log_snr', got {spacing!r}")
     if spacing == "uniform":
         return torch.linspace(t_start, t_end, n_steps + 1, dtype=F64)
     if spacing != "log_snr":
@@ -410,7 +472,7 @@ def time_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: s
 def sampler_nfe(name: str, timesteps, schedule: str | Schedule) -> int:
     """Denoiser calls a sampler makes on ``timesteps``: one per step; Heun two per step, one on a last step to
     sigma = 0. (A CFG denoiser makes one batched base-model call of 2N rows per call.)"""
-    if name not in SAMPLERS:
+    if not isinstance(name, str) or name not in SAMPLERS:
         raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
     grid = _check_times(timesteps, get_schedule(schedule))
     if name == "heun":
@@ -436,6 +498,8 @@ def count_evaluations(name: str, model: Denoiser, x: Tensor, timesteps, *,
     ``guide`` builds the guided denoiser from the (counted) base model, e.g. ``lambda m: CFGDenoiser(m, 1, w=3)``;
     without it the sampler calls ``model`` directly and both counts agree.
     """
+    if guide is not None and not callable(guide):
+        raise TypeError(f"guide: expected a callable (Denoiser -> Denoiser) or None, got {type(guide).__name__}")
     base = CountingDenoiser(model)
     outer = CountingDenoiser(guide(base) if guide is not None else base)
     output = sample(name, outer, x, timesteps, **kw)

@@ -30,12 +30,14 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from toy_models import World, get_schedule
+from toy_models._checks import as_scalar
 from toy_models.gaussian_mixture import GaussianMixture
 
 from .guidance import LinearRule
@@ -72,13 +74,31 @@ class TiltedLaw:
     name: str = ""
 
     def __post_init__(self):
-        if not self.factors:
+        if isinstance(self.factors, (str, bytes)) or not hasattr(self.factors, "__iter__"):
+            raise TypeError(f"factors: expected a sequence of (GaussianMixture, exponent) pairs, got "
+                            f"{type(self.factors).__name__}")
+        factors = list(self.factors)
+        if not factors:
             raise ValueError("factors: need at least one (law, exponent) pair")
-        dims = {law.dim for law, _ in self.factors}
+        checked = []
+        for i, factor in enumerate(factors):
+            if not isinstance(factor, (tuple, list)) or len(factor) != 2:
+                raise TypeError(f"factors: entry {i} is not a (GaussianMixture, exponent) pair: {factor!r}")
+            law, exponent = factor
+            if not isinstance(law, GaussianMixture):
+                raise TypeError(f"factors: entry {i}'s law is a {type(law).__name__}, not a GaussianMixture")
+            try:
+                exponent = as_scalar(exponent, "factors")
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"factors: entry {i}'s exponent: {str(err).split(': ', 1)[-1]}") from None
+            checked.append((law, exponent))
+        dims = {law.dim for law, _ in checked}
         if len(dims) != 1:
             raise ValueError(f"factors: all laws must share one dimension, got {sorted(dims)}")
-        kept = tuple((law.to(F64), float(e)) for law, e in self.factors if float(e) != 0.0)
-        object.__setattr__(self, "factors", kept or ((self.factors[0][0].to(F64), 0.0),))
+        kept = tuple((law.to(F64), e) for law, e in checked if e != 0.0)
+        object.__setattr__(self, "factors", kept or ((checked[0][0].to(F64), 0.0),))
+        if not isinstance(self.name, str):
+            raise TypeError(f"name: expected a str, got {type(self.name).__name__}")
 
     @property
     def dim(self) -> int:
@@ -270,6 +290,7 @@ class TiltedLaw:
 
     def summary(self, *, n_grid: int | None = None, n_samples: int = 200_000, seed: int = 0) -> TiltedSummary:
         """Normaliser and moments: closed form, quadrature (d <= 2) or importance sampling (d > 2)."""
+        n_grid, n_samples, seed = _check_numerics(n_grid, n_samples, seed)
         self.check_normalisable()
         if self.is_gaussian():
             mean, cov, log_z = self.gaussian()
@@ -290,17 +311,57 @@ class TiltedLaw:
         cov = (centred * prob[:, None]).T @ centred
         return log_z, mean, cov
 
+    @functools.cached_property
+    def _proposal_law(self) -> GaussianMixture:
+        """:meth:`_proposal`, built once per law."""
+        return self._proposal()
+
+    def _laplace_components(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``(mode, 2 H^-1)`` at each distinct local maximum of the tilted density, H the Hessian of
+        :math:`-\\log q` there (skipped where H is not positive definite)."""
+        out: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for mode in self.modes():
+            jac = torch.autograd.functional.jacobian(lambda v: self.score(v[None, :])[0], mode)
+            hess = -0.5 * (jac + jac.T)
+            evals, evecs = torch.linalg.eigh(hess)
+            if not bool((evals > 0).all()) or not bool(torch.isfinite(evals).all()):
+                continue
+            cov = 2.0 * (evecs / evals) @ evecs.T
+            # the same mode reached from two starts: closer than a tenth of the smallest Laplace scale
+            if any(float((mode - m).norm()) < 0.1 * float(evals.max() ** -0.5) for m, _ in out):
+                continue
+            out.append((mode, 0.5 * (cov + cov.T)))
+        return out
+
     def _proposal(self) -> GaussianMixture:
-        """Every component of the positive-exponent factors, covariances doubled: heavier tails than the target."""
-        laws = [law for law, e in self.factors if e > 0]
-        means = torch.cat([law.means for law in laws])
-        covs = torch.cat([2.0 * law.covariances for law in laws])
-        k = means.shape[0]
-        return GaussianMixture(torch.full((k,), 1.0 / k, dtype=F64), means, covs)
+        r"""The importance-sampling proposal: an equal-weight mixture of
+
+        * every component of the positive-exponent factors, covariance :math:`2\Sigma_k + I/A_{lo}`, with
+          :math:`A_{lo} > 0` the certified lower bound on the tail coefficient (:meth:`tail_bounds`): the target
+          decays at least like :math:`e^{-A_{lo} r^2/2}`, each such component's precision is at most
+          :math:`A_{lo}`, so the weights :math:`q/p` have a finite second moment (:math:`\int q^2/p < \infty`
+          needs :math:`2A - P_p \succ 0`) even where the target is much wider than its positive factors (a
+          negative exponent on a narrower law widens it: the naive proposal :math:`\mathcal N(\mu_k, \Sigma_k)`,
+          or with :math:`2\Sigma_k`, then has weights of infinite variance and an ESS that means nothing);
+        * a Laplace component :math:`\mathcal N(m, 2H^{-1})` at every mode :math:`m` of :math:`q`
+          (:meth:`modes`), where a negative exponent moves the mass away from every positive factor."""
+        lower = self._default_tail_bounds[0]
+        means, covs = [], []
+        eye = torch.eye(self.dim, dtype=F64)
+        for law, e in self.factors:
+            if e > 0:
+                for mu, cov in zip(law.means, law.covariances, strict=True):
+                    means.append(mu)
+                    covs.append(2.0 * cov + eye / lower)
+        for mode, cov in self._laplace_components():
+            means.append(mode)
+            covs.append(cov)
+        k = len(means)
+        return GaussianMixture(torch.full((k,), 1.0 / k, dtype=F64), torch.stack(means), torch.stack(covs))
 
     def _importance_draws(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws from :meth:`_proposal` and their log importance weights ``log q~(x) - log proposal(x)``."""
-        proposal = self._proposal()
+        proposal = self._proposal_law
         x = proposal.sample(n, torch.Generator().manual_seed(seed))
         return x, self.log_unnormalized(x) - proposal.log_prob(x)
 
@@ -316,15 +377,34 @@ class TiltedLaw:
         centred = x - mean
         cov = (centred * prob[:, None]).T @ centred
         ess = float(w.sum() ** 2 / (w * w).sum())
-        moment_se = float((((centred**2) * prob[:, None]).sum(0) / ess).sqrt().max())
+        # self-normalised IS: the delta method gives var(sum p_i f_i) ~ sum p_i^2 (f_i - mean f)^2 for each moment
+        # f (coordinates, then centred products); the largest standard error over the entries
+        rows, cols = torch.triu_indices(self.dim, self.dim)
+        products = centred[:, rows] * centred[:, cols] - cov[rows, cols]
+        moment_se = float(torch.cat([((prob[:, None] * centred) ** 2).sum(0),
+                                     ((prob[:, None] * products) ** 2).sum(0)]).sqrt().max())
         return TiltedSummary(peak + math.log(mean_w), se_log_z, mean, cov,
-                             f"importance sampling, {n} draws from the doubled-covariance positive factors "
-                             f"(errors: one standard error)", moment_se, ess)
+                             f"importance sampling, {n} draws from the positive factors' components (covariances "
+                             f"2 S_k + I / A_lo) and Laplace components at the modes (errors: one standard error)",
+                             moment_se, ess)
 
     def probability(self, region: Callable[[torch.Tensor], torch.Tensor], *, n_grid: int | None = None,
                     n_samples: int = 200_000, seed: int = 0) -> tuple[float, float]:
         """``(mass, error)`` of ``region`` (a function from points ``[M, d]`` to a bool mask ``[M]``)."""
+        if not callable(region):
+            raise TypeError(f"region: expected a callable from points [M, d] to a bool mask [M], got "
+                            f"{type(region).__name__}")
+        n_grid, n_samples, seed = _check_numerics(n_grid, n_samples, seed)
         self.check_normalisable()
+        user_region = region
+
+        def region(points: torch.Tensor) -> torch.Tensor:
+            mask = torch.as_tensor(user_region(points))
+            if mask.dtype != torch.bool or mask.shape != (points.shape[0],):
+                raise ValueError(f"region: must return a bool mask of shape [{points.shape[0]}], got "
+                                 f"{mask.dtype} of shape {list(mask.shape)}")
+            return mask
+
         if self.dim <= 2:
             n = n_grid or (4001 if self.dim == 1 else 401)
             masses = []
@@ -342,14 +422,33 @@ class TiltedLaw:
         return mass, math.sqrt(max(mass * (1 - mass), 0.0) / ess)
 
 
+def _check_numerics(n_grid, n_samples, seed) -> tuple[int | None, int, int]:
+    """``n_grid`` (None or an int >= 3), ``n_samples`` (int >= 2) and ``seed`` (int >= 0), bools refused."""
+    def integer(value, name, minimum):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
+        return int(value)
+    return (None if n_grid is None else integer(n_grid, "n_grid", 3), integer(n_samples, "n_samples", 2),
+            integer(seed, "seed", 0))
+
+
 def tilted_law(world: World, rule: LinearRule, *, t: float | None = None, schedule: str = "vp-linear"
                ) -> TiltedLaw:
-    """The law ``rule`` implies on ``world`` at time ``t`` (``None``: the data level, t = 0)."""
+    """The law ``rule`` implies on ``world`` at time ``t`` (``None``: the data level, t = 0; else a time in
+    [0, 1] of ``schedule``)."""
+    if not isinstance(world, World):
+        raise TypeError(f"world: expected a World, got {type(world).__name__}")
+    if not isinstance(rule, LinearRule):
+        raise TypeError(f"rule: expected a LinearRule (verify.guidance.linear_rule), got {type(rule).__name__}")
+    if t is not None:
+        t = as_scalar(t, "t")
+        if not 0.0 <= t <= 1.0:
+            raise ValueError(f"t: must lie in [0, 1], got {t!r}")
+        alpha, sigma = (float(v) for v in get_schedule(schedule).alpha_sigma(t))
     factors = []
     for cond, weight in rule.terms:
         law = world.law(cond)
         if t is not None:
-            alpha, sigma = (float(v) for v in get_schedule(schedule).alpha_sigma(t))
             law = law.noised(alpha, sigma)
         factors.append((law, weight))
     return TiltedLaw(tuple(factors), rule.name)
