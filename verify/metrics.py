@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from toy_models._checks import as_real_tensor, as_scalar
 from toy_models.gaussian_mixture import GaussianMixture
 
 __all__ = ["holm_reject", "two_sided_p", "z_test_power", "moment_pvalues", "bayes_region_masses",
@@ -30,10 +31,12 @@ __all__ = ["holm_reject", "two_sided_p", "z_test_power", "moment_pvalues", "baye
 
 def holm_reject(pvalues, alpha: float) -> np.ndarray:
     """Boolean mask of the hypotheses Holm's procedure rejects at family-wise error rate ``alpha``."""
-    p = np.asarray(pvalues, dtype=np.float64).ravel()
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
-    if np.isnan(p).any() or (p < 0).any() or (p > 1).any():
+    _check_alpha(alpha)
+    try:
+        p = as_real_tensor(pvalues, "pvalues", copy=False).detach().reshape(-1).numpy()
+    except ValueError as err:  # NaN or infinity: not a probability either
+        raise ValueError(f"pvalues: must lie in [0, 1] ({str(err).split(': ', 1)[-1]})") from None
+    if (p < 0).any() or (p > 1).any():
         raise ValueError("pvalues: must lie in [0, 1]")
     order = np.argsort(p)
     thresholds = alpha / (len(p) - np.arange(len(p)))
@@ -72,10 +75,14 @@ def moment_pvalues(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor)
     Centering at the hypothesised mean (not the sample mean) keeps each statistic an average of i.i.d. terms.
     False-alarm rate: ``alpha`` per test up to the CLT's O(n^{-1/2}) error; power: :func:`z_test_power`.
     """
-    x = samples.to(torch.float64)
-    m = torch.as_tensor(mean, dtype=torch.float64)
-    c = torch.as_tensor(cov, dtype=torch.float64)
+    x = _points(samples, "samples", min_n=2)
     n, d = x.shape
+    m = as_real_tensor(mean, "mean", copy=False).detach().reshape(-1)
+    c = torch.atleast_2d(as_real_tensor(cov, "cov", copy=False).detach())
+    if m.shape != (d,):
+        raise ValueError(f"mean: expected {d} entries (the samples' dimension), got shape {list(m.shape)}")
+    if c.shape != (d, d):
+        raise ValueError(f"cov: expected shape [{d}, {d}], got {list(c.shape)}")
     centered = x - m
     z_mean = centered.mean(0) / torch.sqrt(centered.var(0) / n)
     rows, cols = torch.triu_indices(d, d)
@@ -86,7 +93,8 @@ def moment_pvalues(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor)
 
 # --- helpers ------------------------------------------------------------------------------------------------
 def _check_alpha(alpha) -> None:
-    if not isinstance(alpha, (float, int, np.floating)) or not 0 < alpha < 1:
+    if isinstance(alpha, (bool, np.bool_)) or not isinstance(alpha, (float, int, np.floating, np.integer)) or \
+            not 0 < alpha < 1:
         raise ValueError(f"alpha: must lie in (0, 1), got {alpha!r}")
 
 
@@ -97,20 +105,21 @@ def _check_int(value, name: str, minimum: int) -> int:
 
 
 def _points(x, name: str, dim: int | None = None, min_n: int = 1) -> torch.Tensor:
-    """A finite float64 ``[N, d]`` tensor with ``N >= min_n``; a 1-D input is read as ``N`` points in d = 1."""
-    try:
-        t = torch.as_tensor(x.detach() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64),
-                            dtype=torch.float64)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name}: cannot be read as an array of numbers ({err})") from None
+    """A finite float64 ``[N, d]`` tensor with ``N >= min_n`` under the input policy (complex, bool, strings refused
+    with ``TypeError``; NaN and infinity with ``ValueError``; float32 and integers converted exactly); a 1-D input is
+    read as ``N`` points in d = 1. Detached: the statistics are not differentiated."""
+    t = as_real_tensor(x, name, torch.float64, copy=False).detach()
     t = t[:, None] if t.ndim == 1 else t
     if t.ndim != 2 or t.shape[1] == 0 or t.shape[0] < min_n:
         raise ValueError(f"{name}: expected [N, d] with N >= {min_n} and d >= 1, got shape {list(t.shape)}")
     if dim is not None and t.shape[1] != dim:
         raise ValueError(f"{name}: dimension mismatch, expected d = {dim}, got d = {t.shape[1]}")
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name}: contains NaN or infinity")
     return t
+
+
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
 
 
 # --- class masses -------------------------------------------------------------------------------------------
@@ -120,6 +129,7 @@ def bayes_region_masses(law: GaussianMixture, n: int, generator: torch.Generator
     :math:`P_{law}(\arg\max_{c'} p(c' \mid X) = c)` (columns in ``law.classes`` order), and its binomial standard
     error :math:`\sqrt{m(1 - m)/n}`. It differs from the class weight wherever the classes overlap."""
     n = _check_int(n, "n", 1)
+    _check_generator(generator)
     counts = np.zeros(len(law.classes))
     for start in range(0, n, chunk):
         x = law.sample(min(chunk, n - start), generator)
@@ -143,9 +153,12 @@ def class_mass_pvalues(samples, law: GaussianMixture, *, expected=None, classes=
     discreteness only); with an estimated ``expected``, at most :math:`P(|Z| > z_{1-\alpha/2}/\sqrt{1.01})` (0.0509
     at 0.05). Power against a mass :math:`e_c + D`: about ``z_test_power(D * sqrt(n / (e_c (1 - e_c))), alpha)``."""
     law_classes = law.classes.tolist()
+    if not isinstance(law, GaussianMixture):
+        raise TypeError(f"law: expected a GaussianMixture, got {type(law).__name__}")
     raw = samples.detach() if isinstance(samples, torch.Tensor) else np.asarray(samples)
-    floating = raw.is_floating_point() if isinstance(raw, torch.Tensor) else np.issubdtype(raw.dtype, np.floating)
-    if raw.ndim == 1 and not floating:
+    integer = (not raw.is_floating_point() and not raw.is_complex() and raw.dtype != torch.bool
+               if isinstance(raw, torch.Tensor) else raw.dtype.kind in "iu")
+    if raw.ndim == 1 and integer:
         labels = np.asarray(raw, dtype=np.int64)
         if labels.size == 0 or not np.isin(labels, law_classes).all():
             raise ValueError(f"samples: labels must be a non-empty array of the law's classes {law_classes}")
@@ -198,6 +211,7 @@ def _permutation_test(x, y, n_permutations, generator, max_points, pair_matrix, 
     (Phipson & Smyth 2010): under exchangeability :math:`P(p \le \alpha) \le \alpha` for every alpha, exactly."""
     n_permutations = _check_int(n_permutations, "n_permutations", 1)
     max_points = _check_int(max_points, "max_points", 2)
+    _check_generator(generator)
     x = _points(x, "x", min_n=2)
     y = _points(y, "y", x.shape[1], min_n=2)
     # a random subset of an i.i.d. sample is i.i.d.: validity is kept, power is that of max_points points
@@ -248,8 +262,10 @@ def mmd_test(x, y, *, bandwidth: float | None = None, n_permutations: int = 200,
     sample (ibid., section 8), the same for every split, so the test stays exact. Subsampling as in
     :func:`energy_distance_test`. False-alarm rate: at most ``alpha``, exactly. Power: consistent against every
     fixed alternative (characteristic kernel); measured in the tests."""
-    if bandwidth is not None and not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise ValueError(f"bandwidth: must be a positive number or None, got {bandwidth!r}")
+    if bandwidth is not None:
+        bandwidth = as_scalar(bandwidth, "bandwidth")
+        if not bandwidth > 0:
+            raise ValueError(f"bandwidth: must be a positive number or None, got {bandwidth!r}")
 
     def kernel(z):
         dist = _distances(z)
@@ -265,11 +281,25 @@ def mmd_test(x, y, *, bandwidth: float | None = None, n_permutations: int = 200,
 
 
 # --- Frechet distance ---------------------------------------------------------------------------------------
+def _law_mean_cov(law: GaussianMixture) -> tuple[np.ndarray, np.ndarray]:
+    r"""Mean and covariance of a mixture, centred before squaring (law of total covariance):
+    :math:`m = \sum_k \pi_k\mu_k`, :math:`S = \sum_k \pi_k(\Sigma_k + (\mu_k - m)(\mu_k - m)^\top)`. The
+    uncentred form :math:`\sum_k \pi_k(\Sigma_k + \mu_k\mu_k^\top) - mm^\top` cancels terms of size
+    :math:`|\mu|^2`: at means near 1e3 and variances near 1e-11 it loses every digit (one component: S must be
+    :math:`\Sigma_1` exactly)."""
+    law = law.to(torch.float64)
+    w, mu, cov = law.weights, law.means, law.covariances
+    mean = w @ mu
+    centred = mu - mean
+    total = torch.einsum("k,kij->ij", w, cov + centred[:, :, None] * centred[:, None, :])
+    return mean.numpy(), total.numpy()
+
+
 def _mean_cov(obj, name: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(obj, GaussianMixture):
         if dim is not None and obj.dim != dim:
             raise ValueError(f"{name}: dimension mismatch, expected d = {dim}, got d = {obj.dim}")
-        return obj.mean().double().numpy(), obj.covariance().double().numpy()
+        return _law_mean_cov(obj)
     x = _points(obj, name, dim, min_n=2)
     return x.mean(0).numpy(), np.atleast_2d(torch.cov(x.T).numpy())
 
@@ -326,7 +356,10 @@ def precision_recall(model, target: GaussianMixture, *, level: float = 0.95, n_r
     times the density ratio on the boundary."""
     if not isinstance(level, (float, np.floating)) or not 0 < level < 1:
         raise ValueError(f"level: must be a float in (0, 1), got {level!r}")
+    if not isinstance(target, GaussianMixture):
+        raise TypeError(f"target: expected a GaussianMixture, got {type(target).__name__}")
     n_reference = _check_int(n_reference, "n_reference", 2)
+    _check_generator(generator)
     tau_target, target_draws = _hdr_threshold(target, level, n_reference, generator)
     recall = recall_se = None
     if isinstance(model, GaussianMixture):
