@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -124,8 +126,7 @@ def test_rescale_and_thresholds():
     guided = G.cfg(eu, ec, w=7.0)
     full = G.rescale(guided, ec, 1.0, x=x, alpha=a, sigma=s, space="eps")
     torch.testing.assert_close(full.std(dim=1), ec.std(dim=1), rtol=1e-12, atol=0)  # phi = 1 matches the std
-    assert torch.equal(G.rescale(guided, ec, 0.0, x=x, alpha=a, sigma=s), guided) or bool(
-        ((G.rescale(guided, ec, 0.0, x=x, alpha=a, sigma=s) - guided).abs() <= 1e-12 * (1 + guided.abs())).all())
+    assert torch.equal(G.rescale(guided, ec, 0.0, x=x, alpha=a, sigma=s), guided)  # phi = 0: unchanged, exactly
     clipped = G.static_threshold(guided, x=x, alpha=a, sigma=s, limit=1.0)
     x0 = (x - s * clipped) / a
     assert float(x0.abs().max()) <= 1.0 + 1e-12
@@ -163,3 +164,271 @@ def test_counting_denoiser():
     x = world.law(None).sample(10, torch.Generator().manual_seed(8))
     G.CFGDenoiser(counter, ("red", "dog"), w=2.0).eps(x, 0.5, ("red", "dog"))
     assert (counter.calls, counter.points) == (1, 20)  # one batched call of 2 x 10 rows
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rescale (Lin et al. 2023, eqs. 15-16) in every space, against the paper's formula written out here
+# --------------------------------------------------------------------------------------------------------------
+SPACES = ("eps", "score", "x0", "v")
+# (alpha, sigma): a VP pair and a non-VP pair with sigma > 1 (edm-like), so alpha/sigma mix-ups show
+COEFFICIENTS = [(0.6, 0.8), (1.0, 2.5)]
+
+
+def _to_space(e, space, x, a, s):
+    """The definitions (docs/conventions.md): value and a running-error magnitude M (|rounding| <= 8 u M: at most 6
+    roundings along any term (x0: product, difference, quotient; v: three more), 8 covering O(u^2))."""
+    if space == "eps":
+        return e, torch.zeros_like(e)
+    if space == "score":
+        return -e / s, e.abs() / s
+    x0, m_x0 = (x - s * e) / a, (x.abs() + s * e.abs()) / a
+    if space == "x0":
+        return x0, m_x0
+    return a * e - s * x0, a * e.abs() + s * m_x0
+
+
+def _from_space(y, space, x, a, s):
+    """Back to eps: value, gain on an error of y, and own-rounding magnitude (<= 8 u times it, as above)."""
+    if space == "eps":
+        return y, 1.0, torch.zeros_like(y)
+    if space == "score":
+        return -s * y, s, s * y.abs()
+    if space == "x0":
+        return (x - a * y) / s, a / s, (x.abs() + a * y.abs()) / s
+    n2 = a * a + s * s
+    return (a * y + s * x) / n2, a / n2, (a * y.abs() + s * x.abs()) / n2
+
+
+def _rescale_reference(eg, ec, x, a, s, phi, space):
+    """Eqs. 15-16 of Lin et al. written out: y_rescaled = y_cfg std(y_c) / std(y_cfg), phi y_rescaled +
+    (1 - phi) y_cfg, with the standard deviation over the features; and a bound on |library - reference|.
+
+    Error budget per row (d features), both sides computed in float64 with the same number of roundings:
+    * the conversions: |dy| <= 8 u M elementwise (see _to_space);
+    * a standard deviation: torch.std centres (the mean's error only enters at second order), subtracts (u max|y|
+      per deviation), squares and sums (gamma_{d+2}), divides and takes the root; so
+      |d std| <= ||dy||_2 / sqrt(d - 1) + 2 u max|y| + (d + 4) u std;
+    * the ratio: relative eps_r = d std_g / std_g + d std_c / std_c + 2u;
+    * the blend phi y r + (1 - phi) y: phi r (|y| eps_r + |dy|) + (1 - phi)|dy| + 4 u (phi r + 1 - phi)|y|;
+    * back to eps: the gain times that, plus 8 u times the back conversion's magnitude.
+    Doubled for the two sides, doubled again for the O(u^2) terms the first-order budget drops."""
+    d = eg.shape[1]
+    yg, mg = _to_space(eg, space, x, a, s)
+    yc, mc = _to_space(ec, space, x, a, s)
+    std_g, std_c = yg.std(dim=1, keepdim=True), yc.std(dim=1, keepdim=True)
+    ratio = std_c / std_g
+    want_y = phi * yg * ratio + (1 - phi) * yg
+    want, gain, m_back = _from_space(want_y, space, x, a, s)
+
+    def d_std(y, m, std):
+        return (8 * U * m).norm(dim=1, keepdim=True) / math.sqrt(d - 1) + 2 * U * y.abs().amax(1, keepdim=True) \
+            + (d + 4) * U * std
+
+    eps_r = d_std(yg, mg, std_g) / std_g + d_std(yc, mc, std_c) / std_c + 2 * U
+    d_blend = phi * ratio * (yg.abs() * eps_r + 8 * U * mg) + (1 - phi) * 8 * U * mg \
+        + 4 * U * (phi * ratio + 1 - phi) * yg.abs()
+    return want, 4 * (gain * d_blend + 8 * U * m_back)
+
+
+@pytest.mark.parametrize("space", SPACES)
+@pytest.mark.parametrize(("alpha", "sigma"), COEFFICIENTS)
+@pytest.mark.parametrize("phi", [0.3, 0.7, 1.0])
+def test_rescale_matches_the_paper_in_every_space(space, alpha, sigma, phi):
+    """Both predictions go to ``space`` before their spreads are compared (a combiner that measured std(eps_c)
+    against std(v_cfg) would fail every space but eps, by far more than the budget: the ratio changes by O(1))."""
+    gen = torch.Generator().manual_seed(12)
+    x = 2.0 * torch.randn(24, 5, dtype=F64, generator=gen)
+    eu, ec = (torch.randn(24, 5, dtype=F64, generator=gen) for _ in range(2))
+    eg = G.cfg(eu, ec, guidance_scale=7.5)
+    got = G.rescale(eg, ec, phi, x=x, alpha=alpha, sigma=sigma, space=space)
+    want, tol = _rescale_reference(eg, ec, x, alpha, sigma, phi, space)
+    err = (got - want).abs()
+    assert bool((err <= tol).all()), float((err / tol).max())
+    if phi == 1.0:  # the rescaled prediction has the conditional spread in its space (up to the same budget)
+        yc = _to_space(ec, space, x, alpha, sigma)[0]
+        ygot = _to_space(got, space, x, alpha, sigma)[0]
+        torch.testing.assert_close(ygot.std(dim=1), yc.std(dim=1), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_rescale_at_zero_spread_returns_the_guided_prediction(space):
+    """A constant guided prediction (in the rescale space) has no spread to rescale: the row comes back unchanged,
+    bit for bit, for every phi (diffusers divides by its zero std and returns inf/NaN there)."""
+    a, s = 0.6, 0.8
+    # a row-constant eps with a row-constant x: every elementwise conversion gives a row-constant prediction, in
+    # floating point too (the same operations on the same numbers), so the spread is exactly 0 in every space
+    x = torch.tensor([[0.5], [-1.3]], dtype=F64).expand(2, 3)
+    eg = torch.tensor([[0.7], [-0.2]], dtype=F64).expand(2, 3)
+    assert float(_to_space(eg, space, x, a, s)[0].std(dim=1).max()) == 0.0
+    ec = torch.tensor([[0.0, 1.0, 2.0], [1.0, -1.0, 0.5]], dtype=F64)
+    for phi in (0.0, 0.5, 1.0):
+        got = G.rescale(eg, ec, phi, x=x, alpha=a, sigma=s, space=space)
+        assert torch.equal(got, eg), (space, phi)
+
+
+def test_rescale_near_zero_spread_is_finite_and_follows_the_formula():
+    """std(y_cfg) ~ 1e-320 (subnormal) against std(y_c) ~ 1: the ratio 1e320 is not representable, the rescaled
+    prediction is (y / std_g) std_c ~ 1: finite and computed exactly as eq. 15 says (here in exact binary
+    arithmetic: y = (0, 2^-1070, 2 * 2^-1070), std_g = 2^-1070, y / std_g = (0, 1, 2), std_c = 1)."""
+    tiny = 2.0**-1070
+    eg = torch.tensor([[0.0, tiny, 2 * tiny]], dtype=F64)
+    ec = torch.tensor([[-1.0, 0.0, 1.0]], dtype=F64)  # std 1
+    got = G.rescale(eg, ec, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+    assert torch.equal(got, torch.tensor([[0.0, 1.0, 2.0]], dtype=F64))
+    # where the rescaled prediction itself overflows, a refusal naming the guided prediction, never inf or NaN
+    eg = torch.tensor([[1.0, 1.0 + 2.0**-52, 1.0]], dtype=F64)  # std 1.3e-16
+    ec = torch.tensor([[0.0, 1e300, -1e300]], dtype=F64)
+    with pytest.raises(ValueError, match=r"^eps_guided:.*overflows"):
+        G.rescale(eg, ec, 0.5, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+    # predictions near the largest double: the spreads are computed on scaled rows, the answer is finite
+    big = torch.tensor([[1e300, -1e300, 5e299]], dtype=F64)
+    got = G.rescale(big, 0.5 * big, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+    torch.testing.assert_close(got, 0.5 * big, rtol=8 * U, atol=0)  # ratio 1/2: y * (1/2), a few roundings
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"phi": -0.1}, "^phi:"), ({"phi": 1.5}, "^phi:"), ({"phi": float("nan")}, "^phi:"),
+    ({"space": "latent"}, "^space:"), ({"alpha": 0.0}, "^alpha:"), ({"sigma": -0.8}, "^sigma:"),
+])
+def test_rescale_refusals(kwargs, match):
+    eg, ec, x, _ = _eps(40, 4, 3)
+    args = {"phi": 0.7, "x": x, "alpha": 0.6, "sigma": 0.8, "space": "v"} | kwargs
+    phi = args.pop("phi")
+    with pytest.raises(ValueError, match=match):
+        G.rescale(eg, ec, phi, **args)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifier guidance as a linear rule
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale", [0.0, 1.0, 4.0])
+def test_classifier_rule_is_classifier_guidance_with_the_exact_classifier(scale):
+    """linear_rule("classifier", scale=s) puts s on eps(c) and 1 - s on eps(null); with the exact noisy classifier
+    grad log p_t(c|x) = grad log p_t(x|c) - grad log p_t(x) that is eps(null) - s sigma grad log p_t(c|x), the
+    classifier-guidance formula (Dhariwal & Nichol 2021, Algorithm 2), at every noise level."""
+    world = get_world("ring2d")
+    den = AnalyticDenoiser(world)
+    rule = G.linear_rule("classifier", condition=3, scale=scale)
+    assert rule.terms == ((normalize_condition(3), scale), (None, 1.0 - scale))
+    x = world.law(None).sample(64, torch.Generator().manual_seed(41))
+    sched = get_schedule("vp-linear")
+    for t in (0.1, 0.5, 0.9):
+        a, s = (float(v) for v in sched.alpha_sigma(t))
+        marginal = world.law(None).noised(a, s)
+        eps_u, eps_c = den.eps(x, t, None), den.eps(x, t, 3)
+        got = rule.combine({None: eps_u, normalize_condition(3): eps_c})
+        want = G.classifier_guidance(eps_u, marginal.grad_log_posterior(x, 3), s, scale)
+        # both are -sigma times scores: the rule's scores each within their forward bound (score_bounds), the
+        # classifier gradient within the conditional's and the marginal's forward-plus-autograd bounds; the
+        # combinations add 6 roundings of terms of size (1 + 2|s|)|eps|
+        (cf, cb), (mf, mb) = score_bounds(world.law(3).noised(a, s), x), score_bounds(marginal, x)
+        tol = s * ((abs(scale) + abs(1 - scale)) * (cf + mf) + abs(scale) * (cf + 2 * cb + mf + 2 * mb)) \
+            + gamma(6, F64) * (1 + 2 * abs(scale)) * (eps_u.norm(dim=-1) + eps_c.norm(dim=-1))
+        assert bool(((got - want).norm(dim=-1) <= tol).all()), t
+        guided = G.LinearGuidedDenoiser(den, rule).eps(x, t, 3)
+        assert torch.equal(guided, got)  # the wrapper applies the same rule to the same batched predictions
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The input policy at the combiners' edges
+# --------------------------------------------------------------------------------------------------------------
+def _combiner_calls(a, b, c):
+    return {
+        "cfg": lambda: G.cfg(a, b, guidance_scale=3.0),
+        "classifier_guidance": lambda: G.classifier_guidance(a, b, 0.5, 2.0),
+        "negative_prompt_000": lambda: G.negative_prompt_000(a, b, c, 3.0, 1.0),
+        "negative_prompt_001": lambda: G.negative_prompt_001(b, a, guidance_scale=3.0),
+        "compose": lambda: G.compose(a, [b, c], [2.0, -0.5]),
+    }
+
+
+def test_combiners_refuse_mismatched_shapes_and_dtypes():
+    a, b, c, _ = _eps(50, 4, 3)
+    for name, call in _combiner_calls(a, b[:, :1], c).items():  # [N, 1] against [N, 3]: no broadcasting
+        with pytest.raises(ValueError, match=r"shape"):
+            call()
+    for name, call in _combiner_calls(a, b.float(), c).items():
+        with pytest.raises(TypeError, match=r"dtype"):
+            call()
+    for name, call in _combiner_calls(a, b.to(torch.complex128), c).items():
+        with pytest.raises(TypeError, match=r"complex"):
+            call()
+    for name, call in _combiner_calls(a, b > 0, c).items():
+        with pytest.raises(TypeError, match=r"bool"):
+            call()
+    nan = b.clone()
+    nan[1, 2] = float("nan")
+    for name, call in _combiner_calls(a, nan, c).items():
+        with pytest.raises(ValueError, match=r"NaN"):
+            call()
+
+
+def test_combiner_refusals_name_the_argument():
+    a, b, c, _ = _eps(51, 4, 3)
+    cases = [
+        (lambda: G.cfg(a, b[:, :1], w=1.0), "^eps_cond:"),
+        (lambda: G.cfg(a, b, w="three"), "^w:"),
+        (lambda: G.cfg(a, b, guidance_scale=float("inf")), "^guidance_scale:"),
+        (lambda: G.classifier_guidance(a, b, -0.5, 2.0), "^sigma:"),
+        (lambda: G.classifier_guidance(a, b, float("nan"), 2.0), "^sigma:"),
+        (lambda: G.classifier_guidance(a, b, torch.full((3,), 0.5, dtype=F64), 2.0), "^sigma:"),
+        (lambda: G.classifier_guidance(a, b, 0.5, float("nan")), "^scale:"),
+        (lambda: G.classifier_guidance(a, b[:2], 0.5, 1.0), "^grad_log_classifier:"),
+        (lambda: G.negative_prompt_000(a, b, c, 3.0, float("nan")), "^w_neg:"),
+        (lambda: G.negative_prompt_000(a, b, c[:, :2], 3.0, 1.0), "^eps_neg:"),
+        (lambda: G.compose(a, [b, c[:, :1]], [1.0, 1.0]), "^eps_conds: entry 1"),
+        (lambda: G.compose(a, [b], [float("nan")]), "^weights:"),
+        (lambda: G.compose(a, [b], ["1"]), "^weights:"),
+        (lambda: G.compose(a, [b], [1.0, 2.0]), "^eps_conds, weights:"),
+        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=-1.0), "^limit:"),
+        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=0.0), "^limit:"),
+        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("inf")), "^limit:"),
+        (lambda: G.dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("nan")), "^limit:"),
+        (lambda: G.dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, percentile=1.5), "^percentile:"),
+        (lambda: G.static_threshold(a, x=c[:, :1], alpha=0.5, sigma=0.5), "^x:"),
+        (lambda: G.linear_rule("classifier", condition=1, scale=float("nan")), "^scale:"),
+        (lambda: G.LinearRule(((None, float("nan")), (1, 1.0))), "^terms:"),
+    ]
+    for call, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
+
+
+def test_combiners_keep_the_dtype_and_convert_integers_exactly():
+    a, b, c, _ = _eps(52, 4, 3)
+    for name, call in _combiner_calls(a.float(), b.float(), c.float()).items():
+        assert call().dtype == torch.float32, name
+    ai, bi, ci = ((10 * t).round().long() for t in (a, b, c))
+    for (name, call), (_, ref) in zip(_combiner_calls(ai, bi, ci).items(),
+                                      _combiner_calls(ai.double(), bi.double(), ci.double()).items(), strict=True):
+        out = call()
+        assert out.dtype == F64 and torch.equal(out, ref()), name  # the same doubles, the same result
+
+
+def test_combiners_stay_finite_near_the_largest_double():
+    """eps_c - eps_u of two values near +-1.5e308 overflows; the guided prediction (here 0 and 7.5e307) does not.
+    The combiners scale by a power of two (exact) and give the exact-range answer; a guided prediction that itself
+    overflows is refused, naming the argument, never returned as inf or NaN."""
+    big = torch.tensor([[1.5e308, -1.5e308]], dtype=F64)
+    torch.testing.assert_close(G.cfg(-big, big, guidance_scale=0.5), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
+    torch.testing.assert_close(G.cfg(-big, big, guidance_scale=0.75), 0.5 * big, rtol=2 * U, atol=0)
+    torch.testing.assert_close(G.negative_prompt_000(big, -big, big, 0.5, 0.0), torch.zeros(1, 2, dtype=F64),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(G.compose(big, [-big], [0.5]), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
+    for call in (lambda: G.cfg(-big, big, guidance_scale=3.0), lambda: G.classifier_guidance(big, -big, 1.0, 2.0)):
+        with pytest.raises(ValueError, match="overflows"):
+            call()
+
+
+def test_thresholds_return_unclipped_entries_exactly():
+    """Where thresholding leaves x0 unchanged, the consistent eps is eps itself (no eps -> x0 -> eps round trip,
+    which would cost a factor |x| / sigma in rounding)."""
+    x = torch.tensor([[0.1, 5.0, -0.2]], dtype=F64)
+    eps = torch.tensor([[0.3, -0.4, 0.25]], dtype=F64)
+    a, s = 0.5, 0.5
+    x0 = (x - s * eps) / a  # (-0.1, 10.4, -0.65): only the middle entry leaves [-1, 1]
+    out = G.static_threshold(eps, x=x, alpha=a, sigma=s, limit=1.0)
+    assert out[0, 0] == eps[0, 0] and out[0, 2] == eps[0, 2]
+    assert abs(float((x[0, 1] - a * out[0, 1]) / s) - float(eps[0, 1])) > 1  # the clipped entry did change
+    assert abs(float((x[0, 1] - s * out[0, 1]) / a) - 1.0) <= 8 * U * float(x0.abs().max())
