@@ -23,6 +23,7 @@ from verify.samplers import (
     count_evaluations,
     ddim,
     ddpm,
+    euler,
     sample,
     sampler_nfe,
     sampler_noise,
@@ -254,7 +255,20 @@ def test_ring2d_guidance_moves_the_mean_towards_class_0():
     (lambda den, x: ddim(den, x, [1.0, 0.0, 0.0]), "^timesteps"),
     (lambda den, x: ddim(den, x[:, 0], [1.0, 0.0]), "^x"),
     (lambda den, x: ddim(den, torch.zeros(4, 2, dtype=F64), [1.0, 0.0]), "^x"),
-    (lambda den, x: ddim(den, x.long(), [1.0, 0.0]), "^x"),
+    (lambda den, x: ddim(den, x.to(torch.complex128), [1.0, 0.0]), "^x"),
+    (lambda den, x: ddim(den, x > 0, [1.0, 0.0]), "^x"),
+    (lambda den, x: ddim(den, x.half(), [1.0, 0.0]), "^x"),
+    (lambda den, x: ddim(den, torch.full((4, 1), float("nan"), dtype=F64), [1.0, 0.0]), "^x"),
+    (lambda den, x: ddim(den, x, [1.0, float("nan")]), "^timesteps"),
+    (lambda den, x: ddim(den, x, ["1.0", "0.5"]), "^timesteps"),
+    (lambda den, x: ddim(den, x, [1.0, 0.0], eta=float("nan")), "^eta"),
+    (lambda den, x: ddim(den, x, [1.0, 0.0], eta="0.5"), "^eta"),
+    (lambda den, x: ddim(den, x, [1.0, 0.0], callback=3), "^callback"),
+    (lambda den, x: ddpm(den, x, [1.0, 0.0], noise=torch.full((1, 4, 1), float("inf"))), "^noise"),
+    (lambda den, x: ddpm(den, x, [1.0, 0.0], noise=torch.zeros(1, 4, 1, dtype=torch.complex64)), "^noise"),
+    (lambda den, x: time_grid(10, t_start=float("nan")), "^t_start"),
+    (lambda den, x: sampler_noise(3, (2, 1), generator=0), "^generator"),
+    (lambda den, x: sample(["ddim"], den, x, [1.0, 0.0]), "^name"),
     (lambda den, x: ddim(den, x, [1.0, 0.0], eta=1.5), "^eta"),
     (lambda den, x: ddpm(den, x, [1.0, 0.0]), "^generator, noise"),
     (lambda den, x: ddpm(den, x, [1.0, 0.5, 0.0], noise=torch.zeros(1, 4, 1)), "^noise"),
@@ -267,6 +281,81 @@ def test_ring2d_guidance_moves_the_mean_towards_class_0():
     (lambda den, x: time_grid(10, spacing="log_snr", schedule="vp-linear"), "^t_end"),
     (lambda den, x: ddim(AnalyticDenoiser(get_world("gauss1d"), "vp-cosine"), x, [1.0, 0.5]), "^timesteps"),
 ])
-def test_bad_arguments_raise_value_error_naming_them(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_raise_naming_them(call, match):
+    """ValueError for a wrong value, TypeError for a wrong kind (complex, bool, float16, not a Generator, not a
+    Denoiser, not callable): docs/input-policy.md."""
+    with pytest.raises((ValueError, TypeError), match=match):
         call(gauss1d_cfg(1.0), torch.zeros(4, 1, dtype=F64))
+
+
+def test_integer_states_are_converted_exactly():
+    """An int64 x is read as the same numbers in float64: the run is the float64 run, bit for bit."""
+    den, ts = gauss1d_cfg(1.0), time_grid(8)
+    x = torch.tensor([[-2], [0], [3]])
+    assert torch.equal(sample("ddim", den, x, ts), sample("ddim", den, x.double(), ts))
+
+
+class _BrokenAfter:
+    """A denoiser that answers ``value`` in row ``rows`` from its ``k``-th call on (0-based calls)."""
+
+    def __init__(self, den, k, value, rows=(0,)):
+        self.den, self.k, self.value, self.rows, self.calls = den, k, value, list(rows), 0
+        self.schedule, self.dim = den.schedule, den.dim
+
+    def eps(self, x, t, condition=None):
+        out = self.den.eps(x, t, condition).clone()
+        if self.calls >= self.k:
+            out[self.rows, 0] = self.value
+        self.calls += 1
+        return out
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_first_non_finite_prediction_stops_the_sampler_naming_step_and_time(name, value):
+    """The model breaks at its 4th call: the sampler stops there, naming the step (1-based, of how many), the time
+    and the rows, instead of carrying NaN to the end. Heun makes two calls per step: its 4th call is the second
+    evaluation of step 2, at the time that step reaches."""
+    ts = time_grid(10, 0.9, 0.1)
+    x = torch.randn(8, 1, generator=torch.Generator().manual_seed(3), dtype=F64)
+    broken = _BrokenAfter(gauss1d_cfg(2.0), 3, value, rows=(1, 4))
+    if name == "heun":
+        step, t, second = 2, float(ts[2]), "second evaluation, "
+    else:
+        step, t, second = 4, float(ts[3]), ""
+    kind = "NaN" if value != value else "infinity"
+    expected = (rf"^denoiser: non-finite prediction at step {step} of 10 \({second}t = {t:.6g}\): {kind} in 2 of 8 "
+                rf"rows$")
+    with pytest.raises(ValueError, match=expected):
+        sample(name, broken, x, ts, generator=torch.Generator().manual_seed(0), eta=0.5)
+    assert broken.calls == 4  # stopped at once: no further call after the broken one
+
+
+def test_malformed_predictions_are_refused_naming_the_denoiser():
+    class Returns:
+        def __init__(self, value):
+            self.value, self.schedule, self.dim = value, "vp-linear", 1
+
+        def eps(self, x, t, condition=None):
+            return self.value
+
+    x = torch.zeros(4, 1, dtype=F64)
+    for value, match in [([[0.0]] * 4, "not a tensor"), (torch.zeros(4, 2, dtype=F64), "shape"),
+                         (torch.zeros(4, 1, dtype=torch.complex128), "dtype")]:
+        with pytest.raises(ValueError, match=rf"^denoiser: .*{match}.*step 1 of 2"):
+            ddim(Returns(value), x, [0.9, 0.5, 0.1])
+
+
+def test_a_state_that_overflows_is_refused_naming_x():
+    """Finite inputs near the largest double whose update overflows: refused naming x and the step, not inf. With
+    eps = 0 an Euler step on vp-linear from t = 0.9 to 0.1 multiplies x by 1 - 0.8 f(0.9) = 1 + 0.4 beta(0.9) ~ 8."""
+    class Zero:
+        schedule, dim = "vp-linear", 1
+
+        def eps(self, x, t, condition=None):
+            return torch.zeros_like(x)
+
+    x = torch.full((2, 1), 1e308, dtype=F64)
+    with pytest.raises(ValueError, match=r"^x: the state overflows .* at step 1 of 1"):
+        euler(Zero(), x, [0.9, 0.1])
+    assert bool(torch.isfinite(euler(Zero(), x / 16, [0.9, 0.1])).all())  # 8e307 is still a double
