@@ -39,17 +39,35 @@ def test_unguided_from_the_marginal_returns_the_data_law(sampler, world_name):
     torch.testing.assert_close(cov, cond.covariances[0], rtol=0, atol=1e3 * RTOL * 4)
 
 
-def test_full_covariance_in_several_dimensions_is_symmetric_and_positive():
+def test_full_covariances_decouple_into_one_dimensional_laws():
+    """S_c = Q diag(c) Q^T and S_u = Q diag(u) Q^T share eigenvectors, and the prior N(0, I) is isotropic, so both
+    moment ODEs decouple along Q's columns: the 5-D law must be Q diag(v_i) Q^T with mean sum_i m_i q_i, where
+    (m_i, v_i) is the 1-D law with variances (c_i, u_i) and means (q_i.m_c, q_i.m_u), and for the ODE v_i is also
+    the closed form. Tolerance: each side integrates at rtol 1e-12 (global error below 1e3 rtol, see RTOL), and
+    assembling Q diag(v) Q^T adds 2 d u relative: 4e3 RTOL of the entries' scale covers both sides."""
     gen = np.random.default_rng(0)
-    d = 5
-    a = gen.standard_normal((2, d, d))
-    covs = a @ a.transpose(0, 2, 1) / d + 0.3 * np.eye(d)
-    cond = GaussianMixture([1.0], gen.standard_normal((1, d)), covs[:1])
-    uncond = GaussianMixture([1.0], np.zeros((1, d)), covs[1:] + np.eye(d))
+    d, w = 5, 2.0
+    q, _ = np.linalg.qr(gen.standard_normal((d, d)))
+    c, u = 0.3 + gen.random(d), 0.8 + gen.random(d)
+    m_c, m_u = gen.standard_normal(d), 0.5 * gen.standard_normal(d)
+    cond = GaussianMixture([1.0], m_c[None], (q @ np.diag(c) @ q.T)[None])
+    uncond = GaussianMixture([1.0], m_u[None], (q @ np.diag(u) @ q.T)[None])
+    qt = torch.as_tensor(q)
     for sampler in ("ode", "sde"):
-        mean, cov = exact_gaussian_cfg_law(cond, uncond, 2.0, sampler)
-        assert mean.shape == (d,) and cov.shape == (d, d)
-        assert torch.equal(cov, cov.T) and float(torch.linalg.eigvalsh(cov).min()) > 0
+        mean, cov = exact_gaussian_cfg_law(cond, uncond, w, sampler)
+        means_1d, vars_1d = [], []
+        for i in range(d):
+            m1, v1 = exact_gaussian_cfg_law(GaussianMixture([1.0], [[q[:, i] @ m_c]], [[[c[i]]]]),
+                                            GaussianMixture([1.0], [[q[:, i] @ m_u]], [[[u[i]]]]), w, sampler)
+            means_1d.append(float(m1[0]))
+            vars_1d.append(float(v1[0, 0]))
+            if sampler == "ode":
+                assert math.isclose(vars_1d[-1], closed_form_ode_variance_1d(c[i], u[i], w, 1.0), rel_tol=1e3 * RTOL)
+        want_mean = qt @ torch.tensor(means_1d, dtype=F64)
+        want_cov = qt @ torch.diag(torch.tensor(vars_1d, dtype=F64)) @ qt.T
+        scale = float(want_cov.abs().max()) + float(want_mean.abs().max())
+        torch.testing.assert_close(mean, want_mean, rtol=0, atol=4e3 * RTOL * scale)
+        torch.testing.assert_close(cov, want_cov, rtol=0, atol=4e3 * RTOL * scale)
 
 
 def _euler_maruyama(cond, uncond, w, n, steps, seed):
@@ -80,19 +98,54 @@ def test_sde_law_against_a_direct_simulation():
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"sampler": "ddim"}, "sampler"),
-    ({"start": "zero"}, "start"),
-    ({"w": float("nan")}, "w"),
-    ({"schedule": "rectified-flow"}, "schedule"),
-    ({"t_end": 1.0}, "t_end"),
+    ({"sampler": "ddim"}, "^sampler:"),
+    ({"sampler": ["ode"]}, "^sampler:"),
+    ({"start": "zero"}, "^start:"),
+    ({"w": float("nan")}, "^w:"),
+    ({"w": "two"}, "^w:"),
+    ({"w": True}, "^w:"),
+    ({"w": 1 + 2j}, "^w:"),
+    ({"schedule": "rectified-flow"}, "^schedule:"),
+    ({"schedule": "linear"}, "^schedule:"),
+    ({"t_end": 1.0}, "^t_end:"),
+    ({"t_end": float("nan")}, "^t_end:"),
+    ({"t_end": -0.1}, "^t_end:"),
+    ({"rtol": -1.0}, "^rtol:"),
+    ({"rtol": 0.0}, "^rtol:"),
 ])
 def test_bad_arguments(kwargs, match):
     world = get_world("gauss1d")
     args = {"cond": world.law(1), "uncond": world.law(None), "w": 1.0} | kwargs
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         exact_gaussian_cfg_law(**args)
-    with pytest.raises(ValueError, match="cond"):
+    with pytest.raises(ValueError, match="^cond:"):
         exact_gaussian_cfg_law(get_world("bimodal1d").law(None), world.law(None), 1.0)
+    with pytest.raises(ValueError, match="^cond, uncond:"):
+        exact_gaussian_cfg_law(world.law(1), get_world("ring2d").law(0), 1.0)
+
+
+def test_other_entry_points_refuse_bad_arguments_naming_them():
+    from toy_models import AnalyticDenoiser
+    from verify.exact_law import discrete_sampler_law, pf_ode_law_1d
+    from verify.samplers import time_grid
+
+    world = get_world("gauss1d")
+    den = AnalyticDenoiser(world)
+    cases = [
+        (lambda: closed_form_ode_variance_1d(-0.5, 1.0, 1.0, 1.0), "^v_c:"),
+        (lambda: closed_form_ode_variance_1d(0.5, 1.0, float("inf"), 1.0), "^w:"),
+        (lambda: closed_form_ode_variance_1d(0.5, 1.0, 1.0, 0.0), "^start_var:"),
+        (lambda: pf_ode_law_1d(world.law(1), world.law(None), "3"), "^w:"),
+        (lambda: pf_ode_law_1d(world.law(1), world.law(None), 1.0, n_nodes=2.5), "^n_nodes:"),
+        (lambda: discrete_sampler_law("ddim", den, time_grid(4), torch.zeros(2, dtype=F64)), "^mean:"),
+        (lambda: discrete_sampler_law("ddim", den, time_grid(4), None, -torch.eye(1, dtype=F64)), "^cov:"),
+        (lambda: discrete_sampler_law("ddim", den, time_grid(4), None, torch.eye(1) * float("nan")), "^cov:"),
+        (lambda: discrete_sampler_law("ddim", "den", time_grid(4)), "^denoiser:"),
+        (lambda: discrete_sampler_law("plms", den, time_grid(4)), "^name:"),
+    ]
+    for call, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
 
 
 # --------------------------------------------------------------------------------------------------------------

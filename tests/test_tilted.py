@@ -95,3 +95,82 @@ def test_tilted_law_validation():
         TiltedLaw(((get_world("ring2d").law(0), 1.0), (get_world("gauss1d").law(1), 0.5)))
     with pytest.raises(ValueError, match="closed form"):
         tilted_law(get_world("bimodal1d"), linear_rule("cfg", condition=1, w=1.0)).gaussian()
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Importance sampling where the target is much wider than its positive factor
+# --------------------------------------------------------------------------------------------------------------
+def _wide_target():
+    """p(x|c)^3 p(x)^-2 in d = 3 with p(x|c) = N(e_1, I) (written as two identical components, so that the law is
+    not 'Gaussian factors' and goes through importance sampling) and p(x) = N(0, I / 1.4): the precision is
+    3 - 2 * 1.4 = 0.2, so q = N(15 e_1, 5 I), five times wider than p(x|c) and fifteen of its standard deviations
+    away. The naive proposal (the positive factor, with or without doubled covariance) has precision 1 or 1/2 >=
+    2 * 0.2: its weights q/p have infinite variance."""
+    eye = torch.eye(3, dtype=F64)
+    e1 = torch.tensor([1.0, 0.0, 0.0], dtype=F64)
+    cond = GaussianMixture([0.5, 0.5], torch.stack([e1, e1]), torch.stack([eye, eye]))
+    uncond = GaussianMixture([1.0], torch.zeros(1, 3, dtype=F64), (eye / 1.4)[None])
+    exact = TiltedLaw(((GaussianMixture([1.0], e1[None], eye[None]), 3.0), (uncond, -2.0))).gaussian()
+    return TiltedLaw(((cond, 3.0), (uncond, -2.0))), exact
+
+
+def test_importance_sampling_of_a_target_wider_than_its_positive_factor():
+    """Against the exact Gaussian answer (mean 15 e_1, covariance 5 I, log Z in closed form):
+
+    * the proposal's weights have finite variance: some component p_k has 2 Lambda - P_k positive definite
+      (int q^2 / p_k < inf), with Lambda = 0.2 I the target's precision;
+    * the estimates lie within 5 of their reported standard errors of the exact values (two-sided 5.7e-7 per
+      comparison, 13 comparisons);
+    * the reported ESS agrees with its expectation n / rho, rho = E_p[w^2] / E_p[w]^2 = E_q[q/p] (normalised q),
+      estimated independently from 4e5 exact draws of q: by the delta method ESS / n = mean(w)^2 / mean(w^2) has
+      relative variance (4 Var w - 4 Cov(w, w^2) / E w^2 + Var(w^2) / (E w^2)^2) / n in units E_p w = 1, whose
+      moments E_p[w^k] = E_q[w^(k-1)] come from the same exact draws; 5 of those standard deviations, plus 5 of
+      rho's own Monte Carlo error.
+    The naive proposal fails all three (measured: ESS 2 to 14 of 200000, log Z 9 to 33 standard errors off)."""
+    law, (mean, cov, log_z) = _wide_target()
+    lam = torch.linalg.inv(cov)
+    proposal = law._proposal()
+    finite = [bool(torch.linalg.eigvalsh(2 * lam - torch.linalg.inv(c)).min() > 0) for c in proposal.covariances]
+    assert any(finite), "no proposal component gives the weights a finite variance"
+
+    n = 200_000
+    summary = law.summary(n_samples=n, seed=3)
+    assert "importance sampling" in summary.method
+    assert abs(summary.log_normaliser - log_z) <= 5 * summary.log_normaliser_error
+    assert bool(((summary.mean - mean).abs() <= 5 * summary.moment_error).all()), summary.mean
+    assert bool(((summary.cov - cov).abs() <= 5 * summary.moment_error).all()), summary.cov
+
+    # the expected ESS, from exact draws of q = N(mean, cov)
+    m = 400_000
+    y = mean + torch.randn(m, 3, dtype=F64, generator=torch.Generator().manual_seed(4)) @ torch.linalg.cholesky(cov).T
+    log_q = -0.5 * (((y - mean) @ lam) * (y - mean)).sum(1) - 0.5 * float(torch.logdet(2 * math.pi * cov))
+    w = torch.exp(log_q - proposal.log_prob(y))  # q/p with q normalised: E_p[w] = 1
+    rho, rho_se = float(w.mean()), float(w.std()) / math.sqrt(m)
+    e2, e3, e4 = rho, float((w**2).mean()), float((w**3).mean())  # E_p[w^2], E_p[w^3], E_p[w^4]
+    rel_var = (4 * (e2 - 1) - 4 * (e3 - e2) / e2 + (e4 - e2**2) / e2**2) / n
+    expected = n / rho
+    band = 5 * expected * (math.sqrt(max(rel_var, 0.0)) + rho_se / rho)
+    assert abs(summary.effective_sample_size - expected) <= band, (summary.effective_sample_size, expected, band)
+
+
+def test_tilted_law_refuses_malformed_factors_and_arguments():
+    world = get_world("gauss1d")
+    law = world.law(1)
+    cases = [
+        (lambda: TiltedLaw(((law, float("nan")), (world.law(None), 1.0))), "^factors: entry 0's exponent"),
+        (lambda: TiltedLaw(((law, "2"),)), "^factors: entry 0's exponent"),
+        (lambda: TiltedLaw(((law, 2.0, 1.0),)), "^factors: entry 0"),
+        (lambda: TiltedLaw((("gauss1d", 2.0),)), "^factors: entry 0's law"),
+        (lambda: TiltedLaw(law), "^factors:"),
+        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0), t=1.5), "^t:"),
+        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0), t=float("nan")), "^t:"),
+        (lambda: tilted_law(world, linear_rule("cfg", condition=7, w=1.0)), "^condition:"),
+        (lambda: tilted_law(world, "cfg"), "^rule:"),
+        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0)).summary(n_samples=0), "^n_samples:"),
+        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0)).probability(lambda x: x[:, 0]),
+         "^region:"),
+    ]
+    for call, match in cases:
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()
