@@ -132,6 +132,67 @@ def test_permutation_false_alarm_rate(test):
     assert_in_band(rejections, N_SEEDS_PERM, ALPHA, test.__name__)
 
 
+def _energy(x, y):
+    """The energy statistic written out (Szekely & Rizzo 2004), Python floats, pairs in a fixed order."""
+    def mean_dist(a, b):
+        return sum(math.dist(p, q) for p in a for q in b) / (len(a) * len(b))
+    return 2 * mean_dist(x, y) - mean_dist(x, x) - mean_dist(y, y)
+
+
+def _mmd(x, y, h):
+    """The unbiased squared MMD (Gretton et al. 2012, eq. 3) with a Gaussian kernel of bandwidth h, written out."""
+    def k(p, q):
+        return math.exp(-0.5 * (math.dist(p, q) / h) ** 2)
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    return xx + yy - 2 * sum(k(p, q) for p in x for q in y) / (n * m)
+
+
+@pytest.mark.parametrize("test", ["energy", "mmd"])
+def test_permutation_pvalue_is_one_plus_count_over_one_plus_b(test):
+    """The p-value is (1 + #{T_perm >= T_obs}) / (1 + B) (Phipson & Smyth 2010), not #{...} / B. The permutations
+    are the ones the test draws (torch.randperm from the same generator, after the observed split); each split's
+    statistic is recomputed here from its definition, the count made, and the p-value must equal the formula
+    exactly. n = 3 against m = 4 has 35 distinct splits, so with B = 199 the count is far from 0 and from B, where
+    the two formulas differ by (B - k) / (B (B + 1)) >= 1e-4; splits are told apart only by their statistic, which
+    is checked to differ from the observed one by far more than rounding unless the split is the observed one."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 2, dtype=torch.float64, generator=gen)
+    y = torch.randn(4, 2, dtype=torch.float64, generator=gen) + 0.7
+    b = 199
+    stat = (lambda a, c: _energy(a, c)) if test == "energy" else (lambda a, c: _mmd(a, c, 1.5))
+    result = (energy_distance_test(x, y, n_permutations=b, generator=torch.Generator().manual_seed(9))
+              if test == "energy" else
+              mmd_test(x, y, bandwidth=1.5, n_permutations=b, generator=torch.Generator().manual_seed(9)))
+    pooled = torch.cat([x, y]).tolist()
+    replay = torch.Generator().manual_seed(9)
+    t_obs = stat(pooled[:3], pooled[3:])
+    count = 0
+    for _ in range(b):
+        first = sorted(torch.randperm(7, generator=replay)[:3].tolist())
+        t = stat([pooled[i] for i in first], [pooled[i] for i in range(7) if i not in first])
+        if first == [0, 1, 2]:
+            count += 1  # the observed split itself: equal, counted (ties count as >=)
+        else:
+            assert abs(t - t_obs) > 1e-9 * abs(t_obs), "a tie between distinct splits: the check is ambiguous"
+            count += t >= t_obs
+    assert 0 < count < b
+    assert result.pvalue == (1 + count) / (1 + b)
+    assert math.isclose(result.statistic, t_obs, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("test", [energy_distance_test, mmd_test])
+def test_permutation_pvalue_is_never_zero(test):
+    """Two well-separated samples: no permuted split reaches the observed statistic (k = 0), and the p-value is
+    exactly 1 / (B + 1), the smallest a permutation test can give; k / B would report 0."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(10, 2, dtype=torch.float64, generator=gen)
+    y = torch.randn(10, 2, dtype=torch.float64, generator=gen) + 50.0
+    result = test(x, y, n_permutations=99, generator=torch.Generator().manual_seed(2))
+    assert result.pvalue == 1 / 100
+
+
 # --- power against named alternatives -------------------------------------------------------------------------
 def test_mean_ztest_power_against_a_shift_of_a_tenth_sd():
     """Alternative: N(0.1, 1) tested against N(0, 1), n = 1000; normal approximation z_test_power(0.1 sqrt(n))
@@ -261,6 +322,26 @@ def test_frechet_symmetric_and_matches_commuting_closed_form():
     assert math.isclose(frechet_distance(c, d), 1 + 4 + 1 + 4, rel_tol=1e-12)
 
 
+def test_frechet_of_narrow_laws_far_from_the_origin():
+    """Variances near 1e-11 at means near 1.2e3: the law's covariance must be formed centred (sum_k pi_k (S_k +
+    (mu_k - m)(mu_k - m)^T)); the uncentred sum_k pi_k (S_k + mu_k mu_k^T) - m m^T cancels terms of 1.4e6 and
+    errs by ~u 1.4e6 = 3e-10, thirty times the variances. Exact: (m1 - m2)^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2 for
+    diagonal covariances. Rounding: the mean difference is exact (Sterbenz), its square and the sums of d terms
+    cost a few u; the trace term is tr S1 + tr S2 - 2 sum sqrt(eigenvalues) through two eigen-decompositions
+    (backward stable): 64 d^2 u (|m1 - m2|^2 + tr S1 + tr S2) covers it."""
+    m1 = np.array([1168.785563085969, -1238.7997830438712, 770.1329433466785])
+    m2 = m1 + np.array([3e-6, -1e-6, 2e-6])
+    a, b = np.array([2.5e-12, 1.6e-12, 3.1e-11]), np.array([6.5e-11, 1.6e-12, 1.4e-11])
+    value = frechet_distance(gaussian(m1.tolist(), np.diag(a).tolist()), gaussian(m2.tolist(), np.diag(b).tolist()))
+    exact = float(np.sum((m1 - m2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2))
+    assert abs(value - exact) <= 64 * 9 * 2.0**-53 * (float(np.sum((m1 - m2) ** 2)) + a.sum() + b.sum()), (value, exact)
+    # a two-component mixture: its covariance S1 + the spread of the means, against the law of total covariance
+    mix = GaussianMixture([0.5, 0.5], [[1e3 - 1e-5], [1e3 + 1e-5]], [[[1e-11]], [[1e-11]]])
+    exact_var = 1e-11 + 1e-10  # the two means differ by 2e-5 (up to their rounding, 1e-13 relative)
+    value = frechet_distance(mix, gaussian([1e3], [[exact_var]]))
+    assert value <= 1e-3 * exact_var, value  # the same Gaussian moments: 0 up to the means' rounding
+
+
 def test_frechet_from_samples_converges_to_the_law_value():
     """n = 1e5 draws of LAW2 against a fixed Gaussian: within 3 bootstrap standard errors (50 resamples) plus the
     O(1/n) bias; and against LAW2 itself, below 20 tr(S)/n (the mean term alone has expectation tr(S)/n)."""
@@ -349,7 +430,29 @@ EMPTY = torch.zeros(0, 2, dtype=torch.float64)
     (lambda: holm_reject([0.01], -0.1), "alpha"),
     (lambda: z_test_power(1.0, 1.0), "alpha"),
     (lambda: bayes_region_masses(LAW2, 0, gen(0)), "n"),
+    (lambda: holm_reject([0.01, float("nan")], 0.05), "pvalues"),
+    (lambda: moment_pvalues(X2, [0.0], torch.eye(2)), "mean"),
+    (lambda: moment_pvalues(X2, [0.0, 0.0], torch.eye(3)), "cov"),
+    (lambda: moment_pvalues(X2 + float("nan"), [0.0, 0.0], torch.eye(2)), "samples"),
+    (lambda: mmd_test(X2, X2, bandwidth=float("nan"), generator=gen(0)), "bandwidth"),
 ])
 def test_invalid_input_raises_naming_the_argument(call, name):
     with pytest.raises(ValueError, match=rf"^{name}:"):
+        call()
+
+
+@pytest.mark.parametrize(("call", "name"), [
+    (lambda: frechet_distance(X2.to(torch.complex128), LAW2), "x"),
+    (lambda: frechet_distance("samples", LAW2), "x"),
+    (lambda: frechet_distance(X2 > 0, LAW2), "x"),
+    (lambda: energy_distance_test(X2, X2.to(torch.complex64), generator=gen(0)), "y"),
+    (lambda: mmd_test(X2, X2, generator=7), "generator"),
+    (lambda: class_mass_pvalues(np.array([True, False]), LAW2), "samples"),
+    (lambda: moment_pvalues(X2.half(), [0.0, 0.0], torch.eye(2)), "samples"),
+    (lambda: precision_recall(X2, "LAW2", generator=gen(0)), "target"),
+])
+def test_wrong_kinds_raise_type_error_naming_the_argument(call, name):
+    """docs/input-policy.md: complex, bool, strings, float16 are the wrong kind of value (TypeError), never read as
+    numbers (a complex sample used to lose its imaginary part silently)."""
+    with pytest.raises(TypeError, match=rf"^{name}:"):
         call()

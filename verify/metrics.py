@@ -281,25 +281,14 @@ def mmd_test(x, y, *, bandwidth: float | None = None, n_permutations: int = 200,
 
 
 # --- Frechet distance ---------------------------------------------------------------------------------------
-def _law_mean_cov(law: GaussianMixture) -> tuple[np.ndarray, np.ndarray]:
-    r"""Mean and covariance of a mixture, centred before squaring (law of total covariance):
-    :math:`m = \sum_k \pi_k\mu_k`, :math:`S = \sum_k \pi_k(\Sigma_k + (\mu_k - m)(\mu_k - m)^\top)`. The
-    uncentred form :math:`\sum_k \pi_k(\Sigma_k + \mu_k\mu_k^\top) - mm^\top` cancels terms of size
-    :math:`|\mu|^2`: at means near 1e3 and variances near 1e-11 it loses every digit (one component: S must be
-    :math:`\Sigma_1` exactly)."""
-    law = law.to(torch.float64)
-    w, mu, cov = law.weights, law.means, law.covariances
-    mean = w @ mu
-    centred = mu - mean
-    total = torch.einsum("k,kij->ij", w, cov + centred[:, :, None] * centred[:, None, :])
-    return mean.numpy(), total.numpy()
-
-
 def _mean_cov(obj, name: str, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(obj, GaussianMixture):
         if dim is not None and obj.dim != dim:
             raise ValueError(f"{name}: dimension mismatch, expected d = {dim}, got d = {obj.dim}")
-        return _law_mean_cov(obj)
+        # GaussianMixture.covariance is centred (law of total covariance with mu_k - m): the uncentred
+        # sum_k pi_k (S_k + mu_k mu_k^T) - m m^T loses every digit at means near 1e3 and variances near 1e-11
+        law = obj.to(torch.float64)
+        return law.mean().numpy(), law.covariance().numpy()
     x = _points(obj, name, dim, min_n=2)
     return x.mean(0).numpy(), np.atleast_2d(torch.cov(x.T).numpy())
 
