@@ -397,3 +397,82 @@ def test_nan_tensor_coefficient_is_rejected():
         eps_to_x0(x, eps, float("nan"), 1.0)  # passes: the float path rejects NaN
     with pytest.raises(ValueError, match=r"^alpha:"):
         eps_to_x0(x, eps, torch.tensor(float("nan"), dtype=torch.float64), 1.0)
+
+
+
+# ------------------------------------------------------------------------------------------------------------
+# 6. The input policy (docs/input-policy.md) and overflow
+# ------------------------------------------------------------------------------------------------------------
+def test_wrong_kinds_are_refused_naming_the_argument():
+    x = eps = _randn(131, 2, D)
+    cases = [
+        (lambda: convert(eps.to(torch.complex128), "eps", "x0", x=x, alpha=0.6, sigma=0.8), TypeError, "^pred:"),
+        (lambda: convert(eps > 0, "eps", "x0", x=x, alpha=0.6, sigma=0.8), TypeError, "^pred:"),
+        (lambda: convert(eps.half(), "eps", "x0", x=x, alpha=0.6, sigma=0.8), TypeError, "^pred:"),
+        (lambda: convert(eps, "eps", "x0", x=x.to(torch.complex128), alpha=0.6, sigma=0.8), TypeError, "^x:"),
+        (lambda: eps_to_x0(x, eps.float(), 0.6, 0.8), TypeError, "^x:"),  # float32 against float64: no promotion
+        (lambda: eps_to_score("0.5", 0.8), TypeError, "^eps:"),
+        (lambda: eps_to_x0(x, eps, True, 0.8), TypeError, "^alpha:"),
+        (lambda: convert(eps, "eps", "v", x=x[:, :1], alpha=0.6, sigma=0.8), ValueError, "^x:.*no broadcasting"),
+        (lambda: convert(eps, "eps", "score", x=x[:1], alpha=0.6, sigma=0.8), ValueError, "^x:"),  # unused, checked
+        (lambda: eps_to_x0(x, eps, torch.full((D,), 0.6, dtype=torch.float64), 0.8), ValueError, "^alpha:"),
+        (lambda: score_to_eps(eps, -0.8), ValueError, "^sigma:.*>= 0"),  # negative even where only multiplied
+        (lambda: eps_to_v(x, eps, 0.6, float("inf")), ValueError, "^sigma:"),
+        (lambda: convert(eps * float("nan"), "eps", "x0", x=x, alpha=0.6, sigma=0.8), ValueError, "^pred:.*NaN"),
+        (lambda: convert(eps, 5, "x0", x=x, alpha=0.6, sigma=0.8), ValueError, "^source:"),
+    ]
+    for call, kind, match in cases:
+        with pytest.raises(kind, match=match):
+            call()
+
+
+@pytest.mark.parametrize(("src", "tgt"), PAIRS_OF_KINDS)
+def test_integers_are_converted_exactly(src, tgt):
+    """An int64 prediction is the same numbers as its float64 copy: the same result, bit for bit, in x's dtype
+    (float64 here; float32 with a float32 x). A conversion that let torch promote int * float to float32 loses
+    half the digits."""
+    pred = torch.tensor([[3, -250, 7], [0, 1, -4096]])
+    x = 3.0 * _randn(141, 2, D)
+    got = convert(pred, src, tgt, x=x, alpha=0.37, sigma=0.91)
+    assert got.dtype == torch.float64
+    assert torch.equal(got, convert(pred.double(), src, tgt, x=x, alpha=0.37, sigma=0.91))
+    got32 = convert(pred, src, tgt, x=x.float(), alpha=0.37, sigma=0.91)
+    assert got32.dtype == torch.float32
+    assert torch.equal(got32, convert(pred.float(), src, tgt, x=x.float(), alpha=0.37, sigma=0.91))
+
+
+def test_zero_coefficients_where_the_formula_only_multiplies():
+    """sigma = 0 in score -> eps gives eps = -0 * s = 0 (t = 0 on a VP schedule); alpha = 0 in x0 -> eps gives x /
+    sigma (pure noise). Exact values, not refusals."""
+    x, s = _randn(151, 2, D), _randn(152, 2, D)
+    assert torch.equal(score_to_eps(s, 0.0).abs(), torch.zeros(2, D, dtype=torch.float64))
+    assert torch.equal(x0_to_eps(x, s, 0.0, 2.0), x / 2.0)
+
+
+def test_an_overflowing_intermediate_does_not_overflow_the_result():
+    """eps_to_v at alpha = 10, sigma = 0 is ((alpha^2 + sigma^2) eps - sigma x) / alpha = 10 eps: at eps = 1e307
+    the product 100 eps overflows, the result 1e308 does not. It must be what the formula gives on eps and x scaled
+    by the same power of two (exact) and scaled back: bit for bit. A result that itself overflows is refused,
+    naming the prediction, never returned as inf."""
+    x = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    eps = torch.tensor([[1e307, -3e306]], dtype=torch.float64)
+    got = eps_to_v(x, eps, 10.0, 0.0)
+    k = 1020
+    want = torch.ldexp(eps_to_v(torch.ldexp(x, torch.tensor(-k)), torch.ldexp(eps, torch.tensor(-k)), 10.0, 0.0),
+                       torch.tensor(k))
+    assert bool(torch.isfinite(got).all()) and torch.equal(got, want)
+    assert torch.equal(convert(eps, "eps", "v", x=x, alpha=10.0, sigma=0.0), got)
+    with pytest.raises(ValueError, match=r"^eps:.*overflows"):
+        eps_to_v(x, 2 * eps, 10.0, 0.0)  # 2e308
+    with pytest.raises(ValueError, match=r"^pred:.*overflows"):
+        convert(eps, "eps", "score", x=x, alpha=1.0, sigma=1e-3)
+    with pytest.raises(ValueError, match=r"^alpha, sigma:.*overflows"):
+        v_to_eps(x, eps, 1e200, 1e200)
+
+
+def test_conversions_are_differentiable():
+    """A prediction carrying an autograd graph keeps it: d x0 / d eps = -sigma / alpha elementwise."""
+    eps = _randn(161, 2, D).requires_grad_(True)
+    x0 = eps_to_x0(_randn(162, 2, D), eps, 0.5, 0.8)
+    (grad,) = torch.autograd.grad(x0.sum(), eps)
+    assert torch.equal(grad, torch.full((2, D), -0.8 / 0.5, dtype=torch.float64))
