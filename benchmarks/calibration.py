@@ -7,7 +7,7 @@ Run from the repository root::
 
 The check under test
 --------------------
-"Do these N samples follow the reference law?" (DESIGN.md section 6): a Holm-corrected family
+"Do these N samples follow the reference law?" (docs/tolerances.md): a Holm-corrected family
 (:func:`verify.metrics.run_family`) of three tests against a one-dimensional Gaussian reference
 :math:`\mathcal N(m, v)`,
 

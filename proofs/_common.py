@@ -11,7 +11,7 @@ arbitrary positive functions of one real variable. So a proof with *arbitrary* p
 dimension. The same holds at every noise level t: the functions stand for the noised densities :math:`p_t` at one
 fixed t, so every identity is a per-t identity.
 
-Conventions (``DESIGN.md`` section 3): :math:`\epsilon = -\sigma\, s` with :math:`s = \nabla \log p`;
+Conventions (``docs/conventions.md``): :math:`\epsilon = -\sigma\, s` with :math:`s = \nabla \log p`;
 ``w`` (Ho & Salimans, source 000): :math:`\tilde\epsilon = (1+w)\epsilon_c - w\epsilon_\varnothing`;
 ``guidance_scale`` ``g`` (diffusers, source 001): :math:`\tilde\epsilon = \epsilon_\varnothing
 + g(\epsilon_c - \epsilon_\varnothing)`, :math:`g = 1 + w`; the classifier scale ``s`` multiplies
@@ -52,7 +52,7 @@ def score(expr: sympy.Expr) -> sympy.Expr:
 
 
 def eps_from_score(score_expr: sympy.Expr) -> sympy.Expr:
-    r""":math:`\hat\epsilon = -\sigma_t s` (the DESIGN.md convention)."""
+    r""":math:`\hat\epsilon = -\sigma_t s` (the convention of docs/conventions.md)."""
     return -sigma * score_expr
 
 

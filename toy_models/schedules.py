@@ -10,7 +10,7 @@ Each schedule gives :math:`\alpha(t)`, :math:`\sigma(t)`, the log signal-to-nois
 whose marginals are exactly those of the forward process (Song et al. 2021, eqs. 5 and 29; Kingma et al.
 2021, appendix A). The reverse-time samplers of :mod:`verify.samplers` use ``drift`` and ``diffusion_squared``.
 
-Named schedules (DESIGN.md section 3):
+Named schedules (docs/conventions.md):
 
 * ``vp-linear`` — the VP-SDE of Song et al. (2021): :math:`\beta(t) = 0.1 + 19.9\,t`,
   :math:`\alpha_t = \exp(-\tfrac12 \int_0^t \beta)`, :math:`\sigma_t^2 = 1 - \alpha_t^2`

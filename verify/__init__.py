@@ -1,6 +1,6 @@
 """Everything that judges a model: guidance rules, target laws, tolerances, statistics, the claims ledger, the audit.
 
-Public contract (DESIGN.md section 5): ``from verify import audit_cfg``.
+Public contract (docs/contract.md): ``from verify import audit_cfg``.
 """
 
 from .audit import AuditResult, audit_cfg

@@ -9,7 +9,7 @@ A *combiner* is any callable
     combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma) -> eps
 
 with ``eps_uncond``, ``eps_cond`` and ``x`` float64 tensors of shape ``[N, d]``, ``guidance_scale`` a Python float in
-the diffusers convention (DESIGN.md section 3; Ho & Salimans' ``w`` is ``guidance_scale - 1``) and ``alpha``,
+the diffusers convention (docs/conventions.md; Ho & Salimans' ``w`` is ``guidance_scale - 1``) and ``alpha``,
 ``sigma`` Python floats (``x = alpha x_0 + sigma eps``). The correct answer is
 
 .. math::  \tilde\varepsilon = \varepsilon_\varnothing + g\,(\varepsilon_c - \varepsilon_\varnothing).

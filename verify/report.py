@@ -1,4 +1,4 @@
-"""Ledger -> ``ledger.json`` and ``ledger.md`` (DESIGN.md section 4). Reads records; decides nothing."""
+"""Ledger -> ``ledger.json`` and ``ledger.md`` (docs/ledger.md). Reads records; decides nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The neural diffusion model: a cross-attention eps-network with a learned null token (DESIGN.md section 7).
+"""The neural diffusion model: a cross-attention eps-network with a learned null token (docs/architecture.md).
 
 * :mod:`~toy_models.neural.network`: the architecture (:class:`CrossAttentionEpsNet`);
 * :mod:`~toy_models.neural.denoiser`: :class:`NeuralDenoiser`, the Denoiser protocol on top of it, and the

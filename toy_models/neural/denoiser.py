@@ -8,7 +8,7 @@ A condition of a world (``None``, a class label, attribute tokens) becomes a seq
   sub-sequence;
 * the null condition is the learned null token alone (id :data:`~toy_models.neural.network.NULL_TOKEN_ID`).
 
-:class:`NeuralDenoiser` computes in the network's dtype (float32) without autocast or TF32 (DESIGN.md section 7:
+:class:`NeuralDenoiser` computes in the network's dtype (float32) without autocast or TF32 (docs/architecture.md:
 checks never run in reduced precision) and returns the caller's dtype; :meth:`NeuralDenoiser.eps_multi` runs every
 condition of a CFG step in one forward pass.
 """

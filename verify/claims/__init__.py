@@ -1,4 +1,4 @@
-"""The claims ledger: one record per claim, with its source, procedure, verdict and evidence (DESIGN.md section 4).
+"""The claims ledger: one record per claim, with its source, procedure, verdict and evidence (docs/ledger.md).
 
 Each family of claims lives in its own module and exposes ``evaluate(config) -> list[ClaimRecord]``;
 :func:`evaluate_all` runs every family. A verdict is only ever set from evidence computed in the same run:

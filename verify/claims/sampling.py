@@ -1,6 +1,6 @@
 r"""Sampling-level evidence: what guided samplers actually produce, added to the ledger's records.
 
-Deterministic references first, Monte Carlo only to show that a sampler reaches them (DESIGN.md section 6):
+Deterministic references first, Monte Carlo only to show that a sampler reaches them (docs/tolerances.md):
 
 * Gaussian worlds: the continuous-time laws of the guided ODE and SDE by their moment ODEs
   (:func:`~verify.exact_law.exact_gaussian_cfg_law`) and each *discrete* sampler's law by linearity
