@@ -127,10 +127,13 @@ class GaussianMixture:
         dim = mu.shape[1]
         if cov.shape != (n_comp, dim, dim):
             raise ValueError(f"covariances: expected shape [K, d, d] = [{n_comp}, {dim}, {dim}], got {list(cov.shape)}")
+        # A variance below float64's normal range is subnormal: it carries fewer significant bits and its inverse
+        # overflows. (A subnormal off-diagonal entry is harmless: its absolute error, <= 2^-1075, is negligible
+        # against the normal variances that bound it, |S_ij| <= sqrt(S_ii S_jj).)
         tiny = torch.finfo(torch.float64).tiny
-        if bool(((cov != 0) & (cov.abs() < tiny)).any()):
-            raise ValueError(f"covariances: entries below float64's normal range ({tiny:.3g}) are subnormal and carry "
-                             f"fewer significant bits; rescale the problem (e.g. measure x in larger units)")
+        if bool((torch.diagonal(cov, dim1=1, dim2=2).abs() < tiny).any()):
+            raise ValueError(f"covariances: variances below float64's normal range ({tiny:.3g}) are subnormal and "
+                             f"carry fewer significant bits; rescale the problem (e.g. measure x in larger units)")
         # sums of up to 4 d such entries (Cholesky, noising, moments) must stay finite
         check_magnitude(float(cov.abs().max()), torch.finfo(torch.float64).max / (4 * max(dim, 1)), "covariances",
                         "sums of the entries would overflow float64")
