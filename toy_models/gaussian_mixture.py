@@ -131,7 +131,8 @@ class GaussianMixture:
         # overflows. (A subnormal off-diagonal entry is harmless: its absolute error, <= 2^-1075, is negligible
         # against the normal variances that bound it, |S_ij| <= sqrt(S_ii S_jj).)
         tiny = torch.finfo(torch.float64).tiny
-        if bool((torch.diagonal(cov, dim1=1, dim2=2).abs() < tiny).any()):
+        variances = torch.diagonal(cov, dim1=1, dim2=2).abs()
+        if bool(((variances != 0) & (variances < tiny)).any()):  # 0 is refused below as not positive definite
             raise ValueError(f"covariances: variances below float64's normal range ({tiny:.3g}) are subnormal and "
                              f"carry fewer significant bits; rescale the problem (e.g. measure x in larger units)")
         # sums of up to 4 d such entries (Cholesky, noising, moments) must stay finite
