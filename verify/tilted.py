@@ -47,6 +47,8 @@ __all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law"]
 F64 = torch.float64
 #: margin of the quadrature window around every factor component, in its standard deviations
 _WINDOW_SPAN = 12.0
+#: weight of the tail-covering components in the importance-sampling proposal (see TiltedLaw._proposal)
+_DEFENSIVE = 0.1
 
 
 class NotNormalisableError(ValueError):
@@ -334,30 +336,36 @@ class TiltedLaw:
         return out
 
     def _proposal(self) -> GaussianMixture:
-        r"""The importance-sampling proposal: an equal-weight mixture of
+        r"""The importance-sampling proposal, a defensive mixture (Hesterberg 1995, "Weighted average importance
+        sampling and defensive mixture distributions"): weight :data:`_DEFENSIVE` on the tail cover and the rest,
+        in equal parts, on the main components.
 
-        * every component of the positive-exponent factors, covariance :math:`2\Sigma_k + I/A_{lo}`, with
-          :math:`A_{lo} > 0` the certified lower bound on the tail coefficient (:meth:`tail_bounds`): the target
-          decays at least like :math:`e^{-A_{lo} r^2/2}`, each such component's precision is at most
-          :math:`A_{lo}`, so the weights :math:`q/p` have a finite second moment (:math:`\int q^2/p < \infty`
-          needs :math:`2A - P_p \succ 0`) even where the target is much wider than its positive factors (a
-          negative exponent on a narrower law widens it: the naive proposal :math:`\mathcal N(\mu_k, \Sigma_k)`,
-          or with :math:`2\Sigma_k`, then has weights of infinite variance and an ESS that means nothing);
-        * a Laplace component :math:`\mathcal N(m, 2H^{-1})` at every mode :math:`m` of :math:`q`
-          (:meth:`modes`), where a negative exponent moves the mass away from every positive factor."""
+        * main: every component of the positive-exponent factors with covariance :math:`2\Sigma_k` (heavier tails
+          than the factor), and a Laplace component :math:`\mathcal N(m, 2H^{-1})` at every mode :math:`m` of
+          :math:`q` (:meth:`modes`; :math:`H` the Hessian of :math:`-\log q` there), which is where the mass is
+          when a negative exponent moves it away from every positive factor;
+        * tail cover: the positive factors' components with covariance :math:`2\Sigma_k + I/A_{lo}`,
+          :math:`A_{lo} > 0` the certified lower bound on the tail coefficient (:meth:`tail_bounds`). The target
+          decays at least like :math:`e^{-A_{lo} r^2/2}` and these components' precisions are at most
+          :math:`A_{lo}`, so :math:`\int q^2/p \le \int q^2/(\epsilon p_{cover}) < \infty`: the weights have a
+          finite variance, and the ESS and standard errors mean something, even where the target is much wider
+          than its positive factors (a negative exponent on a narrower law widens it; the main components alone,
+          like the naive proposal :math:`\mathcal N(\mu_k, 2\Sigma_k)`, then give weights of infinite
+          variance). Where the main components fit, the cover costs at most a factor :math:`1 - \epsilon` of the
+          ESS."""
         lower = self._default_tail_bounds[0]
-        means, covs = [], []
         eye = torch.eye(self.dim, dtype=F64)
+        main, cover = [], []
         for law, e in self.factors:
             if e > 0:
                 for mu, cov in zip(law.means, law.covariances, strict=True):
-                    means.append(mu)
-                    covs.append(2.0 * cov + eye / lower)
-        for mode, cov in self._laplace_components():
-            means.append(mode)
-            covs.append(cov)
-        k = len(means)
-        return GaussianMixture(torch.full((k,), 1.0 / k, dtype=F64), torch.stack(means), torch.stack(covs))
+                    main.append((mu, 2.0 * cov))
+                    cover.append((mu, 2.0 * cov + eye / lower))
+        main += self._laplace_components()
+        weights = [(1.0 - _DEFENSIVE) / len(main)] * len(main) + [_DEFENSIVE / len(cover)] * len(cover)
+        parts = main + cover
+        return GaussianMixture(torch.tensor(weights, dtype=F64), torch.stack([m for m, _ in parts]),
+                               torch.stack([c for _, c in parts]))
 
     def _importance_draws(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` draws from :meth:`_proposal` and their log importance weights ``log q~(x) - log proposal(x)``."""
@@ -384,8 +392,9 @@ class TiltedLaw:
         moment_se = float(torch.cat([((prob[:, None] * centred) ** 2).sum(0),
                                      ((prob[:, None] * products) ** 2).sum(0)]).sqrt().max())
         return TiltedSummary(peak + math.log(mean_w), se_log_z, mean, cov,
-                             f"importance sampling, {n} draws from the positive factors' components (covariances "
-                             f"2 S_k + I / A_lo) and Laplace components at the modes (errors: one standard error)",
+                             f"importance sampling, {n} draws from a defensive mixture: the positive factors' components "
+                             f"(2 S_k) and Laplace components at the modes, with {_DEFENSIVE:g} on a tail cover "
+                             f"(2 S_k + I / A_lo) (errors: one standard error)",
                              moment_se, ess)
 
     def probability(self, region: Callable[[torch.Tensor], torch.Tensor], *, n_grid: int | None = None,
