@@ -305,7 +305,9 @@ def dynamic_threshold(eps: Tensor, *, x: Tensor, alpha: float, sigma: float, per
     r"""Dynamic thresholding (Saharia et al. 2022, section 2.3): per sample, :math:`s` = the ``percentile`` quantile
     of :math:`|\hat x_0|` over the features (``torch.quantile``, linear interpolation), at least ``limit``; clip
     :math:`\hat x_0` to :math:`[-s, s]`, multiply by :math:`\text{limit}/s` and return the consistent eps (``eps``
-    itself, exactly, where x0 is unchanged). The paper's version is ``limit = 1``. ``percentile`` in (0, 1];
+    itself, exactly, where x0 is unchanged). The paper's version is ``limit = 1``; diffusers'
+    ``_threshold_sample`` (``thresholding=True`` in its schedulers) also caps :math:`s` at ``sample_max_value`` and
+    works on the x0 it is handed, with no eps returned. ``percentile`` in (0, 1];
     ``limit`` finite and > 0; ``eps`` and ``x``: one ``[N, d]`` shape, one dtype."""
     percentile = as_scalar(percentile, "percentile")
     if not 0.0 < percentile <= 1.0:
