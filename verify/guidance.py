@@ -265,12 +265,20 @@ def rescale(eps_guided: Tensor, eps_cond: Tensor, phi: float, *, x: Tensor, alph
 
 def _spread(y: Tensor) -> tuple[Tensor, Tensor]:
     """The standard deviation of each row of ``y`` over the features (``torch.std``, Bessel-corrected) as
-    ``(mantissa, exponent)`` with ``std = mantissa * 2**exponent``, mantissa in [1/2, 1) or 0: computed on the row
-    divided by a power of two near its largest magnitude (exact), so that squaring cannot overflow, and never
-    formed as a float (it may lie beyond the dtype's range in either direction)."""
+    ``(mantissa, exponent)`` with ``std = mantissa * 2**exponent``, mantissa in [1/2, 1) or 0, never formed as a
+    float (it may lie beyond the dtype's range in either direction).
+
+    The row is divided by a power of two near its largest magnitude (exact), shifted by its first entry (the
+    spread is shift-invariant; for a nearly constant row the differences are exact by Sterbenz's lemma, so the
+    spread keeps its digits instead of drowning in the rounding of a mean of size |y|: ``torch.std`` of a constant
+    row need not return 0), divided again by a power of two near the largest difference (so squaring neither
+    overflows nor underflows), and only then reduced. A row is constant exactly when its spread is 0."""
     _, top = torch.frexp(y.detach().abs().amax(dim=1, keepdim=True))
-    mantissa, exponent = torch.frexp(torch.ldexp(y, -top).std(dim=1, keepdim=True))
-    return mantissa, exponent + top
+    scaled = torch.ldexp(y, -top)
+    diff = scaled - scaled[:, :1]
+    _, top2 = torch.frexp(diff.detach().abs().amax(dim=1, keepdim=True))
+    mantissa, exponent = torch.frexp(torch.ldexp(diff, -top2).std(dim=1, keepdim=True))
+    return mantissa, exponent + top + top2
 
 
 def _limit(limit) -> float:
