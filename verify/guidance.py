@@ -16,6 +16,13 @@ Conventions (docs/conventions.md): ``w`` is Ho & Salimans' strength, :math:`\til
 
 Every linear rule here is a weighted sum of predictions whose weights sum to one; :func:`linear_rule` returns those
 weights, which is what :mod:`verify.tilted` turns into the target law the algebra implies.
+
+Inputs follow the input policy (``docs/input-policy.md``, :mod:`toy_models._checks`): the predictions a combiner
+combines are real tensors of exactly one shape (no broadcasting of ``[N, 1]`` against ``[N, d]``) and one dtype,
+float64 or float32, which is also the output's (integers converted exactly; complex, bool, float16 refused with
+``TypeError``; NaN and infinity with ``ValueError``); strengths and weights are finite reals; every refusal starts
+with the argument's name. Predictions near the dtype's largest value give the finite answer even where an
+intermediate (``eps_c - eps_u``) overflows, or a refusal where the answer itself does: never inf or NaN.
 """
 
 from __future__ import annotations
@@ -146,7 +153,7 @@ def negative_prompt_001(eps_pos: Tensor, eps_neg: Tensor, *, w: float | None = N
     return _combine(lambda n, p: torch.lerp(n, p, g), tensors, "eps_pos")
 
 
-def _weights(weights, n: int | None) -> list[float]:
+def _weights(weights) -> list[float]:
     """Composition weights: a sequence (or 1-D tensor/array) of finite reals."""
     if isinstance(weights, (str, bytes)):
         raise TypeError(f"weights: expected a sequence of numbers, got {type(weights).__name__} {weights!r}")
@@ -163,7 +170,7 @@ def compose(eps_null: Tensor, eps_conds: Sequence[Tensor], weights: Sequence[flo
     finite reals."""
     if isinstance(eps_conds, (str, bytes)) or not hasattr(eps_conds, "__len__"):
         raise TypeError(f"eps_conds: expected a sequence of predictions, got {type(eps_conds).__name__}")
-    weights = _weights(weights, len(eps_conds))
+    weights = _weights(weights)
     if len(eps_conds) != len(weights) or not len(eps_conds):
         raise ValueError(f"eps_conds, weights: need the same positive length, got {len(eps_conds)}, {len(weights)}")
     named = {"eps_null": eps_null}
@@ -413,7 +420,7 @@ def linear_rule(kind: str, **kw) -> LinearRule:
         g = guidance_scale_from(w=kw.get("w"), guidance_scale=kw.get("guidance_scale"))
         return LinearRule(((kw["positive"], g), (kw["negative"], 1.0 - g)), f"negative-001 g={g:g}")
     if kind == "compose":
-        conds, weights = list(kw["conditions"]), _weights(kw["weights"], None)
+        conds, weights = list(kw["conditions"]), _weights(kw["weights"])
         if len(conds) != len(weights):
             raise ValueError(f"conditions, weights: need the same length, got {len(conds)}, {len(weights)}")
         return LinearRule((*zip(conds, weights, strict=True), (None, 1.0 - sum(weights))),
