@@ -424,17 +424,24 @@ class MixRef:
         d = self.d
         s_bar = np.array([float(v) for v in self.score_of(pt, r)])
         t_bar = sum(rk * tk for rk, tk in zip(r, pt["T"], strict=True))
-        total = float(np.linalg.norm(s_bar))
+        total = float(_scaled_norm(s_bar))
         smax = 0.0
         for k in range(self.K):
             if r[k] == 0.0:
                 continue
             sk = np.array([float(v) for v in pt["s"][k]])
-            smax = max(smax, float(np.linalg.norm(sk)))
-            e_k = math.sqrt(d) * self.pnorm[k] * (pt["xn"] + float(np.linalg.norm(self.mu[k]))) + \
-                d * self.kappa[k] * float(np.linalg.norm(sk))
-            total += r[k] * (e_k + (pt["T"][k] + t_bar) * float(np.linalg.norm(sk - s_bar)))
+            smax = max(smax, float(_scaled_norm(sk)))
+            e_k = math.sqrt(d) * self.pnorm[k] * (pt["xn"] + float(_scaled_norm(self.mu[k]))) + \
+                d * self.kappa[k] * float(_scaled_norm(sk))
+            total += r[k] * (e_k + (pt["T"][k] + t_bar) * float(_scaled_norm(sk - s_bar)))
         return C_SAFETY * u * total + self.K * math.sqrt(torch.finfo(F32 if u > 1e-10 else F64).tiny) * smax
+
+
+def _scaled_norm(v) -> float:
+    """2-norm without under/overflow of the squares (numpy's norm squares directly: 1e-253 gives 0)."""
+    v = np.asarray(v, dtype=np.float64)
+    top = float(np.abs(v).max()) if v.size else 0.0
+    return top * float(np.linalg.norm(v / top)) if top > 0 and math.isfinite(top) else top
 
 
 def mp_f(v) -> float:
