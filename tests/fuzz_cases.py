@@ -1339,8 +1339,12 @@ def _mp_convert(pred, source, target, x, a, s):
         return eps
     if target == "score":
         return -eps / s
+    if source == "v" and target == "x0":  # x0 = (alpha x - sigma v) / (alpha^2 + sigma^2): no division by alpha
+        return (a * x - s * pred) / (a * a + s * s)
     if target == "x0":
         return (x - s * eps) / a
+    if source == "x0":  # v = alpha eps - sigma x0 with x0 given: no division by alpha
+        return a * eps - s * pred
     return a * eps - s * (x - s * eps) / a
 
 
@@ -1359,9 +1363,23 @@ def _abs_convert(pred, source, target, x, a, s):
         return eps
     if target == "score":
         return eps / s
+    if source == "v" and target == "x0":
+        return (a * x + s * pred) / (a * a + s * s)
     if target == "x0":
         return (x + s * eps) / a
+    if source == "x0":
+        return a * eps + s * pred
     return a * eps + s * (x + s * eps) / a
+
+
+
+def _converts_without_dividing(source: str, target: str, alpha: float, sigma: float) -> bool:
+    """Whether the exact conversion is defined at these coefficients (no division by a zero one)."""
+    try:
+        value = _mp_convert(mp.mpf(1), source, target, mp.mpf(1), mp.mpf(alpha), mp.mpf(sigma))
+    except ZeroDivisionError:
+        return False
+    return bool(mp.isfinite(value))
 
 
 def gen_parametrization(rng) -> Case:
@@ -1386,13 +1404,13 @@ def gen_parametrization(rng) -> Case:
     uses_alpha = not ({source, target} <= {"eps", "score"}) and source != target
     uses_sigma = source != target
     if kind == "sigma0" and uses_sigma:
-        sigma, bad, accept = 0.0, ("sigma", "alpha^2 + sigma^2"), False
-        if {source, target} <= {"eps", "score"} or "x0" in (source, target) or True:
-            pass
-        if {source, target} == {"v", "eps"} and False:
-            pass
+        # a zero coefficient is refused where the conversion divides by it and answered where it does not
+        # (score -> eps at sigma = 0 is 0; x0 -> eps at alpha = 0 is x / sigma): both outcomes are judged
+        sigma, bad = 0.0, ("sigma", "alpha^2 + sigma^2")
+        accept = _converts_without_dividing(source, target, a, 0.0)
     elif kind == "alpha0" and uses_alpha:
-        alpha, bad, accept = 0.0, ("alpha", "alpha^2 + sigma^2"), False
+        alpha, bad = 0.0, ("alpha", "alpha^2 + sigma^2")
+        accept = _converts_without_dividing(source, target, 0.0, s)
     elif kind == "sigma_neg" and uses_sigma:
         sigma, bad, accept = -s, ("sigma",), False
     elif kind == "alpha_neg" and uses_alpha:
@@ -1412,9 +1430,6 @@ def gen_parametrization(rng) -> Case:
         pred = pred / pred.abs().max() * (1e150 if dtype == F64 else 1e15)
     else:
         kind = "valid"
-    # a conversion that divides by a zero-or-negative coefficient blames that one; one that never uses it is valid
-    if kind in ("sigma0", "nan_sigma") and accept is False and {source, target} == {"v", "x0"}:
-        pass
 
     def thunk():
         return param.convert(pred, source, target, x=x, alpha=alpha, sigma=sigma)
@@ -1677,10 +1692,8 @@ def gen_classifier_guidance(rng) -> Case:
         grad, bad, accept = grad.to(torch.complex128) + 1j, ("grad_log_classifier",), False
     elif kind == "sigma_row":
         sigma = torch.full((n, 1), float(sigma), dtype=dtype)
-    elif kind == "sigma_vec_bad":
-        sigma, bad, accept = torch.full((d,), float(sigma), dtype=dtype), ("sigma",), False
-        if d == n:
-            sigma = torch.full((d + 1,), 0.5, dtype=dtype)
+    elif kind == "sigma_vec_bad":  # neither one value nor one per row (a one-element tensor is one value)
+        sigma, bad, accept = torch.full((n + 1,), float(sigma), dtype=dtype), ("sigma",), False
     elif kind == "huge":
         eps = eps / eps.abs().max() * (1e300 if dtype == F64 else 1e36)
     elif kind == "scale_str":
@@ -1858,7 +1871,9 @@ def gen_rescale(rng) -> Case:
     elif kind == "d1":
         eg, ec, x, bad, accept = eg[:, :1], ec[:, :1], x[:, :1], ("eps_guided",), False
     elif kind == "alpha0":
-        a, bad, accept = 0.0, ("alpha",), False
+        # alpha enters only the x0 and v spaces (dividing by it); in eps and score space alpha = 0 (zero terminal
+        # SNR, the setting of Lin et al.) is a valid input
+        a, bad, accept = 0.0, ("alpha",), space in ("eps", "score")
     elif kind == "sigma_neg":
         s, bad, accept = -s, ("sigma",), False
     elif kind == "bcast_x":
