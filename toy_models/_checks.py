@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 __all__ = ["Tensorish", "as_tensor", "as_real_tensor", "check_finite", "check_points", "as_scalar",
-           "check_magnitude", "check_same_shape", "real_dtype_of"]
+           "check_magnitude", "check_same_shape", "check_generator", "real_dtype_of"]
 
 Tensorish = Any  # array-like, number or torch.Tensor
 
@@ -194,3 +194,12 @@ def check_same_shape(tensors: dict[str, torch.Tensor], *, what: str = "shape") -
         if tuple(tensor.shape) != tuple(first.shape):
             raise ValueError(f"{name}: {what} {list(tensor.shape)} differs from {first_name}'s "
                              f"{list(first.shape)}; shapes must match exactly (no broadcasting)")
+
+
+def check_generator(generator: Any, *, optional: bool = True) -> None:
+    """Refuse a ``generator`` that is not a ``torch.Generator`` (``None`` too, unless ``optional``)."""
+    if generator is None and optional:
+        return
+    if not isinstance(generator, torch.Generator):
+        allowed = "a torch.Generator or None" if optional else "a torch.Generator"
+        raise TypeError(f"generator: expected {allowed}, got {type(generator).__name__}")

@@ -28,9 +28,9 @@ Numerics
   origin (covariance 1e-12 I at (1e3, 1e3): three terms of size 1e18 for a result of size 1), so the log density
   there would be wrong in every digit while the score stayed right. Centred, the rounding is proportional to
   :math:`|x - \mu_k|^2 \|P_k\|` (and :math:`x - \mu_k` is exact when the two are within a factor 2 of each other,
-  Sterbenz's lemma). Cost :math:`N K d^2`; memory :math:`O(N K d)` for the :math:`g_k`, the residuals one
-  component at a time, no ``[N, K, d, d]`` intermediate.
-* A point so far from every component that :math:`|z_k|^2` overflows the compute dtype for every k is refused with
+  Sterbenz's lemma). Cost :math:`N K d^2`; memory :math:`O(N K d)` for the residuals and the :math:`g_k`, no
+  ``[N, K, d, d]`` intermediate.
+* A point so far from every component that its quadratic form overflows the compute dtype for every k is refused with
   a ``ValueError`` naming ``x`` (its log density is below the dtype's range) rather than returning NaN.
 
 Conditions
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import Tensorish, as_scalar, as_tensor, check_magnitude, check_points
+from ._checks import Tensorish, as_scalar, as_tensor, check_generator, check_magnitude, check_points
 
 __all__ = ["GaussianMixture", "Condition", "normalize_condition"]
 
@@ -451,8 +451,7 @@ class GaussianMixture:
             raise TypeError(f"n: must be a non-negative int, got {type(n).__name__} {n!r}")
         if n < 0:
             raise ValueError(f"n: must be a non-negative int, got {n!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
         n = int(n)
         comp = (torch.multinomial(self._w64, n, replacement=True, generator=generator) if n
                 else torch.zeros(0, dtype=torch.long))

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from toy_models._checks import as_real_tensor, as_scalar
+from toy_models._checks import as_real_tensor, as_scalar, check_generator
 from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.schedules import Schedule, get_schedule
 
@@ -457,8 +457,7 @@ def fine_step_reference(denoiser, x_init: torch.Tensor, kind: str = "ode", *, st
                             x_init.dtype in (torch.float32, F64) else F64, copy=False)
     if x_init.ndim != 2 or x_init.shape[0] < 2:
         raise ValueError(f"x_init: expected [N, d] with N >= 2 (moments are estimated), got {list(x_init.shape)}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     fine_grid, coarse_grid = time_grid(steps), time_grid(steps // 2)
     if kind == "ode":
         fine = sample("heun", denoiser, x_init, fine_grid, condition=condition)

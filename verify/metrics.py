@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from toy_models._checks import as_real_tensor, as_scalar
+from toy_models._checks import as_real_tensor, as_scalar, check_generator
 from toy_models.gaussian_mixture import GaussianMixture
 
 __all__ = ["holm_reject", "two_sided_p", "z_test_power", "moment_pvalues", "bayes_region_masses",
@@ -117,11 +117,6 @@ def _points(x, name: str, dim: int | None = None, min_n: int = 1) -> torch.Tenso
     return t
 
 
-def _check_generator(generator) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
-
-
 # --- class masses -------------------------------------------------------------------------------------------
 def bayes_region_masses(law: GaussianMixture, n: int, generator: torch.Generator | None,
                         *, chunk: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +124,7 @@ def bayes_region_masses(law: GaussianMixture, n: int, generator: torch.Generator
     :math:`P_{law}(\arg\max_{c'} p(c' \mid X) = c)` (columns in ``law.classes`` order), and its binomial standard
     error :math:`\sqrt{m(1 - m)/n}`. It differs from the class weight wherever the classes overlap."""
     n = _check_int(n, "n", 1)
-    _check_generator(generator)
+    check_generator(generator)
     counts = np.zeros(len(law.classes))
     for start in range(0, n, chunk):
         x = law.sample(min(chunk, n - start), generator)
@@ -211,7 +206,7 @@ def _permutation_test(x, y, n_permutations, generator, max_points, pair_matrix, 
     (Phipson & Smyth 2010): under exchangeability :math:`P(p \le \alpha) \le \alpha` for every alpha, exactly."""
     n_permutations = _check_int(n_permutations, "n_permutations", 1)
     max_points = _check_int(max_points, "max_points", 2)
-    _check_generator(generator)
+    check_generator(generator)
     x = _points(x, "x", min_n=2)
     y = _points(y, "y", x.shape[1], min_n=2)
     # a random subset of an i.i.d. sample is i.i.d.: validity is kept, power is that of max_points points
@@ -348,7 +343,7 @@ def precision_recall(model, target: GaussianMixture, *, level: float = 0.95, n_r
     if not isinstance(target, GaussianMixture):
         raise TypeError(f"target: expected a GaussianMixture, got {type(target).__name__}")
     n_reference = _check_int(n_reference, "n_reference", 2)
-    _check_generator(generator)
+    check_generator(generator)
     tau_target, target_draws = _hdr_threshold(target, level, n_reference, generator)
     recall = recall_se = None
     if isinstance(model, GaussianMixture):

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import torch
 
 from toy_models import parametrization as param
-from toy_models._checks import as_real_tensor, as_scalar, real_dtype_of
+from toy_models._checks import as_real_tensor, as_scalar, check_generator, real_dtype_of
 from toy_models.denoiser import Denoiser
 from toy_models.gaussian_mixture import Condition
 from toy_models.schedules import Schedule, get_schedule
@@ -162,8 +162,7 @@ def _noise_source(grid: _Grid, x: Tensor, generator: torch.Generator | None, noi
     if generator is None:
         raise ValueError(f"generator, noise: {name} is stochastic; pass a torch.Generator or a noise tensor "
                          f"(no hidden randomness)")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    check_generator(generator, optional=False)
     return lambda i: torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
@@ -172,8 +171,7 @@ def sampler_noise(steps: int, shape, generator: torch.Generator, dtype: torch.dt
     step, in order. Passing it as ``noise=`` reproduces the generator run exactly."""
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"steps: must be an int >= 0, got {steps!r}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+    check_generator(generator, optional=False)
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
     try:
