@@ -392,7 +392,8 @@ class TiltedLaw:
         moment_se = float(torch.cat([((prob[:, None] * centred) ** 2).sum(0),
                                      ((prob[:, None] * products) ** 2).sum(0)]).sqrt().max())
         return TiltedSummary(peak + math.log(mean_w), se_log_z, mean, cov,
-                             f"importance sampling, {n} draws from a defensive mixture: the positive factors' components "
+                             f"importance sampling, {n} draws from a defensive mixture: the positive factors' "
+                             f"components "
                              f"(2 S_k) and Laplace components at the modes, with {_DEFENSIVE:g} on a tail cover "
                              f"(2 S_k + I / A_lo) (errors: one standard error)",
                              moment_se, ess)

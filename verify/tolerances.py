@@ -52,6 +52,7 @@ at a mode at the origin. A reference computed by autograd of ``log_prob`` runs t
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
@@ -79,9 +80,20 @@ def _operation_count(gm: GaussianMixture, backward: bool = False) -> int:
     return 2 * n if backward else n
 
 
-def _error_scales(gm: GaussianMixture, x: torch.Tensor):
-    """Per point and component, in float64: the log joints ``l`` [N, K]; ``S`` and ``|kappa|`` [N, K], [K]; the
-    residual scale ``rho`` [N, K]; ``||P||_F``, ``kappa(Sigma) ||P||_2`` [K]; the component scores [N, K, d]."""
+class _Scales(NamedTuple):
+    """Per point and component, in float64, the quantities the bounds are made of (module docstring)."""
+
+    log_joint: torch.Tensor  # l_k, [N, K]
+    quad_scale: torch.Tensor  # S_k = ||P_k||_F rho_k^2, [N, K]
+    const: torch.Tensor  # C_k, the constant's terms in absolute value, [K]
+    rho: torch.Tensor  # |x - mu_k| (+ u^2 |mu_k| in float32), [N, K]
+    p_frob: torch.Tensor  # ||P_k||_F, [K]
+    cond_p2: torch.Tensor  # kappa(Sigma_k) ||P_k||_2, [K]
+    comp_scores: torch.Tensor  # -P_k (x - mu_k), [N, K, d]
+    log_det_error: torch.Tensor  # gamma64_{d+1} d kappa(Sigma_k) / 2, [K]
+
+
+def _error_scales(gm: GaussianMixture, x: torch.Tensor) -> _Scales:
     gm64 = gm.to(torch.float64)
     cov = gm64.covariances
     mu = gm64.means
@@ -89,42 +101,42 @@ def _error_scales(gm: GaussianMixture, x: torch.Tensor):
     precision = torch.linalg.inv(cov)  # [K, d, d]; only its norms enter the bound
     p_frob = torch.linalg.matrix_norm(precision)  # [K]
     eig = torch.linalg.eigvalsh(cov)  # ascending, [K, d]
-    cond_p2 = (eig[:, -1] / eig[:, 0]) / eig[:, 0]  # kappa(Sigma_k) ||P_k||_2, [K]
+    cond = eig[:, -1] / eig[:, 0]  # kappa(Sigma_k) = ||Sigma_k||_2 ||P_k||_2, [K]
     centred = x64[:, None, :] - mu  # [N, K, d]
     u = unit_roundoff(gm.dtype)
     low_part = u * u * torch.linalg.vector_norm(mu, dim=-1) if gm.dtype != torch.float64 else torch.zeros(len(mu))
     rho = torch.linalg.vector_norm(centred, dim=-1) + low_part  # [N, K]
-    log_joint = gm64.component_log_prob(x64)  # [N, K]
     # the constant's terms, summed in absolute value: |log pi_k| + sum_i |log L_ii| + d/2 log(2 pi); a zero weight
     # (log 0) gives a component with r_k = 0 that no rounding can revive, so it contributes nothing
     log_pivots = torch.log(torch.diagonal(gm64.cholesky_factors, dim1=1, dim2=2)).abs().sum(-1)
     const = (torch.log(gm64.weights).abs() + log_pivots).nan_to_num(posinf=0.0) + 0.5 * gm.dim * math.log(2 * math.pi)
     # the Cholesky factor is exact for Sigma + dSigma, |dSigma| <= gamma64_{d+1} |L||L^T| (Higham Thm 10.3), so
     # log|L| = log det / 2 errs by tr(P dSigma) / 2 <= gamma64_{d+1} d kappa(Sigma) / 2
-    cond = eig[:, -1] / eig[:, 0]
-    comp_scores = -torch.einsum("kij,nkj->nki", precision, centred)  # -P_k (x - mu_k), [N, K, d]
-    return (log_joint, p_frob * rho**2, const, rho, p_frob, cond_p2, comp_scores,
-            gamma(gm.dim + 1, torch.float64) * gm.dim * cond / 2)
+    log_det_error = gamma(gm.dim + 1, torch.float64) * gm.dim * cond / 2
+    return _Scales(log_joint=gm64.component_log_prob(x64), quad_scale=p_frob * rho**2, const=const, rho=rho,
+                   p_frob=p_frob, cond_p2=cond / eig[:, 0],
+                   comp_scores=-torch.einsum("kij,nkj->nki", precision, centred), log_det_error=log_det_error)
 
 
-def _bounds(scales, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def _bounds(sc: _Scales, n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-point (score bound [N], log-joint perturbation Delta [N]) for an operation count ``n`` in ``dtype``."""
-    log_joint, quad_scale, const, rho, p_frob, cond_p2, comp_scores, log_det_error = scales
-    d = comp_scores.shape[-1]
+    d = sc.comp_scores.shape[-1]
     g, g_prep = gamma(n, dtype), gamma(4 * d + 4, torch.float64)
     # log joint: gamma_n (S + C) + gamma64 kappa(Sigma) ||P||_2 rho^2 + the log-determinant's error
     # (module docstring)
-    delta = (g * (quad_scale + const) + g_prep * cond_p2 * rho**2 + log_det_error).amax(-1, keepdim=True)  # [N, 1]
-    log_r = torch.log_softmax(log_joint, dim=-1)  # [N, K]
+    delta = (g * (sc.quad_scale + sc.const) + g_prep * sc.cond_p2 * sc.rho**2 + sc.log_det_error
+             ).amax(-1, keepdim=True)  # [N, 1]
+    log_r = torch.log_softmax(sc.log_joint, dim=-1)  # [N, K]
     r = log_r.exp()
-    s = torch.einsum("nk,nki->ni", r, comp_scores)  # [N, d]
+    s = torch.einsum("nk,nki->ni", r, sc.comp_scores)  # [N, d]
+    gap = torch.linalg.vector_norm(sc.comp_scores - s[:, None, :], dim=-1)  # |s_k - s|, [N, K]
     log_expm1 = 2 * delta + torch.log(-torch.expm1(-2 * delta))  # log(expm1(2 delta)) without overflow
     moved = torch.exp((log_r + log_expm1).clamp(max=0.0))  # min(r_k expm1(2 delta), 1), [N, K]
-    spread = (moved * torch.linalg.vector_norm(comp_scores - s[:, None, :], dim=-1)).sum(-1)  # [N]
-    term = (g * p_frob + g_prep * cond_p2) * rho  # M_k, [N, K]
+    spread = (moved * gap).sum(-1)  # [N]
+    term = (g * sc.p_frob + g_prep * sc.cond_p2) * sc.rho  # M_k, [N, K]
     # responsibilities below sqrt(tiny) are flushed to 0 (GaussianMixture's softmax): at most sqrt(tiny) |s_k - s|
     # each
-    flushed = math.sqrt(torch.finfo(dtype).tiny) * torch.linalg.vector_norm(comp_scores - s[:, None, :], dim=-1).sum(-1)
+    flushed = math.sqrt(torch.finfo(dtype).tiny) * gap.sum(-1)
     return (r * term).sum(-1) + spread + flushed, delta.squeeze(-1)
 
 
