@@ -22,7 +22,7 @@ from .gaussian_mixture import Condition, GaussianMixture
 from .schedules import Schedule, get_schedule
 from .world import World
 
-__all__ = ["Denoiser", "AnalyticDenoiser", "predict_many"]
+__all__ = ["Denoiser", "AnalyticDenoiser", "WrappedDenoiser", "CountingDenoiser", "predict_many"]
 
 
 @runtime_checkable
@@ -128,3 +128,62 @@ def predict_many(denoiser: Denoiser, x: torch.Tensor, t: Tensorish, conditions: 
     if batched is not None:
         return batched(x, t, conditions)
     return [denoiser.eps(x, t, c) for c in conditions]
+
+
+class WrappedDenoiser:
+    """Base of denoisers built on another (``self.denoiser``): they share its schedule and dimension."""
+
+    denoiser: Denoiser
+
+    @property
+    def schedule(self) -> Schedule:
+        return self.denoiser.schedule
+
+    @property
+    def dim(self) -> int:
+        return self.denoiser.dim
+
+
+class CountingDenoiser(WrappedDenoiser):
+    """Wraps a denoiser and counts its evaluations, for compute claims: ``calls`` (forward passes; a batched
+    ``eps_multi`` call is one) and ``points`` (rows evaluated: ``len(conditions) N`` for a batched call).
+
+    A guided denoiser underneath keeps working through it: its run state (``new_state``, ``state=``) and its
+    re-noising prediction (``predict``) pass through unchanged."""
+
+    def __init__(self, denoiser: Denoiser):
+        self.denoiser, self.calls, self.points = denoiser, 0, 0
+
+    @property
+    def stateful(self) -> bool:
+        return bool(getattr(self.denoiser, "stateful", False))
+
+    @property
+    def renoises(self) -> bool:
+        return bool(getattr(self.denoiser, "renoises", False))
+
+    def new_state(self):
+        new = getattr(self.denoiser, "new_state", None)
+        return new() if new is not None else None
+
+    def _count(self, rows: int) -> None:
+        self.calls += 1
+        self.points += rows
+
+    def eps(self, x: torch.Tensor, t: Tensorish, condition: Condition = None, **kw) -> torch.Tensor:
+        self._count(int(x.shape[0]))
+        return self.denoiser.eps(x, t, condition, **kw)
+
+    def predict(self, x: torch.Tensor, t: Tensorish, condition: Condition = None, **kw):
+        self._count(int(x.shape[0]))
+        predict = getattr(self.denoiser, "predict", None)
+        if predict is None:
+            from types import SimpleNamespace
+
+            eps = self.denoiser.eps(x, t, condition, **kw)
+            return SimpleNamespace(eps=eps, renoise=eps)
+        return predict(x, t, condition, **kw)
+
+    def eps_multi(self, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
+        self._count(int(x.shape[0]) * len(conditions))
+        return predict_many(self.denoiser, x, t, conditions)

@@ -60,11 +60,13 @@ __all__ = [
     "PARAMETRIZATIONS",
     "convert",
     "eps_to_score",
+    "eps_to_velocity",
     "eps_to_v",
     "eps_to_x0",
     "score_to_eps",
     "v_to_eps",
     "v_to_x0",
+    "velocity_to_eps",
     "x0_to_eps",
     "x0_to_v",
 ]
@@ -292,3 +294,45 @@ def convert(pred: Tensorish, source: str, target: str, *, x: Tensorish, alpha: C
         return q
 
     return _evaluate(formula, p, xt, "pred", target)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The probability-flow velocity (what flow-matching models predict), which also needs the schedule's f and g^2
+# ------------------------------------------------------------------------------------------------------------
+def _velocity_coefficients(sigma: Coefficient, drift: Coefficient, diffusion_squared: Coefficient, like: Tensor
+                           ) -> tuple[Coefficient, Coefficient]:
+    """``(f, g^2 / (2 sigma))`` validated: sigma > 0, g^2 > 0, f any finite real (one value or one per row)."""
+    s = _coefficient(sigma, "sigma", like, divides=True)
+    g2 = _coefficient(diffusion_squared, "diffusion_squared", like, divides=True)
+    if isinstance(drift, (float, int)) and not isinstance(drift, bool):
+        f: Coefficient = float(drift)
+        if f != f or f in (float("inf"), float("-inf")):
+            raise ValueError(f"drift: must be finite, got {drift!r}")
+    else:
+        f = as_real_tensor(drift, "drift", like.dtype, copy=False)
+    gain = g2 / (2.0 * s)
+    gain_values = gain if isinstance(gain, Tensor) else torch.tensor(gain, dtype=torch.float64)
+    if not bool(torch.isfinite(gain_values).all()):
+        raise ValueError("diffusion_squared, sigma: g^2 / (2 sigma) overflows")
+    return f, gain
+
+
+def eps_to_velocity(x: Tensorish, eps: Tensorish, sigma: Coefficient, drift: Coefficient,
+                    diffusion_squared: Coefficient) -> Tensor:
+    r"""The probability-flow velocity :math:`u = dx/dt = f x - \tfrac{g^2}{2} s = f x + \frac{g^2}{2\sigma}
+    \varepsilon` (Song et al. 2021, eq. 13), with the forward SDE's :math:`f = d\log\alpha/dt` and
+    :math:`g^2 = d\sigma^2/dt - 2f\sigma^2` (``Schedule.drift``, ``Schedule.diffusion_squared``). It equals
+    :math:`\dot\alpha\hat x_0 + \dot\sigma\hat\varepsilon`; on rectified flow (:math:`\alpha = 1 - t`,
+    :math:`\sigma = t`) it is the flow-matching target :math:`\hat\varepsilon - \hat x_0` (Lipman et al. 2023).
+    ``sigma`` and ``diffusion_squared`` > 0."""
+    p, xt = _prediction(eps, "eps", x)
+    f, gain = _velocity_coefficients(sigma, drift, diffusion_squared, p)
+    return _homogeneous(lambda e, xx: f * xx + gain * e, [p, xt], "eps", "the velocity it converts to")
+
+
+def velocity_to_eps(x: Tensorish, velocity: Tensorish, sigma: Coefficient, drift: Coefficient,
+                    diffusion_squared: Coefficient) -> Tensor:
+    r""":math:`\varepsilon = \frac{2\sigma}{g^2}(u - f x)`, the inverse of :func:`eps_to_velocity`."""
+    p, xt = _prediction(velocity, "velocity", x)
+    f, gain = _velocity_coefficients(sigma, drift, diffusion_squared, p)
+    return _homogeneous(lambda u, xx: (u - f * xx) / gain, [p, xt], "velocity", "the eps it converts to")

@@ -357,9 +357,9 @@ def reverse_sde_law_1d(cond: GaussianMixture, uncond: GaussianMixture, w: float,
 # The exact law of a DISCRETE sampler on a Gaussian world (no sampling)
 # ----------------------------------------------------------------------------------------------------------------
 def _is_stochastic(name: str, kw: dict) -> bool:
-    from verify.samplers import STOCHASTIC
+    from verify.samplers import get_sampler
 
-    return name in STOCHASTIC or (name == "ddim" and kw.get("eta", 0.0) > 0)
+    return get_sampler(name).is_stochastic(kw.get("eta", 0.0))
 
 
 def _affine_columns(name, denoiser, timesteps, mean, chol, **kw):

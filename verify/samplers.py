@@ -6,7 +6,10 @@ Every sampler has one signature (k-diffusion's pattern, with times instead of si
     sampler(denoiser, x, timesteps, *, condition=None, eta=0.0, generator=None, noise=None, callback=None)
 
 * ``denoiser`` — any :class:`~toy_models.denoiser.Denoiser` (analytic, neural, or guided such as
-  ``CFGDenoiser(den, cond, w=3)``): guidance is a denoiser wrapper, so no sampler has guidance code.
+  ``rules.get("cfg", w=3).guide(den, cond)``): guidance is a denoiser wrapper, so no sampler has guidance code. A
+  guided denoiser whose rule keeps state across steps gets one :class:`~verify.rules.GuidanceState` per run, created
+  here and passed with every call (``state.step`` set before each step); one whose rule re-noises with another eps
+  (CFG++) is honoured by the samplers registered with ``supports_renoise`` (DDIM, DDPM) and refused by the others.
 * ``x`` — the state at ``timesteps[0]``, ``[N, d]``; the sampler computes in ``x``'s dtype and returns it.
   Schedule coefficients are formed in float64 and enter as Python floats.
 * ``timesteps`` — a strictly decreasing 1-D sequence in ``[0, 1]`` (``t_start`` first, ``t_end`` last);
@@ -55,15 +58,15 @@ import torch
 
 from toy_models import parametrization as param
 from toy_models._checks import as_real_tensor, as_scalar, check_generator, real_dtype_of
-from toy_models.denoiser import Denoiser
+from toy_models.denoiser import CountingDenoiser, Denoiser
 from toy_models.gaussian_mixture import Condition
 from toy_models.schedules import Schedule, get_schedule
 
-from .guidance import CountingDenoiser
-
 __all__ = [
     "SAMPLERS",
-    "STOCHASTIC",
+    "SamplerSpec",
+    "register_sampler",
+    "get_sampler",
     "EvaluationCount",
     "count_evaluations",
     "ddim",
@@ -182,26 +185,56 @@ def sampler_noise(steps: int, shape, generator: torch.Generator, dtype: torch.dt
         if steps else torch.zeros((0, *shape), dtype=dtype)
 
 
-def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int,
-         second: bool = False) -> Tensor:
-    """The denoiser's prediction at ``(x, t)``, checked: a real tensor of ``x``'s shape, finite in every entry.
-    Step ``i`` is reported 1-based, with its time (and whether it is Heun's second evaluation)."""
-    eps = denoiser.eps(x, t, condition)
-    where = (f"at step {i + 1} of {grid.steps} ({'second evaluation, ' if second else ''}t = {t:.6g})")
-    if not isinstance(eps, Tensor):
-        raise ValueError(f"denoiser: eps returned {type(eps).__name__}, not a tensor, {where}")
-    if eps.shape != x.shape:
-        raise ValueError(f"denoiser: eps returned shape {list(eps.shape)} for x of shape {list(x.shape)} {where}")
-    if eps.is_complex() or not eps.is_floating_point():
-        raise ValueError(f"denoiser: eps returned dtype {eps.dtype}, not a real floating tensor, {where}")
-    finite = torch.isfinite(eps.detach())
+def _run_state(denoiser: Denoiser):
+    """The guidance state of one run: ``denoiser.new_state()`` for a stateful guided denoiser, else ``None``."""
+    new_state = getattr(denoiser, "new_state", None)
+    return new_state() if callable(new_state) and getattr(denoiser, "stateful", False) else None
+
+
+def _refuse_renoise(denoiser: Denoiser, name: str) -> None:
+    if getattr(denoiser, "renoises", False) and not SAMPLERS[name].supports_renoise:
+        supported = sorted(n for n, spec in SAMPLERS.items() if spec.supports_renoise)
+        raise ValueError(f"denoiser: its rule re-noises with another prediction than the guided one (CFG++); "
+                         f"sampler {name!r} has no re-noising step: use one of {supported}")
+
+
+def _checked(pred, what: str, x: Tensor, where: str) -> Tensor:
+    if not isinstance(pred, Tensor):
+        raise ValueError(f"denoiser: {what} returned {type(pred).__name__}, not a tensor, {where}")
+    if pred.shape != x.shape:
+        raise ValueError(f"denoiser: {what} returned shape {list(pred.shape)} for x of shape {list(x.shape)} {where}")
+    if pred.is_complex() or not pred.is_floating_point():
+        raise ValueError(f"denoiser: {what} returned dtype {pred.dtype}, not a real floating tensor, {where}")
+    finite = torch.isfinite(pred.detach())
     if not bool(finite.all()):
-        nan_rows = int(torch.isnan(eps.detach()).any(dim=1).sum())
+        nan_rows = int(torch.isnan(pred.detach()).any(dim=1).sum())
         bad_rows = int((~finite).any(dim=1).sum())
-        what = (f"NaN in {nan_rows}" if nan_rows == bad_rows else
+        kind = (f"NaN in {nan_rows}" if nan_rows == bad_rows else
                 f"NaN or infinity in {bad_rows}" if nan_rows else f"infinity in {bad_rows}")
-        raise ValueError(f"denoiser: non-finite prediction {where}: {what} of {x.shape[0]} rows")
-    return eps.to(x.dtype)
+        raise ValueError(f"denoiser: non-finite prediction {where}: {kind} of {x.shape[0]} rows")
+    return pred.to(x.dtype)
+
+
+def _predict(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int, state,
+             second: bool = False) -> tuple[Tensor, Tensor]:
+    """The denoiser's prediction at ``(x, t)``, checked: ``(eps, renoise)``, each a real tensor of ``x``'s shape,
+    finite in every entry; ``renoise`` is the eps to re-noise with (``eps`` itself unless a guided denoiser's rule
+    says otherwise). A stateful guided denoiser gets the run's ``state``. Step ``i`` is reported 1-based, with its
+    time (and whether it is Heun's second evaluation)."""
+    where = (f"at step {i + 1} of {grid.steps} ({'second evaluation, ' if second else ''}t = {t:.6g})")
+    if getattr(denoiser, "renoises", False):
+        pred = denoiser.predict(x, t, condition, state=state)
+        eps = _checked(pred.eps, "eps", x, where)
+        return eps, (eps if pred.renoise is pred.eps else _checked(pred.renoise, "the re-noising eps", x, where))
+    eps = denoiser.eps(x, t, condition, state=state) if state is not None else denoiser.eps(x, t, condition)
+    eps = _checked(eps, "eps", x, where)
+    return eps, eps
+
+
+def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int, state,
+         second: bool = False) -> Tensor:
+    """The checked guided eps (samplers with no re-noising step)."""
+    return _predict(denoiser, x, t, condition, grid, i, state, second)[0]
 
 
 def _check_state(x: Tensor, grid: _Grid, i: int) -> Tensor:
@@ -223,9 +256,88 @@ def _pf_ode_velocity(grid: _Grid, i: int, x: Tensor, eps: Tensor, *, sde: bool =
     return f * x - (g2 if sde else 0.5 * g2) * score
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry: every fact about a sampler, in one entry
+# --------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SamplerSpec:
+    r"""One registered sampler and what is known about it.
+
+    * ``function``: the sampler, with the common signature (the spec is callable and forwards to it);
+    * ``order``: the order p of its global error in the step size (the weak order for a stochastic sampler): halving
+      the step divides the error of its law by about :math:`2^p`;
+    * ``evaluations_per_step``: denoiser calls per step (Heun: 2, and 1 on a last step to :math:`\sigma = 0`);
+    * ``noise(eta)``: the fraction :math:`\eta^2 \in [0, 1]` of the reverse SDE's noise in its continuous-time limit,
+      the family :math:`dx = [f x - \tfrac{1 + \eta^2}{2} g^2 s]\,dt + \eta\,g\,d\bar W` (0: the probability-flow
+      ODE, 1: the reverse SDE; DDIM with :math:`\eta` is this family's first-order discretisation, Song et al.
+      2021a, section 4.1 and Zhang & Chen 2023);
+    * ``supports_renoise``: whether it honours a rule that re-noises with another eps than the guided one (CFG++);
+      samplers that do not refuse such a denoiser.
+    """
+
+    name: str
+    function: Callable[..., Tensor]
+    order: int
+    evaluations_per_step: int
+    noise: Callable[[float], float]
+    supports_renoise: bool = False
+
+    def __call__(self, *args, **kw) -> Tensor:
+        return self.function(*args, **kw)
+
+    def is_stochastic(self, eta: float = 0.0) -> bool:
+        """Whether a run draws noise (with this ``eta``)."""
+        return self.noise(eta) > 0
+
+    def continuous_limit(self, eta: float = 0.0) -> str:
+        """``"ode"``, ``"sde"`` or ``"sde(eta^2=...)"``: the continuous-time process the sampler discretises."""
+        fraction = self.noise(eta)
+        return "ode" if fraction == 0 else "sde" if fraction == 1 else f"sde(eta^2={fraction:g})"
+
+    def nfe(self, timesteps, schedule: str | Schedule) -> int:
+        """Denoiser calls on ``timesteps``."""
+        grid = _check_times(timesteps, get_schedule(schedule))
+        if self.evaluations_per_step == 2:  # the second evaluation is skipped on a last step to sigma = 0
+            return 2 * grid.steps - (1 if grid.sigma[-1] == 0 else 0)
+        return self.evaluations_per_step * grid.steps
+
+
+SAMPLERS: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(name: str, *, order: int, evaluations_per_step: int = 1, noise: Callable[[float], float],
+                     supports_renoise: bool = False) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: register a sampler function under ``name`` with its facts (:class:`SamplerSpec`)."""
+
+    def decorate(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in SAMPLERS:
+            raise ValueError(f"name: a sampler named {name!r} is already registered")
+        SAMPLERS[name] = SamplerSpec(name, function, order, evaluations_per_step, noise, supports_renoise)
+        return function
+
+    return decorate
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    """The registered sampler ``name``."""
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+def _ode(eta: float) -> float:
+    return 0.0
+
+
+def _sde(eta: float) -> float:
+    return 1.0
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The samplers
 # --------------------------------------------------------------------------------------------------------------
+@register_sampler("ddim", order=1, noise=lambda eta: eta * eta, supports_renoise=True)
 def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
          generator: torch.Generator | None = None, noise: Tensor | None = None,
          callback: Callback | None = None) -> Tensor:
@@ -246,14 +358,18 @@ def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     x, grid = _check_inputs(denoiser, x, timesteps)
     eta = _check_eta(eta)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "ddim")
+    state = _run_state(denoiser)
     draw = _noise_source(grid, x, generator, noise, "ddim with eta > 0") if eta > 0 else None
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
+        if state is not None:
+            state.step = i
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        eps, renoise = _predict(denoiser, x, t, condition, grid, i, state)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         q = grid.q(i)
-        x_next = alpha_s * x0 + (sigma_s * math.sqrt(1.0 - eta * eta * q)) * eps
+        x_next = alpha_s * x0 + (sigma_s * math.sqrt(1.0 - eta * eta * q)) * renoise
         if draw is not None:
             z = draw(i)  # drawn on every step (also where c = 0), so the stream does not depend on the grid
             x_next = x_next + (eta * sigma_s * math.sqrt(q)) * z
@@ -264,6 +380,7 @@ def ddim(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     return x
 
 
+@register_sampler("ddpm", order=1, noise=_sde, supports_renoise=True)
 def ddpm(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
          generator: torch.Generator | None = None, noise: Tensor | None = None,
          callback: Callback | None = None) -> Tensor:
@@ -279,21 +396,29 @@ def ddpm(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "ddpm")
+    state = _run_state(denoiser)
     draw = _noise_source(grid, x, generator, noise, "ddpm")
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
+        if state is not None:
+            state.step = i
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        eps, renoise = _predict(denoiser, x, t, condition, grid, i, state)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         q = grid.q(i)
-        coef_x = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2
-        x = coef_x * x + (alpha_s * q) * x0 + (sigma_s * math.sqrt(q)) * draw(i)
+        if renoise is eps:
+            coef_x = (alpha_t / alpha_s) * (sigma_s / sigma_t) ** 2
+            x = coef_x * x + (alpha_s * q) * x0 + (sigma_s * math.sqrt(q)) * draw(i)
+        else:  # x_t = alpha_t x0 + sigma_t eps, so the step is alpha_s x0 + sigma_s sqrt(1 - q) eps + noise
+            x = alpha_s * x0 + (sigma_s * math.sqrt(1.0 - q)) * renoise + (sigma_s * math.sqrt(q)) * draw(i)
         x = _check_state(x, grid, i)
         if callback is not None:
             callback(i, s, x, eps)
     return x
 
 
+@register_sampler("euler", order=1, noise=_ode)
 def euler(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
           generator: torch.Generator | None = None, noise: Tensor | None = None,
           callback: Callback | None = None) -> Tensor:
@@ -306,9 +431,13 @@ def euler(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = No
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "euler")
+    state = _run_state(denoiser)
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        if state is not None:
+            state.step = i
+        eps = _eps(denoiser, x, t, condition, grid, i, state)
         x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps)
         x = _check_state(x, grid, i)
         if callback is not None:
@@ -316,6 +445,7 @@ def euler(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = No
     return x
 
 
+@register_sampler("heun", order=2, evaluations_per_step=2, noise=_ode)
 def heun(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
          generator: torch.Generator | None = None, noise: Tensor | None = None,
          callback: Callback | None = None) -> Tensor:
@@ -330,14 +460,18 @@ def heun(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "heun")
+    state = _run_state(denoiser)
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        if state is not None:
+            state.step = i
+        eps = _eps(denoiser, x, t, condition, grid, i, state)
         velocity = _pf_ode_velocity(grid, i, x, eps)
         x_euler = x + (s - t) * velocity
         if grid.sigma[i + 1] > 0:
             x_euler = _check_state(x_euler, grid, i)
-            eps_next = _eps(denoiser, x_euler, s, condition, grid, i, second=True)
+            eps_next = _eps(denoiser, x_euler, s, condition, grid, i, state, second=True)
             x = x + (0.5 * (s - t)) * (velocity + _pf_ode_velocity(grid, i + 1, x_euler, eps_next))
         else:
             x = x_euler
@@ -347,6 +481,7 @@ def heun(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = Non
     return x
 
 
+@register_sampler("euler_maruyama", order=1, noise=_sde)
 def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
                    generator: torch.Generator | None = None, noise: Tensor | None = None,
                    callback: Callback | None = None) -> Tensor:
@@ -359,10 +494,14 @@ def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condi
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "euler_maruyama")
+    state = _run_state(denoiser)
     draw = _noise_source(grid, x, generator, noise, "euler_maruyama")
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        if state is not None:
+            state.step = i
+        eps = _eps(denoiser, x, t, condition, grid, i, state)
         g2 = float(grid.schedule.diffusion_squared(t))
         x = x + (s - t) * _pf_ode_velocity(grid, i, x, eps, sde=True) + math.sqrt(g2 * (t - s)) * draw(i)
         x = _check_state(x, grid, i)
@@ -371,6 +510,7 @@ def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condi
     return x
 
 
+@register_sampler("dpmpp_2m", order=2, noise=_ode)
 def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
              callback: Callback | None = None) -> Tensor:
@@ -387,11 +527,15 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition =
     """
     x, grid = _check_inputs(denoiser, x, timesteps)
     _check_callback(callback)
+    _refuse_renoise(denoiser, "dpmpp_2m")
+    state = _run_state(denoiser)
     x0_prev, h_prev = None, None
     for i in range(grid.steps):
         t, s = grid.times[i], grid.times[i + 1]
+        if state is not None:
+            state.step = i
         alpha_t, sigma_t, alpha_s, sigma_s = grid.alpha[i], grid.sigma[i], grid.alpha[i + 1], grid.sigma[i + 1]
-        eps = _eps(denoiser, x, t, condition, grid, i)
+        eps = _eps(denoiser, x, t, condition, grid, i, state)
         x0 = param.eps_to_x0(x, eps, alpha_t, sigma_t)
         if sigma_s == 0:
             x, h = alpha_s * x0, math.inf
@@ -410,23 +554,9 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition =
     return x
 
 
-SAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "ddpm": ddpm,
-    "ddim": ddim,
-    "euler": euler,
-    "heun": heun,
-    "euler_maruyama": euler_maruyama,
-    "dpmpp_2m": dpmpp_2m,
-}
-#: samplers that draw noise (``ddim`` too when ``eta > 0``)
-STOCHASTIC = frozenset({"ddpm", "euler_maruyama"})
-
-
 def sample(name: str, denoiser: Denoiser, x: Tensor, timesteps, **kw) -> Tensor:
     """Run the sampler called ``name`` (a key of :data:`SAMPLERS`) with the common signature."""
-    if not isinstance(name, str) or name not in SAMPLERS:
-        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](denoiser, x, timesteps, **kw)
+    return get_sampler(name)(denoiser, x, timesteps, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -468,14 +598,9 @@ def time_grid(n_steps: int, t_start: float = 1.0, t_end: float = 0.0, spacing: s
 
 
 def sampler_nfe(name: str, timesteps, schedule: str | Schedule) -> int:
-    """Denoiser calls a sampler makes on ``timesteps``: one per step; Heun two per step, one on a last step to
-    sigma = 0. (A CFG denoiser makes one batched base-model call of 2N rows per call.)"""
-    if not isinstance(name, str) or name not in SAMPLERS:
-        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    grid = _check_times(timesteps, get_schedule(schedule))
-    if name == "heun":
-        return 2 * grid.steps - (1 if grid.sigma[-1] == 0 else 0)
-    return grid.steps
+    """Denoiser calls a sampler makes on ``timesteps`` (:meth:`SamplerSpec.nfe`): one per step; Heun two per step,
+    one on a last step to sigma = 0. (A guided denoiser makes one batched base-model call per call.)"""
+    return get_sampler(name).nfe(timesteps, schedule)
 
 
 @dataclass(frozen=True)
@@ -493,7 +618,7 @@ def count_evaluations(name: str, model: Denoiser, x: Tensor, timesteps, *,
                       guide: Callable[[Denoiser], Denoiser] | None = None, **kw) -> EvaluationCount:
     """Run ``sample(name, guide(model), x, timesteps, **kw)`` and count evaluations at both levels.
 
-    ``guide`` builds the guided denoiser from the (counted) base model, e.g. ``lambda m: CFGDenoiser(m, 1, w=3)``;
+    ``guide`` builds the guided denoiser from the (counted) base model, e.g. ``lambda m: rules.get("cfg", w=3).guide(m, 1)``;
     without it the sampler calls ``model`` directly and both counts agree.
     """
     if guide is not None and not callable(guide):
