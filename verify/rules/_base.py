@@ -36,6 +36,7 @@ from toy_models._checks import as_real_tensor
 from toy_models.denoiser import Denoiser, WrappedDenoiser, predict_many
 from toy_models.gaussian_mixture import Condition, normalize_condition
 from toy_models.schedules import Schedule
+from toy_models.world import World
 
 __all__ = ["SPACES", "Rule", "LinearRule", "GuidanceState", "StepContext", "Prediction", "GuidedDenoiser",
            "check_branch_name"]
@@ -130,6 +131,12 @@ class Rule:
     params: dict[str, Any]
 
     # --- what a subclass provides -------------------------------------------------------------------------------
+    @classmethod
+    def examples(cls, world: World) -> list[dict[str, Any]]:
+        """Representative parameter sets for ``world`` (what the generic tests, the audit and the docs build the
+        rule with): ``rules.get(cls.name, **params)`` for each. Default: the rule's defaults."""
+        return [{}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         """The guided prediction in ``self.space`` from the branch predictions in ``self.space``."""
         raise NotImplementedError

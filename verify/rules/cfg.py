@@ -55,5 +55,9 @@ class CFG(LinearRule):
         self._weights = {"cond": g, "uncond": 1.0 - g}
         self.params = {"guidance_scale": g} if space == "eps" else {"guidance_scale": g, "space": space}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"w": 3.0}, {"guidance_scale": 7.5}, {"guidance_scale": 7.5, "use_original_formulation": True}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         return cfg(preds["uncond"], preds["cond"], guidance_scale=self.guidance_scale)

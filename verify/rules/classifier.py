@@ -87,6 +87,11 @@ class ClassifierGuidanceRule(Rule):
         self.branches = ("uncond",)
         self.params = {"scale": self.scale, "classifier": type(classifier).__name__}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"scale": 3.0, "classifier": ExactNoisyClassifier(world)},
+                {"scale": 3.0, "classifier": CleanClassifier(world)}]
+
     @property
     def condition_keys(self) -> tuple[str, ...]:
         return ("uncond", "cond")

@@ -58,6 +58,10 @@ class Compose(LinearRule):
         self._weights["uncond"] = 1.0 - float(sum(self.weights))
         self.params = {"weights": tuple(self.weights)}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"weights": [3.0, -1.5]}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         conds = [preds[f"cond_{k + 1}"] for k in range(len(self.weights))]
         return compose(preds["uncond"], conds, self.weights)

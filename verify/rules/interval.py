@@ -50,6 +50,12 @@ class GuidanceInterval(Rule):
         self.branches, self.space = rule.branches, rule.space
         self.params = {"rule": rule, "sigma_lo": lo, "sigma_hi": hi}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        from . import get
+
+        return [{"rule": get("cfg", w=3.0), "sigma_lo": 0.3, "sigma_hi": 3.0}]
+
     @property
     def stateful(self) -> bool:  # type: ignore[override]
         return self.rule.stateful

@@ -41,5 +41,9 @@ class NegativePrompt000(LinearRule):
         self._weights = {"cond": self.w_pos, "negative": -self.w_neg, "uncond": 1.0 - self.w_pos + self.w_neg}
         self.params = {"w_pos": self.w_pos, "w_neg": self.w_neg}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"w_pos": 4.0, "w_neg": 2.0}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         return negative_prompt_000(preds["uncond"], preds["cond"], preds["negative"], self.w_pos, self.w_neg)

@@ -37,5 +37,9 @@ class NegativePrompt001(LinearRule):
         self._weights = {"cond": self.guidance_scale, "negative": 1.0 - self.guidance_scale}
         self.params = {"guidance_scale": self.guidance_scale}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 4.0}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         return negative_prompt_001(preds["cond"], preds["negative"], guidance_scale=self.guidance_scale)

@@ -129,6 +129,10 @@ class Rescale(Rule):
         self.branches = ("uncond", "cond")
         self.params = {"guidance_scale": self.guidance_scale, "phi": self.phi, "space": self.space}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 7.5, "phi": 0.7}, {"guidance_scale": 7.5, "phi": 0.7, "space": "eps"}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         guided = cfg(preds["uncond"], preds["cond"], guidance_scale=self.guidance_scale)
         if guided.ndim != 2 or guided.shape[1] < 2:

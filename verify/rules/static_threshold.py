@@ -43,6 +43,10 @@ class StaticThreshold(Rule):
         self.branches = ("uncond", "cond")
         self.params = {"guidance_scale": self.guidance_scale, "limit": self.limit}
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 7.5, "limit": 3.0}]
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         guided = cfg(preds["uncond"], preds["cond"], guidance_scale=self.guidance_scale)
         return static_threshold(guided, x=ctx.x.to(guided.dtype), alpha=ctx.alpha, sigma=ctx.sigma, limit=self.limit)
