@@ -1,4 +1,7 @@
-"""verify.guidance: every combiner against its formula, written independently, and the guided denoisers."""
+"""The rule functions of ``verify.rules`` (``cfg``, ``classifier_guidance``, ``negative_prompt_000/001``, ``compose``,
+``rescale``, ``static_threshold``, ``dynamic_threshold``, ``guidance_scale_from``) against their formulas, written
+independently here; the linear rules' weights against those functions; and the guided denoiser that any rule builds
+(batching, the guidance interval, inputs left unchanged). Each rule's own behaviour is in its own test file."""
 
 from __future__ import annotations
 
@@ -8,8 +11,18 @@ import pytest
 import torch
 
 from toy_models import AnalyticDenoiser, get_schedule, get_world
+from toy_models.denoiser import CountingDenoiser
 from toy_models.gaussian_mixture import normalize_condition
-from verify import guidance as G
+from verify import rules
+from verify.rules._math import guidance_scale_from
+from verify.rules.cfg import cfg
+from verify.rules.classifier import ExactNoisyClassifier, classifier_guidance
+from verify.rules.compose import compose
+from verify.rules.dynamic_threshold import dynamic_threshold
+from verify.rules.negative_prompt_000 import negative_prompt_000
+from verify.rules.negative_prompt_001 import negative_prompt_001
+from verify.rules.rescale import rescale
+from verify.rules.static_threshold import static_threshold
 from verify.tolerances import gamma, score_bounds
 
 F64 = torch.float64
@@ -27,56 +40,77 @@ def test_cfg_conventions_and_endpoints():
     for w in (0.0, 0.5, 3.0, 7.5):
         want = (1 + w) * ec - w * eu
         tol = gamma(4, F64) * ((1 + w) * ec.abs() + w * eu.abs())
-        assert bool(((G.cfg(eu, ec, w=w) - want).abs() <= tol).all())
-        assert torch.equal(G.cfg(eu, ec, w=w), G.cfg(eu, ec, guidance_scale=1 + w))
+        assert bool(((cfg(eu, ec, w=w) - want).abs() <= tol).all())
+        assert torch.equal(cfg(eu, ec, w=w), cfg(eu, ec, guidance_scale=1 + w))
     with pytest.raises(ValueError, match="exactly one"):
-        G.cfg(eu, ec, w=1.0, guidance_scale=2.0)
+        cfg(eu, ec, w=1.0, guidance_scale=2.0)
     with pytest.raises(ValueError, match="exactly one"):
-        G.cfg(eu, ec)
+        cfg(eu, ec)
     with pytest.raises(ValueError, match="finite"):
-        G.cfg(eu, ec, w=float("nan"))
+        cfg(eu, ec, w=float("nan"))
+
+
+def test_guidance_scale_from_either_convention():
+    """guidance_scale = 1 + w (docs/conventions.md); exactly one of the two, by keyword."""
+    assert guidance_scale_from(w=2.5) == 3.5 and guidance_scale_from(guidance_scale=3.5) == 3.5
+    assert guidance_scale_from(w=torch.tensor([2.5], dtype=F64)) == 3.5  # a one-element tensor is one value
+    for kw in ({}, {"w": 1.0, "guidance_scale": 2.0}):
+        with pytest.raises(ValueError, match="^w, guidance_scale:"):
+            guidance_scale_from(**kw)
+    with pytest.raises(ValueError, match="^guidance_scale:"):
+        guidance_scale_from(guidance_scale=float("inf"))
 
 
 def test_cfg_endpoints_are_exact():
     eu, ec, _, _ = _eps(1)
-    assert torch.equal(G.cfg(eu, ec, guidance_scale=0.0), eu) and torch.equal(G.cfg(eu, ec, guidance_scale=1.0), ec)
+    assert torch.equal(cfg(eu, ec, guidance_scale=0.0), eu) and torch.equal(cfg(eu, ec, guidance_scale=1.0), ec)
 
 
 def test_negative_prompts_and_composition_formulas():
     en, ep, eg, e3 = _eps(2)
-    got = G.negative_prompt_000(en, ep, eg, 7.5, 2.0)
+    got = negative_prompt_000(en, ep, eg, 7.5, 2.0)
     want = en + 7.5 * (ep - en) - 2.0 * (eg - en)
     assert bool(((got - want).abs() <= gamma(6, F64) * 12 * (en.abs() + ep.abs() + eg.abs())).all())
-    assert torch.equal(G.negative_prompt_001(ep, eg, guidance_scale=7.5), G.cfg(eg, ep, guidance_scale=7.5))
-    comp = G.compose(en, [ep, eg, e3], [1.0, -0.5, 2.0])
+    assert torch.equal(negative_prompt_001(ep, eg, guidance_scale=7.5), cfg(eg, ep, guidance_scale=7.5))
+    comp = compose(en, [ep, eg, e3], [1.0, -0.5, 2.0])
     want = ep - 0.5 * eg + 2.0 * e3 + (1 - 2.5) * en
     assert bool(((comp - want).abs() <= gamma(8, F64) * 4 * (en.abs() + ep.abs() + eg.abs() + e3.abs())).all())
     with pytest.raises(ValueError, match="eps_conds, weights"):
-        G.compose(en, [ep], [1.0, 2.0])
+        compose(en, [ep], [1.0, 2.0])
 
 
 def test_linear_rules_match_the_combiners():
-    den = AnalyticDenoiser(get_world("attributes2d"))
-    x = get_world("attributes2d").law(None).sample(32, torch.Generator().manual_seed(3))
+    """Each linear rule's ``linear_weights`` put on its branches' predictions, and the rule guiding the denoiser,
+    against the rule function written for it; the weights sum to 1 (exact without guidance)."""
+    world = get_world("attributes2d")
+    den = AnalyticDenoiser(world)
+    x = world.law(None).sample(32, torch.Generator().manual_seed(3))
     t = 0.4
     e = {c: den.eps(x, t, c) for c in (None, ("dog",), ("red",), ("red", "dog"), ("blue", "dog"))}
-    preds = {normalize_condition(c): v for c, v in e.items()}
-    cases = [
-        (G.linear_rule("cfg", condition=("red", "dog"), w=3.0), G.cfg(e[None], e[("red", "dog")], w=3.0)),
-        (G.linear_rule("negative_000", positive=("dog",), negative=("red",), w_pos=4.0, w_neg=1.0),
-         G.negative_prompt_000(e[None], e[("dog",)], e[("red",)], 4.0, 1.0)),
-        (G.linear_rule("negative_001", positive=("dog",), negative=("red",), guidance_scale=5.0),
-         G.negative_prompt_001(e[("dog",)], e[("red",)], guidance_scale=5.0)),
-        (G.linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0]),
-         G.compose(e[None], [e[("red", "dog")], e[("blue", "dog")]], [1.0, 1.0])),
+    cases = [  # (rule, the conditions of its branches, the rule function's answer)
+        (rules.get("cfg", w=3.0), {"cond": ("red", "dog")}, cfg(e[None], e[("red", "dog")], w=3.0)),
+        (rules.get("negative_prompt_000", w_pos=4.0, w_neg=1.0), {"cond": ("dog",), "negative": ("red",)},
+         negative_prompt_000(e[None], e[("dog",)], e[("red",)], 4.0, 1.0)),
+        (rules.get("negative_prompt_001", guidance_scale=5.0), {"cond": ("dog",), "negative": ("red",)},
+         negative_prompt_001(e[("dog",)], e[("red",)], guidance_scale=5.0)),
+        (rules.get("compose", weights=[1.0, 1.0]), {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")},
+         compose(e[None], [e[("red", "dog")], e[("blue", "dog")]], [1.0, 1.0])),
     ]
-    for rule, want in cases:
-        scale = sum(abs(wt) * preds[c].abs() for c, wt in rule.terms)
-        assert bool(((rule.combine(preds) - want).abs() <= gamma(8, F64) * 2 * scale).all()), rule.name
-    with pytest.raises(ValueError, match="sum to 1"):
-        G.LinearRule(((None, 0.5), (1, 0.6)))
-    with pytest.raises(ValueError, match="kind"):
-        G.linear_rule("nope")
+    for rule, conditions, want in cases:
+        weights = rule.linear_weights
+        assert set(weights) == set(rule.branches), rule.name
+        # a handful of weights of size <= 5: their sum rounds at most 4 times
+        assert abs(sum(weights.values()) - 1.0) <= 4 * U * sum(abs(v) for v in weights.values()), rule.name
+        preds = {normalize_condition(c): v for c, v in e.items()}
+        branch_eps = {b: preds[normalize_condition(conditions.get(b))] for b in rule.branches}
+        by_weights = sum(weights[b] * branch_eps[b] for b in rule.branches)
+        # both sides are sums of at most 3 weighted terms: 8 roundings of the terms' magnitudes, doubled
+        scale = sum(abs(weights[b]) * branch_eps[b].abs() for b in rule.branches)
+        assert bool(((by_weights - want).abs() <= gamma(8, F64) * 2 * scale).all()), rule.name
+        # the guided denoiser computes the rule function on the same batched predictions: bit for bit
+        assert torch.equal(rule.guide(den, conditions).eps(x, t), want), rule.name
+    with pytest.raises(ValueError, match="^name:"):
+        rules.get("nope")
 
 
 def test_cfg_is_classifier_guidance():
@@ -85,13 +119,13 @@ def test_cfg_is_classifier_guidance():
     den = AnalyticDenoiser(world)
     sched = get_schedule("vp-linear")
     x = world.law(None).sample(64, torch.Generator().manual_seed(4))
+    classifier = ExactNoisyClassifier(world, "vp-linear")
     for t in (0.05, 0.5, 0.95):
         a, s = (float(v) for v in sched.alpha_sigma(t))
         marginal = world.law(None).noised(a, s)
-        grad = lambda xx, tt, c, m=marginal: m.grad_log_posterior(xx, c)  # noqa: E731
         for w in (1.0, 7.0):
-            cfg_eps = G.CFGDenoiser(den, 2, w=w).eps(x, t, 2)
-            cg_eps = G.ClassifierGuidedDenoiser(den, grad, 1 + w).eps(x, t, 2)
+            cfg_eps = rules.get("cfg", w=w).guide(den, 2).eps(x, t)
+            cg_eps = rules.get("classifier", scale=1 + w, classifier=classifier).guide(den, 2).eps(x, t)
             (cf, cb), (mf, mb) = score_bounds(world.law(2).noised(a, s), x), score_bounds(marginal, x)
             tol = s * ((1 + w) * (cf + 2 * cb) + (1 + 2 * w) * (mf + 2 * mb)) + gamma(6, F64) * (
                 (1 + w) * cfg_eps.norm(dim=-1) + w * den.eps(x, t).norm(dim=-1))
@@ -106,14 +140,14 @@ def test_cfg_score_is_tilted_score():
     x = torch.linspace(-5, 5, 41, dtype=F64)[:, None].requires_grad_(True)
     logq = (1 + w) * world.law(1).noised(a, s).log_prob(x) - w * world.law(None).noised(a, s).log_prob(x)
     (score,) = torch.autograd.grad(logq.sum(), x)
-    got = -G.CFGDenoiser(den, 1, w=w).eps(x.detach(), t, 1) / s
+    got = -rules.get("cfg", w=w).guide(den, 1).eps(x.detach(), t) / s
     # scores of size <= ~20 with a few dozen roundings each
     assert bool(((got - score).abs() <= 1e3 * U * (1 + score.abs())).all())
 
 
 def test_classifier_guidance_eps_form():
     eps, grad, _, _ = _eps(5)
-    got = G.classifier_guidance(eps, grad, 0.7, 3.0)
+    got = classifier_guidance(eps, grad, 0.7, 3.0)
     assert bool(((got - (eps - 2.1 * grad)).abs() <= gamma(3, F64) * (eps.abs() + 2.1 * grad.abs())).all())
 
 
@@ -123,54 +157,63 @@ def test_rescale_and_thresholds():
     x = world.law(None).noised(0.5, 0.87).sample(32, torch.Generator().manual_seed(6))
     a, s = 0.5, 0.87
     eu, ec = den.eps(x, 0.5, None), den.eps(x, 0.5, ("b0+",))
-    guided = G.cfg(eu, ec, w=7.0)
-    full = G.rescale(guided, ec, 1.0, x=x, alpha=a, sigma=s, space="eps")
+    guided = cfg(eu, ec, w=7.0)
+    full = rescale(guided, ec, 1.0, x=x, alpha=a, sigma=s, space="eps")
     # phi = 1 matches the std: full = guided * ratio rounds once per entry, the ratio twice, each std (centring,
     # d squares and sums, division, root) errs by (d + 4) u std + 2 u max|y|: (2d + 12) u (std + max|y|) covers both
     d = full.shape[1]
     bound = (2 * d + 12) * U * (ec.std(dim=1) + full.abs().amax(1) + ec.abs().amax(1))
     assert bool(((full.std(dim=1) - ec.std(dim=1)).abs() <= bound).all())
-    assert torch.equal(G.rescale(guided, ec, 0.0, x=x, alpha=a, sigma=s), guided)  # phi = 0: unchanged, exactly
+    assert torch.equal(rescale(guided, ec, 0.0, x=x, alpha=a, sigma=s), guided)  # phi = 0: unchanged, exactly
     # the clipped x0 (|c| <= 1) goes back to eps = (x - a c)/s and here forward again: each way a product, a
     # difference and a quotient, so the recomputed x0 is within 8 u (|x| + a) / a of c
-    clipped = G.static_threshold(guided, x=x, alpha=a, sigma=s, limit=1.0)
+    clipped = static_threshold(guided, x=x, alpha=a, sigma=s, limit=1.0)
     x0 = (x - s * clipped) / a
     assert bool((x0.abs() <= 1.0 + 8 * U * (x.abs() + a) / a).all())
-    dyn = G.dynamic_threshold(guided, x=x, alpha=a, sigma=s, percentile=0.9)
+    dyn = dynamic_threshold(guided, x=x, alpha=a, sigma=s, percentile=0.9)
     assert bool((((x - s * dyn) / a).abs() <= 1.0 + 8 * U * (x.abs() + a) / a).all())
     with pytest.raises(ValueError, match="d >= 2"):
-        G.rescale(torch.zeros(3, 1), torch.zeros(3, 1), 0.5, x=torch.zeros(3, 1), alpha=a, sigma=s)
+        rescale(torch.zeros(3, 1), torch.zeros(3, 1), 0.5, x=torch.zeros(3, 1), alpha=a, sigma=s)
     with pytest.raises(ValueError, match="phi"):
-        G.rescale(guided, ec, 1.5, x=x, alpha=a, sigma=s)
+        rescale(guided, ec, 1.5, x=x, alpha=a, sigma=s)
     with pytest.raises(ValueError, match="percentile"):
-        G.dynamic_threshold(guided, x=x, alpha=a, sigma=s, percentile=0.0)
+        dynamic_threshold(guided, x=x, alpha=a, sigma=s, percentile=0.0)
 
 
 def test_guided_denoisers_do_not_modify_inputs_and_interval():
+    """The guidance interval (Kynkaanniemi et al. 2024) is in EDM's noise level sigma_t / alpha_t, open below and
+    closed above: (sigma_lo, sigma_hi]. Outside it the guided prediction is the conditional one, bit for bit."""
     world = get_world("ring2d")
-    den = G.CountingDenoiser(AnalyticDenoiser(world))
+    den = CountingDenoiser(AnalyticDenoiser(world))
     x = world.law(None).sample(8, torch.Generator().manual_seed(7))
     before = x.clone()
     sched = get_schedule("vp-linear")
-    guided = G.CFGDenoiser(den, 1, w=3.0, interval=(0.3, 0.9))
-    inside, outside = 0.2, 0.9  # sigma(0.2) ~ 0.82 in the interval; sigma(0.9) ~ 0.998 outside
-    assert 0.3 <= float(sched.sigma(inside)) <= 0.9 < float(sched.sigma(outside))
-    torch.testing.assert_close(guided.eps(x, outside, 1), den.denoiser.eps(x, outside, 1), rtol=0, atol=0)
-    assert not torch.equal(guided.eps(x, inside, 1), den.denoiser.eps(x, inside, 1))
+
+    def noise_to_signal(t):
+        a, s = (float(v) for v in sched.alpha_sigma(t))
+        return s / a
+
+    lo, hi = 0.3, 2.0
+    guided = rules.get("interval", rule=rules.get("cfg", w=3.0), sigma_lo=lo, sigma_hi=hi).guide(den, 1)
+    inside, outside_high, outside_low = 0.2, 0.9, 0.005
+    assert lo < noise_to_signal(inside) <= hi < noise_to_signal(outside_high)
+    assert noise_to_signal(outside_low) <= lo
+    for t in (outside_high, outside_low):
+        torch.testing.assert_close(guided.eps(x, t), den.denoiser.eps(x, t, 1), rtol=0, atol=0)
+    assert not torch.equal(guided.eps(x, inside), den.denoiser.eps(x, inside, 1))
     assert torch.equal(x, before)
-    with pytest.raises(ValueError, match="interval"):
-        G.CFGDenoiser(den, 1, w=1.0, interval=(0.9, 0.3))
-    with pytest.raises(ValueError, match="t"):
-        guided.eps(x, torch.tensor([0.1, 0.2]), 1)
+    with pytest.raises(ValueError, match="^sigma_lo, sigma_hi:"):
+        rules.get("interval", rule=rules.get("cfg", w=1.0), sigma_lo=2.0, sigma_hi=0.3)
+    with pytest.raises(ValueError, match="^t:"):
+        guided.eps(x, torch.tensor([0.1, 0.2]))
 
 
 def test_counting_denoiser():
     world = get_world("attributes2d")
-    counter = G.CountingDenoiser(AnalyticDenoiser(world))
+    counter = CountingDenoiser(AnalyticDenoiser(world))
     x = world.law(None).sample(10, torch.Generator().manual_seed(8))
-    G.CFGDenoiser(counter, ("red", "dog"), w=2.0).eps(x, 0.5, ("red", "dog"))
+    rules.get("cfg", w=2.0).guide(counter, ("red", "dog")).eps(x, 0.5)
     assert (counter.calls, counter.points) == (1, 20)  # one batched call of 2 x 10 rows
-
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -246,8 +289,8 @@ def test_rescale_matches_the_paper_in_every_space(space, alpha, sigma, phi):
     gen = torch.Generator().manual_seed(12)
     x = 2.0 * torch.randn(24, 5, dtype=F64, generator=gen)
     eu, ec = (torch.randn(24, 5, dtype=F64, generator=gen) for _ in range(2))
-    eg = G.cfg(eu, ec, guidance_scale=7.5)
-    got = G.rescale(eg, ec, phi, x=x, alpha=alpha, sigma=sigma, space=space)
+    eg = cfg(eu, ec, guidance_scale=7.5)
+    got = rescale(eg, ec, phi, x=x, alpha=alpha, sigma=sigma, space=space)
     want, tol = _rescale_reference(eg, ec, x, alpha, sigma, phi, space)
     err = (got - want).abs()
     assert bool((err <= tol).all()), float((err / tol).max())
@@ -270,7 +313,7 @@ def test_rescale_at_zero_spread_returns_the_guided_prediction(space):
         y = _to_space(eg, space, x, a, s)[0]
         assert torch.equal(y.amax(dim=1), y.amin(dim=1))
         for phi in (0.0, 0.5, 1.0):
-            got = G.rescale(eg, ec[:1], phi, x=x, alpha=a, sigma=s, space=space)
+            got = rescale(eg, ec[:1], phi, x=x, alpha=a, sigma=s, space=space)
             assert torch.equal(got, eg), (space, phi)
     assert float(torch.full((1, 3), -0.8672528536352859, dtype=F64).std(dim=1)) > 0  # the trap is real
 
@@ -282,16 +325,16 @@ def test_rescale_near_zero_spread_is_finite_and_follows_the_formula():
     tiny = 2.0**-1070
     eg = torch.tensor([[0.0, tiny, 2 * tiny]], dtype=F64)
     ec = torch.tensor([[-1.0, 0.0, 1.0]], dtype=F64)  # std 1
-    got = G.rescale(eg, ec, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+    got = rescale(eg, ec, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
     assert torch.equal(got, torch.tensor([[0.0, 1.0, 2.0]], dtype=F64))
     # where the rescaled prediction itself overflows, a refusal naming the guided prediction, never inf or NaN
     eg = torch.tensor([[1.0, 1.0 + 2.0**-52, 1.0]], dtype=F64)  # std 1.3e-16
     ec = torch.tensor([[0.0, 1e300, -1e300]], dtype=F64)
     with pytest.raises(ValueError, match=r"^eps_guided:.*overflows"):
-        G.rescale(eg, ec, 0.5, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+        rescale(eg, ec, 0.5, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
     # predictions near the largest double: the spreads are computed on scaled rows, the answer is finite
     big = torch.tensor([[1e300, -1e300, 5e299]], dtype=F64)
-    got = G.rescale(big, 0.5 * big, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
+    got = rescale(big, 0.5 * big, 1.0, x=torch.zeros(1, 3, dtype=F64), alpha=0.6, sigma=0.8, space="eps")
     torch.testing.assert_close(got, 0.5 * big, rtol=8 * U, atol=0)  # ratio 1/2: y * (1/2), a few roundings
 
 
@@ -304,7 +347,7 @@ def test_rescale_refusals(kwargs, match):
     args = {"phi": 0.7, "x": x, "alpha": 0.6, "sigma": 0.8, "space": "v"} | kwargs
     phi = args.pop("phi")
     with pytest.raises(ValueError, match=match):
-        G.rescale(eg, ec, phi, **args)
+        rescale(eg, ec, phi, **args)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -312,30 +355,33 @@ def test_rescale_refusals(kwargs, match):
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scale", [0.0, 1.0, 4.0])
 def test_classifier_rule_is_classifier_guidance_with_the_exact_classifier(scale):
-    """linear_rule("classifier", scale=s) puts s on eps(c) and 1 - s on eps(null); with the exact noisy classifier
-    grad log p_t(c|x) = grad log p_t(x|c) - grad log p_t(x) that is eps(null) - s sigma grad log p_t(c|x), the
-    classifier-guidance formula (Dhariwal & Nichol 2021, Algorithm 2), at every noise level."""
+    """rules.get("classifier", scale=s, classifier=ExactNoisyClassifier(world)) has the linear weights s on
+    eps(c) and 1 - s on eps(null): with the exact noisy classifier grad log p_t(c|x) = grad log p_t(x|c) - grad log
+    p_t(x), eps(null) - s sigma grad log p_t(c|x) (Dhariwal & Nichol 2021, Algorithm 2) is that weighted sum, at
+    every noise level. With a clean classifier the rule is not linear."""
     world = get_world("ring2d")
     den = AnalyticDenoiser(world)
-    rule = G.linear_rule("classifier", condition=3, scale=scale)
-    assert rule.terms == ((normalize_condition(3), scale), (None, 1.0 - scale))
+    rule = rules.get("classifier", scale=scale, classifier=ExactNoisyClassifier(world, "vp-linear"))
+    assert rule.linear_weights == {"cond": scale, "uncond": 1.0 - scale}
+    assert rules.get("classifier", scale=scale, classifier=lambda x, t, c: x).linear_weights is None
+    guided = rule.guide(den, {"cond": 3})
     x = world.law(None).sample(64, torch.Generator().manual_seed(41))
     sched = get_schedule("vp-linear")
     for t in (0.1, 0.5, 0.9):
         a, s = (float(v) for v in sched.alpha_sigma(t))
         marginal = world.law(None).noised(a, s)
         eps_u, eps_c = den.eps(x, t, None), den.eps(x, t, 3)
-        got = rule.combine({None: eps_u, normalize_condition(3): eps_c})
-        want = G.classifier_guidance(eps_u, marginal.grad_log_posterior(x, 3), s, scale)
-        # both are -sigma times scores: the rule's scores each within their forward bound (score_bounds), the
+        got = scale * eps_c + (1.0 - scale) * eps_u
+        want = classifier_guidance(eps_u, marginal.grad_log_posterior(x, 3), s, scale)
+        # both are -sigma times scores: the weighted scores each within their forward bound (score_bounds), the
         # classifier gradient within the conditional's and the marginal's forward-plus-autograd bounds; the
         # combinations add 6 roundings of terms of size (1 + 2|s|)|eps|
         (cf, cb), (mf, mb) = score_bounds(world.law(3).noised(a, s), x), score_bounds(marginal, x)
         tol = s * ((abs(scale) + abs(1 - scale)) * (cf + mf) + abs(scale) * (cf + 2 * cb + mf + 2 * mb)) \
             + gamma(6, F64) * (1 + 2 * abs(scale)) * (eps_u.norm(dim=-1) + eps_c.norm(dim=-1))
         assert bool(((got - want).norm(dim=-1) <= tol).all()), t
-        guided = G.LinearGuidedDenoiser(den, rule).eps(x, t, 3)
-        assert torch.equal(guided, got)  # the wrapper applies the same rule to the same batched predictions
+        # the guided denoiser evaluates the same function with the same classifier gradient: bit for bit
+        assert torch.equal(guided.eps(x, t), want)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -343,31 +389,31 @@ def test_classifier_rule_is_classifier_guidance_with_the_exact_classifier(scale)
 # --------------------------------------------------------------------------------------------------------------
 def _combiner_calls(a, b, c):
     return {
-        "cfg": lambda: G.cfg(a, b, guidance_scale=3.0),
-        "classifier_guidance": lambda: G.classifier_guidance(a, b, 0.5, 2.0),
-        "negative_prompt_000": lambda: G.negative_prompt_000(a, b, c, 3.0, 1.0),
-        "negative_prompt_001": lambda: G.negative_prompt_001(b, a, guidance_scale=3.0),
-        "compose": lambda: G.compose(a, [b, c], [2.0, -0.5]),
+        "cfg": lambda: cfg(a, b, guidance_scale=3.0),
+        "classifier_guidance": lambda: classifier_guidance(a, b, 0.5, 2.0),
+        "negative_prompt_000": lambda: negative_prompt_000(a, b, c, 3.0, 1.0),
+        "negative_prompt_001": lambda: negative_prompt_001(b, a, guidance_scale=3.0),
+        "compose": lambda: compose(a, [b, c], [2.0, -0.5]),
     }
 
 
 def test_combiners_refuse_mismatched_shapes_and_dtypes():
     a, b, c, _ = _eps(50, 4, 3)
-    for name, call in _combiner_calls(a, b[:, :1], c).items():  # [N, 1] against [N, 3]: no broadcasting
+    for call in _combiner_calls(a, b[:, :1], c).values():  # [N, 1] against [N, 3]: no broadcasting
         with pytest.raises(ValueError, match=r"shape"):
             call()
-    for name, call in _combiner_calls(a, b.float(), c).items():
+    for call in _combiner_calls(a, b.float(), c).values():
         with pytest.raises(TypeError, match=r"dtype"):
             call()
-    for name, call in _combiner_calls(a, b.to(torch.complex128), c).items():
+    for call in _combiner_calls(a, b.to(torch.complex128), c).values():
         with pytest.raises(TypeError, match=r"complex"):
             call()
-    for name, call in _combiner_calls(a, b > 0, c).items():
+    for call in _combiner_calls(a, b > 0, c).values():
         with pytest.raises(TypeError, match=r"bool"):
             call()
     nan = b.clone()
     nan[1, 2] = float("nan")
-    for name, call in _combiner_calls(a, nan, c).items():
+    for call in _combiner_calls(a, nan, c).values():
         with pytest.raises(ValueError, match=r"NaN"):
             call()
 
@@ -375,28 +421,29 @@ def test_combiners_refuse_mismatched_shapes_and_dtypes():
 def test_combiner_refusals_name_the_argument():
     a, b, c, _ = _eps(51, 4, 3)
     cases = [
-        (lambda: G.cfg(a, b[:, :1], w=1.0), "^eps_cond:"),
-        (lambda: G.cfg(a, b, w="three"), "^w:"),
-        (lambda: G.cfg(a, b, guidance_scale=float("inf")), "^guidance_scale:"),
-        (lambda: G.classifier_guidance(a, b, -0.5, 2.0), "^sigma:"),
-        (lambda: G.classifier_guidance(a, b, float("nan"), 2.0), "^sigma:"),
-        (lambda: G.classifier_guidance(a, b, torch.full((3,), 0.5, dtype=F64), 2.0), "^sigma:"),
-        (lambda: G.classifier_guidance(a, b, 0.5, float("nan")), "^scale:"),
-        (lambda: G.classifier_guidance(a, b[:2], 0.5, 1.0), "^grad_log_classifier:"),
-        (lambda: G.negative_prompt_000(a, b, c, 3.0, float("nan")), "^w_neg:"),
-        (lambda: G.negative_prompt_000(a, b, c[:, :2], 3.0, 1.0), "^eps_neg:"),
-        (lambda: G.compose(a, [b, c[:, :1]], [1.0, 1.0]), "^eps_conds: entry 1"),
-        (lambda: G.compose(a, [b], [float("nan")]), "^weights:"),
-        (lambda: G.compose(a, [b], ["1"]), "^weights:"),
-        (lambda: G.compose(a, [b], [1.0, 2.0]), "^eps_conds, weights:"),
-        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=-1.0), "^limit:"),
-        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=0.0), "^limit:"),
-        (lambda: G.static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("inf")), "^limit:"),
-        (lambda: G.dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("nan")), "^limit:"),
-        (lambda: G.dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, percentile=1.5), "^percentile:"),
-        (lambda: G.static_threshold(a, x=c[:, :1], alpha=0.5, sigma=0.5), "^x:"),
-        (lambda: G.linear_rule("classifier", condition=1, scale=float("nan")), "^scale:"),
-        (lambda: G.LinearRule(((None, float("nan")), (1, 1.0))), "^terms:"),
+        (lambda: cfg(a, b[:, :1], w=1.0), "^eps_cond:"),
+        (lambda: cfg(a, b, w="three"), "^w:"),
+        (lambda: cfg(a, b, guidance_scale=float("inf")), "^guidance_scale:"),
+        (lambda: classifier_guidance(a, b, -0.5, 2.0), "^sigma:"),
+        (lambda: classifier_guidance(a, b, float("nan"), 2.0), "^sigma:"),
+        (lambda: classifier_guidance(a, b, torch.full((3,), 0.5, dtype=F64), 2.0), "^sigma:"),
+        (lambda: classifier_guidance(a, b, 0.5, float("nan")), "^scale:"),
+        (lambda: classifier_guidance(a, b[:2], 0.5, 1.0), "^grad_log_classifier:"),
+        (lambda: negative_prompt_000(a, b, c, 3.0, float("nan")), "^w_neg:"),
+        (lambda: negative_prompt_000(a, b, c[:, :2], 3.0, 1.0), "^eps_neg:"),
+        (lambda: compose(a, [b, c[:, :1]], [1.0, 1.0]), "^eps_conds: entry 1"),
+        (lambda: compose(a, [b], [float("nan")]), "^weights:"),
+        (lambda: compose(a, [b], ["1"]), "^weights:"),
+        (lambda: compose(a, [b], [1.0, 2.0]), "^eps_conds, weights:"),
+        (lambda: static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=-1.0), "^limit:"),
+        (lambda: static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=0.0), "^limit:"),
+        (lambda: static_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("inf")), "^limit:"),
+        (lambda: dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, limit=float("nan")), "^limit:"),
+        (lambda: dynamic_threshold(a, x=c, alpha=0.5, sigma=0.5, percentile=1.5), "^percentile:"),
+        (lambda: static_threshold(a, x=c[:, :1], alpha=0.5, sigma=0.5), "^x:"),
+        (lambda: rules.get("classifier", scale=float("nan"), classifier=lambda x, t, c: x), "^scale:"),
+        (lambda: rules.get("classifier", scale=1.0, classifier=None), "^classifier:"),
+        (lambda: rules.get("compose", weights=[1.0, float("nan")]), "^weights:"),
     ]
     for call, match in cases:
         with pytest.raises((ValueError, TypeError), match=match):
@@ -419,12 +466,12 @@ def test_combiners_stay_finite_near_the_largest_double():
     The combiners scale by a power of two (exact) and give the exact-range answer; a guided prediction that itself
     overflows is refused, naming the argument, never returned as inf or NaN."""
     big = torch.tensor([[1.5e308, -1.5e308]], dtype=F64)
-    torch.testing.assert_close(G.cfg(-big, big, guidance_scale=0.5), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
-    torch.testing.assert_close(G.cfg(-big, big, guidance_scale=0.75), 0.5 * big, rtol=2 * U, atol=0)
-    torch.testing.assert_close(G.negative_prompt_000(big, -big, big, 0.5, 0.0), torch.zeros(1, 2, dtype=F64),
+    torch.testing.assert_close(cfg(-big, big, guidance_scale=0.5), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
+    torch.testing.assert_close(cfg(-big, big, guidance_scale=0.75), 0.5 * big, rtol=2 * U, atol=0)
+    torch.testing.assert_close(negative_prompt_000(big, -big, big, 0.5, 0.0), torch.zeros(1, 2, dtype=F64),
                                rtol=0, atol=0)
-    torch.testing.assert_close(G.compose(big, [-big], [0.5]), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
-    for call in (lambda: G.cfg(-big, big, guidance_scale=3.0), lambda: G.classifier_guidance(big, -big, 1.0, 2.0)):
+    torch.testing.assert_close(compose(big, [-big], [0.5]), torch.zeros(1, 2, dtype=F64), rtol=0, atol=0)
+    for call in (lambda: cfg(-big, big, guidance_scale=3.0), lambda: classifier_guidance(big, -big, 1.0, 2.0)):
         with pytest.raises(ValueError, match="overflows"):
             call()
 
@@ -436,7 +483,7 @@ def test_thresholds_return_unclipped_entries_exactly():
     eps = torch.tensor([[0.3, -0.4, 0.25]], dtype=F64)
     a, s = 0.5, 0.5
     x0 = (x - s * eps) / a  # (-0.1, 10.4, -0.65): only the middle entry leaves [-1, 1]
-    out = G.static_threshold(eps, x=x, alpha=a, sigma=s, limit=1.0)
+    out = static_threshold(eps, x=x, alpha=a, sigma=s, limit=1.0)
     assert out[0, 0] == eps[0, 0] and out[0, 2] == eps[0, 2]
     assert abs(float((x[0, 1] - a * out[0, 1]) / s) - float(eps[0, 1])) > 1  # the clipped entry did change
     assert abs(float((x[0, 1] - s * out[0, 1]) / a) - 1.0) <= 8 * U * float(x0.abs().max())

@@ -1,5 +1,7 @@
-"""verify.samplers: convergence orders against the exact continuous law, the exact law of the discrete samplers,
-Monte Carlo against it, determinism, dtypes, callbacks, evaluation counts and argument errors.
+"""verify.samplers: the registry and its facts (each sampler's order, evaluations per step, noise and continuous
+limit, re-noising), convergence orders against the exact continuous law, the exact law of the discrete samplers,
+Monte Carlo against it, determinism, dtypes, callbacks, evaluation counts, the run state of stateful guided
+denoisers, re-noising (CFG++-style rules), and argument errors.
 
 The key device: in a Gaussian world the (guided) eps is affine in x, so every sampler step is
 ``x' = A x + b + C z``. The output law of the *discrete* sampler from ``x ~ N(m, S)`` is then computed exactly, with
@@ -15,15 +17,24 @@ import pytest
 import torch
 
 from toy_models import AnalyticDenoiser, get_world
+from toy_models.denoiser import CountingDenoiser
+from verify import rules
 from verify.exact_law import discrete_sampler_law, exact_gaussian_cfg_law
-from verify.guidance import CFGDenoiser
 from verify.metrics import holm_reject, moment_pvalues
+from verify.rules import GuidanceState, GuidedDenoiser, Rule, StepContext
+from verify.rules.cfg import cfg
 from verify.samplers import (
     SAMPLERS,
+    SamplerSpec,
     count_evaluations,
     ddim,
     ddpm,
+    dpmpp_2m,
     euler,
+    euler_maruyama,
+    get_sampler,
+    heun,
+    register_sampler,
     sample,
     sampler_nfe,
     sampler_noise,
@@ -46,8 +57,8 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def gauss1d_cfg(w: float, dtype: torch.dtype = F64) -> CFGDenoiser:
-    return CFGDenoiser(AnalyticDenoiser(get_world("gauss1d"), dtype=dtype), 1, w=w)
+def gauss1d_cfg(w: float, dtype: torch.dtype = F64) -> GuidedDenoiser:
+    return rules.get("cfg", w=w).guide(AnalyticDenoiser(get_world("gauss1d"), dtype=dtype), 1)
 
 
 @functools.cache
@@ -64,15 +75,9 @@ def discrete_law(name, denoiser, timesteps, mean=None, cov=None, *, stepwise=Tru
 # 1. Convergence orders under step halving, against the exact continuous-time law (no Monte Carlo)
 # --------------------------------------------------------------------------------------------------------------
 N_STEPS = (25, 50, 100, 200)
-# (sampler, kwargs, continuous law it discretises, theoretical order: weak order for the SDE samplers)
-ORDERS = [
-    ("euler", {}, "ode", 1),
-    ("heun", {}, "ode", 2),
-    ("ddim", {}, "ode", 1),
-    ("dpmpp_2m", {}, "ode", 2),
-    ("ddpm", {}, "sde", 1),
-    ("euler_maruyama", {}, "sde", 1),
-]
+# (sampler, the continuous law it discretises at eta = 0, its order): the registry's facts, measured here (the order
+# is the weak order for the stochastic samplers)
+ORDERS = [(name, spec.continuous_limit(0.0), spec.order) for name, spec in SAMPLERS.items()]
 # Band for the observed order at the finest pair (100 -> 200). If err(n) = C n^-p (1 + D/n + ...), the observed order
 # is p + O(1/n): its deviation halves per halving. Measured on a log-SNR grid (w in {0, 3}, mean and variance), the
 # largest deviation at the 50 -> 100 pair is 0.14 (euler's variance at w = 3), so 0.07 is expected at 100 -> 200;
@@ -81,13 +86,16 @@ ORDER_BAND = 0.1
 
 
 @pytest.mark.parametrize("w", [0.0, 3.0])
-@pytest.mark.parametrize(("name", "kw", "kind", "order"), ORDERS, ids=[o[0] for o in ORDERS])
-def test_convergence_order_against_the_continuous_law(name, kw, kind, order, w):
+@pytest.mark.parametrize(("name", "kind", "order"), ORDERS, ids=[o[0] for o in ORDERS])
+def test_convergence_order_against_the_continuous_law(name, kind, order, w):
+    """The registry's ``order`` and ``continuous_limit`` of every sampler, measured: its discrete law converges to
+    the exact law of that continuous process at that order."""
+    assert kind in ("ode", "sde"), kind  # at eta = 0 every registered sampler discretises the ODE or the SDE
     den = gauss1d_cfg(w)
     exact_mean, exact_cov = continuous_law(w, kind)
     errors = {"mean": [], "var": []}
     for n in N_STEPS:
-        mean, cov = discrete_law(name, den, time_grid(n, 1.0, T_END, "log_snr", "vp-linear"), **kw)
+        mean, cov = discrete_law(name, den, time_grid(n, 1.0, T_END, "log_snr", "vp-linear"))
         errors["mean"].append(float(mean[0] - exact_mean[0]))
         errors["var"].append(float(cov[0, 0] - exact_cov[0, 0]))
     for moment, err in errors.items():
@@ -156,7 +164,10 @@ def test_monte_carlo_matches_the_discrete_law():
     ts = time_grid(200, 1.0, T_END, "log_snr", "vp-linear")
     x = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(10), dtype=F64)
     pvalues, outputs = [], {}
-    for seed, (name, kw) in enumerate([("ddpm", {}), ("euler_maruyama", {}), ("ddim", {"eta": 0.5})]):
+    checked = [("ddpm", {}), ("euler_maruyama", {}), ("ddim", {"eta": 0.5})]
+    # every sampler the registry calls stochastic at eta = 0.5 (the powers above are for these three)
+    assert sorted(n for n, _ in checked) == sorted(n for n, spec in SAMPLERS.items() if spec.is_stochastic(0.5))
+    for seed, (name, kw) in enumerate(checked):
         outputs[name] = sample(name, den, x, ts, generator=torch.Generator().manual_seed(seed), **kw)
         mean, cov = discrete_law(name, den, ts, **kw)
         pvalues.extend(moment_pvalues(outputs[name], mean, cov))
@@ -167,8 +178,11 @@ def test_monte_carlo_matches_the_discrete_law():
 # --------------------------------------------------------------------------------------------------------------
 # 3. Determinism, dtypes, callbacks, evaluation counts
 # --------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("name", "kw"), [("ddpm", {}), ("euler_maruyama", {}), ("ddim", {"eta": 0.5})])
-def test_seed_and_noise_tensor_reproduce_the_run(name, kw):
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_seed_and_noise_tensor_reproduce_the_run(name):
+    """A stochastic run is fixed by its generator's seed or its noise tensor, and changes with them; a run the
+    registry calls deterministic (``is_stochastic(eta)`` false) ignores both."""
+    kw = {"eta": 0.5}
     den = gauss1d_cfg(3.0)
     ts = time_grid(30)
     x = torch.randn(16, 1, generator=torch.Generator().manual_seed(0), dtype=F64)
@@ -177,7 +191,11 @@ def test_seed_and_noise_tensor_reproduce_the_run(name, kw):
     c = sample(name, den, x, ts, noise=sampler_noise(30, x.shape, torch.Generator().manual_seed(5)), **kw)
     d = sample(name, den, x, ts, generator=torch.Generator().manual_seed(6), **kw)
     assert torch.equal(a, b) and torch.equal(a, c)
-    assert not torch.equal(a, d)
+    assert torch.equal(a, d) != get_sampler(name).is_stochastic(0.5)
+    if name == "ddim":  # DDIM's noise is eta^2 of the reverse SDE's: none at eta = 0
+        assert not get_sampler(name).is_stochastic(0.0)
+        e0 = sample(name, den, x, ts, generator=torch.Generator().manual_seed(5), eta=0.0)
+        assert torch.equal(e0, sample(name, den, x, ts, generator=torch.Generator().manual_seed(6), eta=0.0))
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -215,8 +233,10 @@ def test_evaluation_counts(name, t_end):
     ts = time_grid(10, 1.0, t_end)
     x = torch.zeros(4, 1, dtype=F64)
     count = count_evaluations(name, AnalyticDenoiser(get_world("gauss1d")), x, ts,
-                              guide=lambda model: CFGDenoiser(model, 1, w=3.0), generator=torch.Generator())
-    expected = (20 - (t_end == 0.0)) if name == "heun" else 10
+                              guide=lambda model: rules.get("cfg", w=3.0).guide(model, 1), generator=torch.Generator())
+    per_step = get_sampler(name).evaluations_per_step
+    assert per_step == (2 if name == "heun" else 1)
+    expected = per_step * 10 - (per_step - 1) * (t_end == 0.0)  # Heun's second evaluation skipped at sigma = 0
     assert count.calls == sampler_nfe(name, ts, "vp-linear") == expected
     # one batched base-model call (conditional and null together) per sampler call: 2N rows each
     assert count.model_calls == expected and count.model_points == 2 * x.shape[0] * count.model_calls
@@ -233,17 +253,172 @@ def test_ring2d_guidance_moves_the_mean_towards_class_0():
     model = AnalyticDenoiser(get_world("ring2d"))
     ts = time_grid(200, 1.0, T_END, "log_snr", "vp-linear")
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
-    for name in ["euler", "heun", "ddim", "dpmpp_2m"]:
+    for name in [n for n, spec in SAMPLERS.items() if not spec.is_stochastic(0.0)]:
         towards = []
         for w in (0.0, 3.0):
-            out = sample(name, CFGDenoiser(model, 0, w=w), x, ts)
+            out = sample(name, rules.get("cfg", w=w).guide(model, 0), x, ts)
             assert bool(torch.isfinite(out).all())
             towards.append(float(out[:, 0].mean()))
         assert 2.0 < towards[0] < towards[1], (name, towards)
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 5. Argument errors name the argument
+# 5. The registry, the run state of stateful rules, re-noising
+# --------------------------------------------------------------------------------------------------------------
+SAMPLER_FUNCTIONS = (ddim, ddpm, dpmpp_2m, euler, euler_maruyama, heun)
+
+
+def test_every_sampler_is_registered_once_with_consistent_facts():
+    """Each sampler function of the module is registered exactly once, under its own name, and the facts are of the
+    right kind; a second registration under a taken name and an unknown name are refused, naming ``name``."""
+    assert sorted(SAMPLERS) == sorted(f.__name__ for f in SAMPLER_FUNCTIONS)
+    for f in SAMPLER_FUNCTIONS:
+        spec = SAMPLERS[f.__name__]
+        assert isinstance(spec, SamplerSpec) and spec.name == f.__name__ and spec.function is f
+        assert get_sampler(f.__name__) is spec
+        assert spec.order in (1, 2) and spec.evaluations_per_step in (1, 2)
+        for eta in (0.0, 0.5, 1.0):
+            fraction = spec.noise(eta)
+            assert 0.0 <= fraction <= 1.0
+            assert spec.is_stochastic(eta) == (fraction > 0)
+            assert spec.continuous_limit(eta) == ("ode" if fraction == 0 else "sde" if fraction == 1 else
+                                                  f"sde(eta^2={fraction:g})")
+    # DDIM's family (Song et al. 2021a, section 4.1): eta^2 of the reverse SDE's noise
+    assert [get_sampler("ddim").noise(eta) for eta in (0.0, 0.5, 1.0)] == [0.0, 0.25, 1.0]
+    assert len({id(spec.function) for spec in SAMPLERS.values()}) == len(SAMPLERS)
+    with pytest.raises(ValueError, match="^name:"):
+        register_sampler("ddim", order=1, noise=lambda eta: 0.0)(ddim)
+    assert SAMPLERS["ddim"].function is ddim  # the refused registration changed nothing
+    with pytest.raises(ValueError, match="^name:"):
+        get_sampler("plms")
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_the_spec_is_the_sampler(name):
+    """Calling the spec, ``sample(name, ...)`` and the function give the same run, bit for bit."""
+    den, ts = gauss1d_cfg(2.0), time_grid(6, 0.9, 0.05)
+    x = torch.randn(5, 1, generator=torch.Generator().manual_seed(2), dtype=F64)
+    noise = sampler_noise(6, x.shape, torch.Generator().manual_seed(3))
+    runs = [f(den, x, ts, noise=noise, eta=0.5) for f in (SAMPLERS[name], SAMPLERS[name].function,
+                                                        lambda *a, **k: sample(name, *a, **k))]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+class _StepRecorder(Rule):
+    """A stateful test rule (not registered): CFG, recording in the run's state which step each evaluation saw."""
+
+    name = "step_recorder"
+    reference = "test rule"
+    stateful = True
+
+    def __init__(self, *, guidance_scale: float = 2.0):
+        self.guidance_scale, self.space, self.branches = guidance_scale, "eps", ("uncond", "cond")
+        self.params = {"guidance_scale": guidance_scale}
+
+    def combine(self, preds: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        steps = ctx.state.memory.setdefault("steps", [])
+        steps.append((ctx.state.step, ctx.state.evaluations))
+        return cfg(preds["uncond"], preds["cond"], guidance_scale=self.guidance_scale)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_stateful_rules_get_one_fresh_state_per_run_with_the_step_set(name):
+    """The sampler creates one GuidanceState per run (``guided.new_state()``), sets ``state.step`` before each step
+    and passes it on every call: the rule sees steps 0, 1, ... (Heun: each twice, but once on a last step to
+    sigma = 0) with ``evaluations`` counting its calls in this run, from 0 again in the next run. The guided run
+    equals the stateless CFG run (the recorder changes nothing else), and the rule object keeps no memory."""
+    rule = _StepRecorder(guidance_scale=3.0)
+    guided = rule.guide(AnalyticDenoiser(get_world("gauss1d")), 1)
+    states: list[GuidanceState] = []
+    new_state = guided.new_state
+    guided.new_state = lambda: states.append(new_state()) or states[-1]  # type: ignore[method-assign]
+    ts = time_grid(5, 1.0, 0.0)
+    x = torch.randn(4, 1, generator=torch.Generator().manual_seed(4), dtype=F64)
+    noise = sampler_noise(5, x.shape, torch.Generator().manual_seed(5))
+    out = [sample(name, guided, x, ts, noise=noise, eta=0.5) for _ in range(2)]
+    assert len(states) == 2 and states[0] is not states[1]
+    per_step = get_sampler(name).evaluations_per_step
+    calls = get_sampler(name).nfe(ts, "vp-linear")
+    want = [(i, k) for k, i in enumerate(i for i in range(5) for _ in range(per_step))][:calls]
+    for state in states:
+        assert state.memory["steps"] == want and state.evaluations == calls
+    assert torch.equal(out[0], out[1])
+    assert torch.equal(out[0], sample(name, rules.get("cfg", guidance_scale=3.0).guide(
+        AnalyticDenoiser(get_world("gauss1d")), 1), x, ts, noise=noise, eta=0.5))
+    assert not hasattr(rule, "memory") and vars(rule).keys() == {"guidance_scale", "space", "branches", "params"}
+    # through the evaluation counter too (count_evaluations wraps the guided denoiser)
+    counted = count_evaluations(name, AnalyticDenoiser(get_world("gauss1d")), x, ts, noise=noise, eta=0.5,
+                                guide=lambda model: _StepRecorder(guidance_scale=3.0).guide(model, 1))
+    assert torch.equal(counted.output, out[0]) and counted.calls == calls
+    with pytest.raises(ValueError, match="^state:"):
+        guided.eps(x, 0.5)  # without the run's state: refused, not silently fresh memory
+
+
+class _RenoiseWithNull(Rule):
+    """A re-noising test rule (not registered): the guided eps is CFG's (it fixes x0), the sampler re-noises with
+    the null branch's eps, as CFG++ (Chung et al. 2024, Algorithm 1) does."""
+
+    name = "renoise_with_null"
+    reference = "test rule"
+    renoise_branch = "uncond"
+
+    def __init__(self, *, guidance_scale: float):
+        self.guidance_scale, self.space, self.branches = guidance_scale, "eps", ("uncond", "cond")
+        self.params = {"guidance_scale": guidance_scale}
+
+    def combine(self, preds: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        return cfg(preds["uncond"], preds["cond"], guidance_scale=self.guidance_scale)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_renoising_is_honoured_by_ddim_and_ddpm_and_refused_by_the_others(name):
+    """DDIM and DDPM (``supports_renoise``) take x0 from the guided eps and re-noise with the rule's branch:
+    DDIM (eta = 0) x_s = alpha_s x0 + sigma_s eps_u, DDPM x_s = alpha_s x0 + sigma_s sqrt(1 - q) eps_u +
+    sigma_s sqrt(q) z, written out here per step. The other samplers have no re-noising step and refuse such a
+    denoiser before any evaluation, with a message starting ``denoiser:``."""
+    base = CountingDenoiser(AnalyticDenoiser(get_world("gauss1d")))
+    guided = _RenoiseWithNull(guidance_scale=3.0).guide(base, 1)
+    ts = time_grid(4, 0.9, 0.1)
+    x = torch.randn(6, 1, generator=torch.Generator().manual_seed(6), dtype=F64)
+    noise = sampler_noise(4, x.shape, torch.Generator().manual_seed(7))
+    spec = get_sampler(name)
+    assert spec.supports_renoise == (name in ("ddim", "ddpm"))
+    if not spec.supports_renoise:
+        with pytest.raises(ValueError, match=rf"^denoiser: .*re-noises.*{name!r}"):
+            sample(name, guided, x, ts, noise=noise)
+        assert base.calls == 0
+        return
+    states = [x]
+    out = sample(name, guided, x, ts, noise=noise, callback=lambda i, t, xi, eps: states.append(xi.clone()))
+    assert torch.equal(out, states[-1])
+    sched = base.schedule
+    u = unit_roundoff(F64)
+    for i in range(4):  # each step from the sampler's own state, so the bound is one step's rounding
+        t, s_ = float(ts[i]), float(ts[i + 1])
+        (a_t, s_t), (a_s, s_s) = ((float(v) for v in sched.alpha_sigma(tt)) for tt in (t, s_))
+        xi = states[i]
+        eps_u, eps_c = base.denoiser.eps(xi, t, None), base.denoiser.eps(xi, t, 1)  # the same bits as batched
+        eps_g = eps_u + 3.0 * (eps_c - eps_u)
+        x0 = (xi - s_t * eps_g) / a_t
+        q = 1.0 - (a_t * s_s / (a_s * s_t)) ** 2
+        if name == "ddim":
+            want = a_s * x0 + s_s * eps_u
+        else:
+            want = a_s * x0 + s_s * math.sqrt(1.0 - q) * eps_u + s_s * math.sqrt(q) * noise[i]
+        # both sides round: eps_g (lerp or u + 3 (c - u): 4 roundings of |eps_u| + 3 |eps_c - eps_u| <= 4 |eps_u| +
+        # 3 |eps_c|), x0 (3 roundings of |x| + s_t |eps_g|, over a_t), q and the square roots (4 roundings, of
+        # values <= 1), the step's sum (4 roundings of its terms): 16 u times the magnitudes below covers both sides
+        mags = a_s * (xi.abs() + s_t * (4 * eps_u.abs() + 3 * eps_c.abs())) / a_t \
+            + s_s * (eps_u.abs() + noise[i].abs())
+        err = (states[i + 1] - want).abs()
+        assert bool((err <= 16 * u * mags).all()), (i, float((err / mags).max() / u))
+    # and it is not the plain CFG run: the re-noising changed the trajectory by far more than the bound
+    plain = sample(name, rules.get("cfg", guidance_scale=3.0).guide(base.denoiser, 1), x, ts, noise=noise)
+    assert float((plain - out).abs().min()) > 1e-4  # measured: 0.014 (ddpm) and more; rounding is ~1e-15
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. Argument errors name the argument
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("call", "match"), [
     (lambda den, x: ddim(den, x, [0.0, 0.5, 1.0]), "^timesteps"),
