@@ -31,7 +31,7 @@ from verify.audit import (
     cfg_tolerance,
     load_combiner,
 )
-from verify.guidance import cfg
+from verify.rules.cfg import cfg
 
 N_VALUE_CHECKS = 4 * 5 * 6 * 2
 CONTRACT_NAMES = (
@@ -57,7 +57,7 @@ def _project_cfg(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
 # Correct combiners pass; every mutant fails
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("combine", [*mutants.CORRECT.values(), _project_cfg],
-                         ids=[*mutants.CORRECT, "verify.guidance.cfg"])
+                         ids=[*mutants.CORRECT, "verify.rules.cfg.cfg"])
 def test_correct_combiner_passes(combine):
     result = audit_cfg(combine)
     assert result.passed, [c for c in result.failures][:3]
@@ -328,7 +328,7 @@ def test_load_combiner_errors_name_the_spec():
 
 def test_load_combiner_finds_attributes_and_dotted_paths():
     assert load_combiner("audit_mutants:lerp_eps") is mutants.lerp_eps
-    assert load_combiner(" verify.guidance : cfg ") is cfg
+    assert load_combiner(" verify.rules.cfg : cfg ") is cfg
     assert load_combiner("audit_mutants:MUTANTS.get") == mutants.MUTANTS.get
 
 

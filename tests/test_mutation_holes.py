@@ -205,24 +205,30 @@ def test_bayes_identity_tolerance_counts_both_autograd_sums():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# verify.guidance
+# verify.rules
 # --------------------------------------------------------------------------------------------------------------
-def test_guidance_interval_is_closed():
-    """GUI-INTERVAL-OPEN: guidance in a limited interval (sigma_lo, sigma_hi) applies the rule on the *closed*
-    interval: with sigma_lo = sigma_hi = sigma(t) the guided prediction at t is the full CFG prediction (bit for
-    bit: the same rule on the same predictions), and just outside it the conditional one."""
+def test_guidance_interval_edges():
+    """GUI-INTERVAL-OPEN: guidance in a limited interval (Kynkaanniemi et al. 2024, eq. 2) applies the rule for EDM
+    noise levels sigma_t / alpha_t in (sigma_lo, sigma_hi]: closed at the top, open at the bottom. At t with
+    sigma_t / alpha_t = sigma_hi exactly (computed as the guided denoiser computes it) the guided prediction is the
+    full CFG prediction, bit for bit (the same rule on the same predictions); with sigma_lo at that value it is the
+    conditional one; just outside the top edge it is the conditional one too."""
     from toy_models import AnalyticDenoiser
-    from verify.guidance import CFGDenoiser
+    from verify import rules
 
     base = AnalyticDenoiser(get_world("ring2d"))
     t = 0.4
-    sigma_t = float(base.schedule.sigma(t))
-    limited = CFGDenoiser(base, 2, w=3.0, interval=(sigma_t, sigma_t))
-    full = CFGDenoiser(base, 2, w=3.0)
+    alpha, sigma = (float(v) for v in base.schedule.alpha_sigma(t))
+    edge = sigma / alpha
+    cfg = rules.get("cfg", w=3.0)
+    full = cfg.guide(base, 2)
+    top = rules.get("interval", rule=cfg, sigma_lo=0.0, sigma_hi=edge).guide(base, 2)
+    bottom = rules.get("interval", rule=cfg, sigma_lo=edge, sigma_hi=math.inf).guide(base, 2)
     x = torch.tensor([[0.5, -1.0], [2.0, 1.0], [-1.5, 0.3]], dtype=F64)
-    assert torch.equal(limited.eps(x, t), full.eps(x, t))
     assert not torch.equal(full.eps(x, t), base.eps(x, t, 2))  # the two branches differ here
-    assert torch.equal(limited.eps(x, t + 0.01), base.eps(x, t + 0.01, 2))
+    assert torch.equal(top.eps(x, t), full.eps(x, t))
+    assert torch.equal(bottom.eps(x, t), base.eps(x, t, 2))
+    assert torch.equal(top.eps(x, t + 0.01), base.eps(x, t + 0.01, 2))  # sigma/alpha grows with t on vp-linear
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -332,11 +338,11 @@ def test_sde_reference_paths_converge_under_one_brownian_path():
     O(1). Each error is a mean of |difference| over 500 paths: its relative sampling error is about cv / sqrt(500)
     < 5 %, far from the margin between 2 and the threshold 1.5."""
     from toy_models import AnalyticDenoiser
+    from verify import rules
     from verify.exact_law import fine_step_reference
-    from verify.guidance import CFGDenoiser
 
     world = get_world("gauss1d")
-    den = CFGDenoiser(AnalyticDenoiser(world), 1, w=1.0)
+    den = rules.get("cfg", w=1.0).guide(AnalyticDenoiser(world), 1)
     x1 = torch.randn(500, 1, dtype=F64, generator=torch.Generator().manual_seed(3))
     errors = [fine_step_reference(den, x1, "sde", steps=n, condition=1,
                                   generator=torch.Generator().manual_seed(4)).path_error for n in (60, 240)]
