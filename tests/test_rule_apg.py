@@ -45,6 +45,14 @@ SPACES = ("x0", "eps", "v", "velocity")
 # ------------------------------------------------------------------------------------------------------------
 # The reference: the paper's Algorithm 1, written here in numpy
 # ------------------------------------------------------------------------------------------------------------
+def row_norm(a: np.ndarray) -> np.ndarray:
+    """Per-row Euclidean norm, ``[N, 1]``, scaled by the row's largest magnitude first (np.linalg.norm squares
+    unscaled: a row of 1e-200 would have norm 0)."""
+    top = np.max(np.abs(a), axis=1, keepdims=True)
+    safe = np.where(top > 0, top, 1.0)
+    return safe * np.linalg.norm(a / safe, axis=1, keepdims=True)
+
+
 def reference_apg(u: np.ndarray, c: np.ndarray, g: float, eta: float, r: float | None, beta: float,
                   buffer: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """(guided, new buffer) of one evaluation: Delta_k = (c - u) + beta Delta_{k-1}; Delta *= min(1, r/||Delta||);
@@ -54,10 +62,11 @@ def reference_apg(u: np.ndarray, c: np.ndarray, g: float, eta: float, r: float |
         delta = delta + beta * buffer
     new_buffer = delta
     if r is not None:
-        norm = np.linalg.norm(delta, axis=1, keepdims=True)
+        norm = row_norm(delta)
         delta = delta * np.minimum(1.0, r / np.where(norm > 0, norm, np.inf))
-    c_norm2 = np.sum(c * c, axis=1, keepdims=True)
-    par = np.sum(delta * c, axis=1, keepdims=True) / np.where(c_norm2 > 0, c_norm2, np.inf) * c
+    c_norm = row_norm(c)
+    c_unit = c / np.where(c_norm > 0, c_norm, np.inf)  # unit first: ||c||^2 may underflow where ||c|| does not
+    par = np.sum(delta * c_unit, axis=1, keepdims=True) * c_unit
     orth = delta - par
     return c + (g - 1.0) * (orth + eta * par), new_buffer
 
@@ -67,8 +76,7 @@ def formula_tolerance(u: np.ndarray, c: np.ndarray, g: float, eta: float, beta: 
     """Per entry: gamma_{4d+16} (|D_c| + 4 |g - 1| (1 + |eta|) (||D_c|| + ||D_u|| + |beta| B)) (module docstring),
     B a bound on the buffer's norm (plus its own accumulated rounding)."""
     d = c.shape[1]
-    norms = np.linalg.norm(c, axis=1, keepdims=True) + np.linalg.norm(u, axis=1, keepdims=True) \
-        + abs(beta) * buffer_bound
+    norms = row_norm(c) + row_norm(u) + abs(beta) * buffer_bound
     return gamma(4 * d + 16, F64) * (np.abs(c) + 4.0 * abs(g - 1.0) * (1.0 + abs(eta)) * norms)
 
 
@@ -152,7 +160,7 @@ def test_apg_matches_the_papers_formula_in_every_space(case):
         assert np.all(np.abs(eps_got - eps_ref) <= etol), (space, np.max(np.abs(eps_got - eps_ref) / etol))
         buffer = new_buffer
         # the buffer's norm, plus its accumulated rounding (at most gamma_3 of each term, geometric in beta)
-        buffer_bound = np.linalg.norm(new_buffer, axis=1, keepdims=True) * (1 + gamma(3, F64) / (1 - abs(beta)))
+        buffer_bound = row_norm(new_buffer) * (1 + gamma(3, F64) / (1 - abs(beta)))
 
 
 @given(cases())
@@ -232,7 +240,7 @@ def test_apg_momentum_through_ddim_matches_a_hand_written_ddim_loop():
         err = np.abs(visited[i + 1].numpy() - x_next)
         assert np.all(err <= tol), (i, float(np.max(err / tol)))
         buffer = new_buffer
-        buffer_bound = np.linalg.norm(new_buffer, axis=1, keepdims=True)
+        buffer_bound = row_norm(new_buffer)
     # momentum matters: without it the same run ends elsewhere
     plain = ddim(rules.get("apg", guidance_scale=g, eta=eta, norm_threshold=r).guide(den, cls), x_start, ts)
     assert float((plain - out).abs().max()) > 1e-3
@@ -289,6 +297,20 @@ def test_zero_conditional_and_zero_difference_give_no_nan():
     expected = 8.0 * (c - u)[0] / (c - u)[0].norm()
     assert torch.allclose(out[0], expected, rtol=4 * gamma(8, F64), atol=0)
     assert torch.equal(out[1:], c[1:])
+
+
+def test_norms_of_tiny_and_huge_rows():
+    """The rescaling and the projection form unit vectors from rows scaled by a power of two: a difference of norm
+    2e300 (whose squared norm overflows) is rescaled to r times its direction, and D_c = (1e-300, 0) still has the
+    x axis as its direction."""
+    diff = torch.tensor([[1e300, 1e300 * 3 ** 0.5], [3.0, 4.0]], dtype=F64)
+    cond = torch.tensor([[1e-300, 0.0], [1e-300, 0.0]], dtype=F64)
+    out = apg_update(diff, cond, eta=1.0, norm_threshold=1.0)
+    assert torch.allclose(out, torch.tensor([[0.5, 0.5 * 3 ** 0.5], [0.6, 0.8]], dtype=F64), rtol=gamma(16, F64),
+                          atol=0)
+    par, orth = project(diff[1:], cond[1:])
+    assert torch.equal(par, torch.tensor([[3.0, 0.0]], dtype=F64)) and torch.equal(orth, torch.tensor([[0.0, 4.0]],
+                                                                                                      dtype=F64))
 
 
 def test_overflowing_prediction_is_refused():

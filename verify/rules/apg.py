@@ -35,16 +35,26 @@ def _check_momentum(momentum) -> float:
     return beta
 
 
+def unit_rows(y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(y / ||y||, ||y||)`` per sample over every feature axis (``[N, 1, ...]`` norms; 0 for a zero row, whose unit
+    vector is 0). Each row is first divided by a power of two near its largest magnitude (exact), so the squares
+    neither overflow nor underflow: a row of 1e-300 has a direction, a row near the dtype's maximum a finite unit
+    vector (its norm may still be inf or 0 where the true norm lies beyond the dtype's range)."""
+    flat = y.detach().abs().reshape(y.shape[0], -1)
+    exponent = torch.frexp(flat.amax(dim=1)).exponent.reshape(-1, *([1] * (y.ndim - 1)))
+    scaled = torch.ldexp(y, -exponent)
+    norm = row_norm(scaled)
+    return scaled / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.ldexp(norm, exponent)
+
+
 def project(diff: Tensor, onto: Tensor) -> tuple[Tensor, Tensor]:
     r"""``(parallel, orthogonal)``: per sample, the component of ``diff`` along ``onto`` and the rest,
-    :math:`\Delta_\parallel = \langle\Delta, \hat c\rangle\hat c`, :math:`\hat c = c/\lVert c\rVert`, over every feature
-    axis. A row with :math:`c = 0` has no direction: its parallel component is 0 (all of :math:`\Delta` is
+    :math:`\Delta_\parallel = \langle\Delta, \hat c\rangle\hat c`, :math:`\hat c = c/\lVert c\rVert`, over every
+    feature axis. A row with :math:`c = 0` has no direction: its parallel component is 0 (all of :math:`\Delta` is
     orthogonal), which is what the authors' code and diffusers return there (``F.normalize`` maps a zero vector to
-    zero). The unit vector is formed first (``torch.linalg.vector_norm``, scaled), so neither a huge nor a tiny
-    ``onto`` overflows or underflows a squared norm."""
-    norm = row_norm(onto)
-    has_direction = norm > 0
-    unit = onto / torch.where(has_direction, norm, torch.ones_like(norm))
+    zero; it also maps a row of norm below 1e-12 to a multiple of it, which this function does not). The unit
+    vector is formed first (:func:`unit_rows`), so no squared norm is formed."""
+    unit, _ = unit_rows(onto)
     parallel = row_dot(diff, unit) * unit
     return parallel, diff - parallel
 
@@ -52,14 +62,12 @@ def project(diff: Tensor, onto: Tensor) -> tuple[Tensor, Tensor]:
 def apg_update(diff: Tensor, cond: Tensor, *, eta: float, norm_threshold: float | None) -> Tensor:
     r"""The normalised update :math:`\Delta_\perp + \eta\,\Delta_\parallel` of ``diff`` (already momentum-averaged)
     after the norm rescaling :math:`\Delta \leftarrow \Delta\min(1, r/\lVert\Delta\rVert)` (skipped when
-    ``norm_threshold`` is None). A row with :math:`\Delta = 0` keeps its (zero) difference: the factor is 1 there,
-    never ``r/0``. With :math:`\eta = 1` the projection is skipped (:math:`\Delta_\perp + \Delta_\parallel =
-    \Delta`)."""
+    ``norm_threshold`` is None), formed as :math:`r\,\hat\Delta` on the rows whose norm exceeds :math:`r` (no
+    overflow of the norm, no ``r/0``: a row with :math:`\Delta = 0` keeps its zero difference).
+    With :math:`\eta = 1` the projection is skipped (:math:`\Delta_\perp + \Delta_\parallel = \Delta`)."""
     if norm_threshold is not None:
-        norm = row_norm(diff)
-        over = norm > norm_threshold
-        diff = diff * torch.where(over, norm_threshold / torch.where(over, norm, torch.ones_like(norm)),
-                                  torch.ones_like(norm))
+        unit, norm = unit_rows(diff)
+        diff = torch.where(norm > norm_threshold, norm_threshold * unit, diff)
     if eta == 1.0:
         return diff
     parallel, orthogonal = project(diff, cond)
