@@ -47,6 +47,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 import fuzz_cases as fz  # noqa: E402
+
 import toy_models  # noqa: E402
 
 COLUMNS = ("cases", fz.REFUSED, fz.CORRECT, fz.WRONG, fz.NAN, fz.OTHER)

@@ -247,7 +247,8 @@ def compare(result, ref, tol, what: str = "", *, need_float: bool = True, inf_ok
     err = np.abs(got[fin] - ref[fin])
     if err.size and np.any(err > tol[fin]):
         i = int(np.argmax(err / np.maximum(tol[fin], 1e-300)))
-        return WRONG, (f"{what}: got {got[fin].ravel()[i]!r}, exact {ref[fin].ravel()[i]!r}, error {err.ravel()[i]:.3g} "
+        return WRONG, (f"{what}: got {got[fin].ravel()[i]!r}, exact {ref[fin].ravel()[i]!r}, "
+                       f"error {err.ravel()[i]:.3g} "
                        f"> tolerance {tol[fin].ravel()[i]:.3g}")
     return CORRECT, f"{what}: within tolerance"
 
@@ -923,8 +924,10 @@ def gen_noised(rng) -> Case:
             return st, det
         return compare(law.weights, p.w / p.w.sum(), 4 * p.K * u, "noised weights")
 
-    code = IMPORTS_GM + f"gm = {gm_call(p, dtype)}\nprint(gm.noised({lit(alpha) if not isinstance(alpha, complex) else repr(alpha)}, {lit(sigma)}).covariances)"
-    return Case("noised", f"noised {kind} alpha={alpha!r} sigma={sigma!r}", thunk, Oracle(check if accept else None, bad),
+    alpha_code = lit(alpha) if not isinstance(alpha, complex) else repr(alpha)
+    code = IMPORTS_GM + f"gm = {gm_call(p, dtype)}\nprint(gm.noised({alpha_code}, {lit(sigma)}).covariances)"
+    return Case("noised", f"noised {kind} alpha={alpha!r} sigma={sigma!r}", thunk,
+                Oracle(check if accept else None, bad),
                 code)
 
 
@@ -1074,7 +1077,8 @@ def gen_sample(rng) -> Case:
             return WRONG, f"sample mean {xm} is {z.max():.1f} standard errors from the exact mean {m}"
         return CORRECT, "sample moments consistent with the law"
 
-    code = IMPORTS_GM + f"gm = {gm_call(p, dtype)}\nprint(gm.sample({n!r}, {'torch.Generator().manual_seed(0)' if not isinstance(gen, str) else repr(gen)}))"
+    gen_code = "torch.Generator().manual_seed(0)" if not isinstance(gen, str) else repr(gen)
+    code = IMPORTS_GM + f"gm = {gm_call(p, dtype)}\nprint(gm.sample({n!r}, {gen_code}))"
     return Case("sample", f"sample {kind} n={n!r}", thunk, Oracle(check if bad is None else None, bad), code)
 
 
@@ -1580,7 +1584,24 @@ def _mpa(t) -> list:
     return [[mp.mpf(float(v)) for v in row] for row in to_np(t).reshape(t.shape[0], -1)]
 
 
-IMPORTS_G = "import torch\nfrom verify import guidance\n"
+#: the rule functions and the module of ``verify.rules`` each lives in (the API names of the tables stay the same)
+RULE_FUNCTIONS = {"cfg": "cfg", "classifier_guidance": "classifier", "negative_prompt_000": "negative_prompt_000",
+                  "negative_prompt_001": "negative_prompt_001", "compose": "compose", "rescale": "rescale",
+                  "static_threshold": "static_threshold", "dynamic_threshold": "dynamic_threshold"}
+
+
+def _rule_functions():
+    """The rule functions, as attributes (``combiners.cfg(...)``)."""
+    import importlib
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{name: getattr(importlib.import_module(f"verify.rules.{module}"), name)
+                              for name, module in RULE_FUNCTIONS.items()})
+
+
+def imports_g(*names: str) -> str:
+    """The import lines of a reproducer that calls the rule functions ``names``."""
+    return "import torch\n" + "".join(f"from verify.rules.{RULE_FUNCTIONS[n]} import {n}\n" for n in names)
 
 
 def _elementwise_case(api, rng, build):
@@ -1597,7 +1618,7 @@ def _elementwise_case(api, rng, build):
 
 
 def gen_cfg(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d = int(rng.integers(1, 5)), int(rng.integers(1, 6))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1642,7 +1663,7 @@ def gen_cfg(rng) -> Case:
     g = kw.get("guidance_scale", 1 + float(kw["w"]) if "w" in kw and accept else None)
 
     def thunk():
-        return guidance.cfg(eu, ec, **kw)
+        return combiners.cfg(eu, ec, **kw)
 
     def exact():
         a, b = _mpa(eu), _mpa(ec)
@@ -1655,20 +1676,21 @@ def gen_cfg(rng) -> Case:
         return a + abs(float(g)) * (a + b) + abs(float(g) - 1) * (a + b)
 
     kw_lit = ", ".join(f"{k}={lit(v)}" for k, v in kw.items())
-    code = IMPORTS_G + f"print(guidance.cfg({lit(eu)}, {lit(ec)}, {kw_lit}))"
+    code = imports_g("cfg") + f"print(cfg({lit(eu)}, {lit(ec)}, {kw_lit}))"
     if kind in ("g0", "g1"):  # exact identities: lerp at 0 and 1 returns its endpoints bit for bit
         def check(res):
             want = eu if kind == "g0" else ec
             if isinstance(res, torch.Tensor) and torch.equal(res, want):
                 return CORRECT, "exact endpoint"
-            return WRONG, f"cfg at guidance_scale {g} is not exactly the {'unconditional' if kind == 'g0' else 'conditional'} prediction"
+            which = "unconditional" if kind == "g0" else "conditional"
+            return WRONG, f"cfg at guidance_scale {g} is not exactly the {which} prediction"
 
         return Case("cfg", f"cfg {kind}", thunk, Oracle(check, None), code)
     return _elementwise_case("cfg", rng, (thunk, exact, absmag, code, kind, bad, accept, dtype, 4))
 
 
 def gen_classifier_guidance(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d = int(rng.integers(1, 5)), int(rng.integers(1, 6))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1703,22 +1725,24 @@ def gen_classifier_guidance(rng) -> Case:
     sig_val = float(sigma.reshape(-1)[0]) if isinstance(sigma, torch.Tensor) else sigma
 
     def thunk():
-        return guidance.classifier_guidance(eps, grad, sigma, scale)
+        return combiners.classifier_guidance(eps, grad, sigma, scale)
 
     def exact():
         a, b = _mpa(eps), _mpa(grad)
         k = mp.mpf(float(scale)) * mp.mpf(sig_val)
-        return np.array([[mp_f(ai - k * bi) for ai, bi in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)])
+        return np.array([[mp_f(ai - k * bi) for ai, bi in zip(ra, rb, strict=True)]
+                         for ra, rb in zip(a, b, strict=True)])
 
     def absmag():
         return np.abs(to_np(eps)) + abs(float(scale) * sig_val) * np.abs(to_np(grad))
 
-    code = IMPORTS_G + f"print(guidance.classifier_guidance({lit(eps)}, {lit(grad)}, {lit(sigma)}, {lit(scale)}))"
+    code = imports_g("classifier_guidance") + (f"print(classifier_guidance({lit(eps)}, {lit(grad)}, {lit(sigma)}, "
+                                                f"{lit(scale)}))")
     return _elementwise_case("classifier_guidance", rng, (thunk, exact, absmag, code, kind, bad, accept, dtype, 4))
 
 
 def gen_negative_prompt(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d = int(rng.integers(1, 5)), int(rng.integers(1, 6))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1749,7 +1773,7 @@ def gen_negative_prompt(rng) -> Case:
 
     if variant == "000":
         def thunk():
-            return guidance.negative_prompt_000(e0, ep, en, wp, wn)
+            return combiners.negative_prompt_000(e0, ep, en, wp, wn)
 
         def exact():
             a, b, c = _mpa(e0), _mpa(ep), _mpa(en)
@@ -1761,14 +1785,15 @@ def gen_negative_prompt(rng) -> Case:
             a, b, c = (np.abs(to_np(t)) for t in (e0, ep, en))
             return a + abs(wp) * (a + b) + abs(wn) * (a + c)
 
-        code = IMPORTS_G + f"print(guidance.negative_prompt_000({lit(e0)}, {lit(ep)}, {lit(en)}, {lit(wp)}, {lit(wn)}))"
+        code = imports_g("negative_prompt_000") + (f"print(negative_prompt_000({lit(e0)}, {lit(ep)}, {lit(en)}, "
+                                                   f"{lit(wp)}, {lit(wn)}))")
     else:
         kw = {"guidance_scale": wp} if kind != "both_001" else {"w": wp, "guidance_scale": wp}
         if kind == "nan_wneg":
             kw = {"w": wn}
 
         def thunk():
-            return guidance.negative_prompt_001(ep, en, **kw)
+            return combiners.negative_prompt_001(ep, en, **kw)
 
         def exact():
             b, c = _mpa(ep), _mpa(en)
@@ -1780,7 +1805,7 @@ def gen_negative_prompt(rng) -> Case:
             b, c = np.abs(to_np(ep)), np.abs(to_np(en))
             return c + (abs(wp) + abs(wp - 1)) * (b + c)
 
-        code = IMPORTS_G + f"print(guidance.negative_prompt_001({lit(ep)}, {lit(en)}, " + ", ".join(
+        code = imports_g("negative_prompt_001") + f"print(negative_prompt_001({lit(ep)}, {lit(en)}, " + ", ".join(
             f"{k}={lit(v)}" for k, v in kw.items()) + "))"
         if kind == "bcast" or kind == "shape":
             bad = ("eps_neg", "eps_pos")
@@ -1789,7 +1814,7 @@ def gen_negative_prompt(rng) -> Case:
 
 
 def gen_compose(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d, K = int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 5))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1822,7 +1847,7 @@ def gen_compose(rng) -> Case:
         kind = "valid"
 
     def thunk():
-        return guidance.compose(e0, conds, weights)
+        return combiners.compose(e0, conds, weights)
 
     def exact():
         a = _mpa(e0)
@@ -1835,7 +1860,8 @@ def gen_compose(rng) -> Case:
         ws = np.abs(np.array([float(v) for v in weights]))
         return np.abs(to_np(e0)) * (1 + ws.sum()) + sum(ws[k] * np.abs(to_np(conds[k])) for k in range(K))
 
-    code = IMPORTS_G + f"print(guidance.compose({lit(e0)}, [{', '.join(lit(c) for c in conds)}], {lit(weights) if not isinstance(weights, list) else repr(weights)}))"
+    weights_code = lit(weights) if not isinstance(weights, list) else repr(weights)
+    code = imports_g("compose") + f"print(compose({lit(e0)}, [{', '.join(lit(c) for c in conds)}], {weights_code}))"
     return _elementwise_case("compose", rng, (thunk, exact, absmag, code, kind, bad, accept, dtype, 2 * (K + 3)))
 
 
@@ -1845,7 +1871,7 @@ def _mp_std(vals):
 
 
 def gen_rescale(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d = int(rng.integers(1, 4)), int(rng.integers(2, 6))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1886,7 +1912,7 @@ def gen_rescale(rng) -> Case:
         kind = "valid"
 
     def thunk():
-        return guidance.rescale(eg, ec, phi, x=x, alpha=a, sigma=s, space=space)
+        return combiners.rescale(eg, ec, phi, x=x, alpha=a, sigma=s, space=space)
 
     def check(res):
         u = U[dtype]
@@ -1915,14 +1941,14 @@ def gen_rescale(rng) -> Case:
                                           (float(ratio) if ratio is not None else 1.0 + 1.0))
         return compare(res, want, tol, f"rescale (space {space}, {dtype})")
 
-    code = IMPORTS_G + (f"print(guidance.rescale({lit(eg)}, {lit(ec)}, {lit(phi)}, x={lit(x)}, alpha={lit(a)}, "
+    code = imports_g("rescale") + (f"print(rescale({lit(eg)}, {lit(ec)}, {lit(phi)}, x={lit(x)}, alpha={lit(a)}, "
                         f"sigma={lit(s)}, space={space!r}))")
     return Case("rescale", f"rescale {kind} space={space} {dtype}", thunk, Oracle(check if accept else None, bad),
                 code)
 
 
 def gen_threshold(rng) -> Case:
-    from verify import guidance
+    combiners = _rule_functions()
 
     n, d = int(rng.integers(1, 4)), int(rng.integers(1, 7))
     dtype = F64 if rng.random() < 0.7 else F32
@@ -1963,8 +1989,8 @@ def gen_threshold(rng) -> Case:
 
     def thunk():
         if variant == "static":
-            return guidance.static_threshold(eps, x=x, alpha=a, sigma=s, limit=limit)
-        return guidance.dynamic_threshold(eps, x=x, alpha=a, sigma=s, percentile=pct, limit=limit)
+            return combiners.static_threshold(eps, x=x, alpha=a, sigma=s, limit=limit)
+        return combiners.dynamic_threshold(eps, x=x, alpha=a, sigma=s, percentile=pct, limit=limit)
 
     def check(res):
         u = U[dtype]
@@ -1992,12 +2018,12 @@ def gen_threshold(rng) -> Case:
                                       2 * (abs(float(X[i][j])) + s * abs(float(E[i][j]))) / s)
         return compare(res, want, tol, f"{variant}_threshold ({dtype})")
 
-    call = (f"guidance.static_threshold({lit(eps)}, x={lit(x)}, alpha={lit(a)}, sigma={lit(s)}, limit={lit(limit)})"
+    call = (f"static_threshold({lit(eps)}, x={lit(x)}, alpha={lit(a)}, sigma={lit(s)}, limit={lit(limit)})"
             if variant == "static" else
-            f"guidance.dynamic_threshold({lit(eps)}, x={lit(x)}, alpha={lit(a)}, sigma={lit(s)}, "
+            f"dynamic_threshold({lit(eps)}, x={lit(x)}, alpha={lit(a)}, sigma={lit(s)}, "
             f"percentile={lit(pct)}, limit={lit(limit)})")
     return Case("threshold", f"{variant}_threshold {kind} {dtype}", thunk, Oracle(check if accept else None, bad),
-                IMPORTS_G + f"print({call})")
+                imports_g(f"{variant}_threshold") + f"print({call})")
 
 
 # ================================================================================================================
@@ -2077,8 +2103,7 @@ def _ref_sampler(name, den, x, times, condition, eta, noise):
 
 def gen_samplers(rng) -> Case:
     from toy_models import AnalyticDenoiser
-    from verify import samplers
-    from verify.guidance import CFGDenoiser
+    from verify import rules, samplers
 
     name = str(rng.choice(sorted(samplers.SAMPLERS)))
     p = rand_mixture(rng, K=int(rng.integers(1, 4)), d=int(rng.integers(1, 4)), log_scale=(-2, 1), far=1.0)
@@ -2092,8 +2117,10 @@ def gen_samplers(rng) -> Case:
     times = torch.linspace(t_start, t_end, steps + 1, dtype=F64)
     n = int(rng.integers(1, 5))
     x = torch.tensor(rng.standard_normal((n, p.d)), dtype=dtype)
-    stochastic = name in ("ddpm", "euler_maruyama")
-    eta = float(rng.uniform(0, 1)) if name == "ddim" and rng.random() < 0.5 else 0.0
+    spec = samplers.get_sampler(name)
+    stochastic = spec.is_stochastic(0.0)
+    takes_eta = spec.noise(1.0) != spec.noise(0.0)  # the registry: eta changes the noise (DDIM's family)
+    eta = float(rng.uniform(0, 1)) if takes_eta and rng.random() < 0.5 else 0.0
     noise = torch.tensor(rng.standard_normal((steps, n, p.d)), dtype=dtype) if (stochastic or eta > 0) else None
     guided = rng.random() < 0.3
     cond_label = int(p.labels[0])
@@ -2130,7 +2157,7 @@ def gen_samplers(rng) -> Case:
         times_in = times.clone()
         times_in[1] = math.nan
         bad, accept = ("timesteps",), False
-    elif kind == "eta_bad" and name == "ddim":
+    elif kind == "eta_bad" and takes_eta:
         eta_in, bad, accept = 1.5, ("eta",), False
     elif kind == "noise_shape" and noise is not None:
         noise_in, bad, accept = noise[:-1], ("noise",), False
@@ -2145,14 +2172,14 @@ def gen_samplers(rng) -> Case:
 
     def build():
         base = AnalyticDenoiser(make_gm(p), sched)
-        den = CFGDenoiser(base, cond_label, w=w) if guided else base
+        den = rules.get("cfg", w=w).guide(base, cond_label) if guided else base
         if kind in ("nan_den", "inf_den"):
             den = _NaNAfter(den, nan_at, math.nan if kind == "nan_den" else math.inf)
         return den
 
     def run(den, xx, tt, nz, nm, et):
         kw: dict = {"condition": cond_label if guided else None}
-        if nm == "ddim":
+        if takes_eta:
             kw["eta"] = et
         if nz is not None:
             kw["noise"] = nz
@@ -2173,7 +2200,7 @@ def gen_samplers(rng) -> Case:
                 return WRONG, "the sampler modified the caller's x in place"
         x_exact = x_in.to(F64)
         base = AnalyticDenoiser(make_gm(p), sched)
-        den = CFGDenoiser(base, cond_label, w=w) if guided else base
+        den = rules.get("cfg", w=w).guide(base, cond_label) if guided else base
         ref = _ref_sampler(name, den, x_exact, times_in, cond_label if guided else None, eta_in, noise_in)
         if isinstance(res, torch.Tensor) and res.dtype != (x_in.dtype if x_in.is_floating_point() else F64) and \
                 kind != "x_int":
@@ -2189,18 +2216,19 @@ def gen_samplers(rng) -> Case:
         return compare(res, ref.numpy(), tol, f"{name} on {sched} ({x_in.dtype})")
 
     noise_code = "" if noise_in is None else f", noise={lit(noise_in)}"
-    eta_code = f", eta={eta_in!r}" if name == "ddim" else ""
-    wrap = f"CFGDenoiser(base, {cond_label}, w={w!r})" if guided else "base"
+    eta_code = f", eta={eta_in!r}" if takes_eta else ""
+    wrap = f"rules.get('cfg', w={w!r}).guide(base, {cond_label})" if guided else "base"
     nan_code = ""
     if kind in ("nan_den", "inf_den"):
         nan_code = (f"\nclass Broken:  # answers {'NaN' if kind == 'nan_den' else 'inf'} from call {nan_at + 1} on\n"
-                    "    def __init__(self, den): self.den, self.calls, self.schedule, self.dim = den, 0, den.schedule, den.dim\n"
+                    "    def __init__(self, den):\n"
+                    "        self.den, self.calls, self.schedule, self.dim = den, 0, den.schedule, den.dim\n"
                     "    def eps(self, x, t, condition=None):\n"
                     "        self.calls += 1; out = self.den.eps(x, t, condition).clone()\n"
                     f"        if self.calls > {nan_at}: out[0, 0] = float({'nan' if kind == 'nan_den' else 'inf'!r})\n"
                     "        return out\nden = Broken(den)")
     code = ("import torch, numpy as np\nfrom toy_models import GaussianMixture, AnalyticDenoiser\n"
-            "from verify.guidance import CFGDenoiser\nfrom verify.samplers import sample\n"
+            "from verify import rules\nfrom verify.samplers import sample\n"
             f"base = AnalyticDenoiser({gm_call(p)}, {sched!r})\nden = {wrap}{nan_code}\n"
             f"print(sample({name_in!r}, den, {lit(x_in)}, {lit(times_in)}, condition={cond_label if guided else None!r}"
             f"{eta_code}{noise_code}))")
@@ -2325,8 +2353,9 @@ def gen_exact_law(rng) -> Case:
             return st, det
         return compare(cov, c_ref, tol, f"exact law covariance ({sampler}, {sched}, {start}, w={w:.3g})")
 
+    cond_code = gm_call(pc) if cond_in is None else ("..." if not isinstance(cond_in, str) else repr(cond_in))
     code = ("import torch, numpy as np\nfrom toy_models import GaussianMixture\nfrom verify.exact_law import "
-            f"exact_gaussian_cfg_law\ncond = {gm_call(pc) if cond_in is None else ('...' if not isinstance(cond_in, str) else repr(cond_in))}\n"
+            f"exact_gaussian_cfg_law\ncond = {cond_code}\n"
             f"uncond = {gm_call(pu) if uncond_in is None else '...'}\n"
             f"print(exact_gaussian_cfg_law(cond, uncond, {lit(w)}, {sampler!r}, {sched!r}, {start!r}, "
             f"t_end={lit(t_end)}, rtol={rtol!r}))")
@@ -2339,7 +2368,7 @@ def gen_exact_law(rng) -> Case:
 # ================================================================================================================
 def gen_tilted(rng) -> Case:
     from toy_models import World
-    from verify.guidance import linear_rule
+    from verify import rules
     from verify.tilted import TiltedLaw, tilted_law
 
     d = int(rng.integers(1, 4))
@@ -2363,7 +2392,7 @@ def gen_tilted(rng) -> Case:
     elif kind == "schedule_bad":
         t, schedule, bad, accept = 0.5, "linear", ("schedule",), False
     elif kind == "unknown_cond":
-        cond, bad, accept = 7, ("condition",), False
+        cond, bad, accept = 7, ("condition", "conditions"), False
     elif kind in ("nan_exp", "empty", "dims"):
         bad, accept = ("factors",), False
     if kind in ("gauss", "noised", "not_normalisable"):
@@ -2397,8 +2426,7 @@ def gen_tilted(rng) -> Case:
         if kind == "dims":
             q = rand_mixture(np.random.default_rng(1), K=1, d=d + 1)
             return TiltedLaw(((make_gm(pc), 2.0), (make_gm(q), -1.0))).summary()
-        rule = linear_rule("cfg", condition=cond, w=w)
-        law = tilted_law(world_of(), rule, t=t, schedule=schedule)
+        law = tilted_law(world_of(), rules.get("cfg", w=w), {"cond": cond}, t=t, schedule=schedule)
         if kind == "mixture1d":
             return law.summary(n_grid=801)
         return law.summary()
@@ -2426,10 +2454,10 @@ def gen_tilted(rng) -> Case:
             q = np.exp(lq - pk)
             if q[0] > 1e-17 or q[-1] > 1e-17:
                 return CORRECT, "reference window too small to judge (counted as correct)"
-            z = np.trapezoid(q, xs) if hasattr(np, "trapezoid") else np.trapz(q, xs)
-            mean = np.trapezoid(q * xs, xs) / z if hasattr(np, "trapezoid") else np.trapz(q * xs, xs) / z
-            var = (np.trapezoid(q * (xs - mean) ** 2, xs) if hasattr(np, "trapezoid") else
-                   np.trapz(q * (xs - mean) ** 2, xs)) / z
+            trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # numpy 2 renamed it  # noqa: B009
+            z = trapezoid(q, xs)
+            mean = trapezoid(q * xs, xs) / z
+            var = trapezoid(q * (xs - mean) ** 2, xs) / z
             del g
             tol = max(10 * res.moment_error, 1e-7 * (abs(mean) + var + 1))
             st, det = compare(res.mean, [mean], tol, "tilted mean (1-D mixture)")
@@ -2449,7 +2477,8 @@ def gen_tilted(rng) -> Case:
         L = (1 + mp.mpf(w)) * Pc - mp.mpf(w) * Pu
         ev = mp.eigsy(L)[0]
         if min(ev) <= 0:
-            return WRONG, f"returned a summary for a non-normalisable target (precision eigenvalues {[float(v) for v in ev]})"
+            return WRONG, (f"returned a summary for a non-normalisable target (precision eigenvalues "
+                           f"{[float(v) for v in ev]})")
         cov = mp.inverse(L)
         eta = (1 + mp.mpf(w)) * Pc * mp.matrix(mc.tolist()) - mp.mpf(w) * Pu * mp.matrix(mu_.tolist())
         mean = cov * eta
@@ -2465,13 +2494,14 @@ def gen_tilted(rng) -> Case:
             return st, det
         return compare(res.cov, c_ref, rel * np.abs(c_ref).max(), "tilted covariance (Gaussian)")
 
-    code = ("import numpy as np, torch\nfrom toy_models import GaussianMixture, World\nfrom verify.guidance import "
-            "linear_rule\nfrom verify.tilted import tilted_law, TiltedLaw\n")
+    code = ("import numpy as np, torch\nfrom toy_models import GaussianMixture, World\nfrom verify import rules\n"
+            "from verify.tilted import tilted_law, TiltedLaw\n")
     if kind == "mixture1d":
         code += f"world = World('mix', {gm_call(pm)})\n"
     else:
         code += f"world = World('g', {gm_call(pu)}, conditionals={{0: {gm_call(pc)}}})\n"
-    code += f"print(tilted_law(world, linear_rule('cfg', condition={cond!r}, w={w!r}), t={t!r}, schedule={schedule!r}).summary())"
+    code += (f"print(tilted_law(world, rules.get('cfg', w={w!r}), {{'cond': {cond!r}}}, t={t!r}, "
+             f"schedule={schedule!r}).summary())")
     return Case("tilted", f"tilted {kind} d={d} w={w:.3g}", thunk, Oracle(check if accept else None, bad), code)
 
 
@@ -2544,10 +2574,11 @@ def gen_metrics(rng) -> Case:
             np.sum((m1 - m2) ** 2)) + float(a.sum() + b.sum()) * max(float(a.max() / a.min()), 1.0)
         return compare(np.array([res]), [mp_f(ref)], 64 * d * d * U[F64] * mag + 1e-300, "frechet_distance (laws)")
 
+    samples_code = "g1" if samples is None else (lit(samples) if not isinstance(samples, str) else repr(samples))
     code = ("import numpy as np, torch\nfrom toy_models import GaussianMixture\nfrom verify.metrics import "
             f"frechet_distance\ng1 = GaussianMixture([1.0], {lit(m1[None, :])}, {lit(np.diag(a)[None])})\n"
             f"g2 = GaussianMixture([1.0], {lit(m2[None, :])}, {lit(np.diag(b)[None])})\n"
-            f"print(frechet_distance({'g1' if samples is None else (lit(samples) if not isinstance(samples, str) else repr(samples))}, g2))")
+            f"print(frechet_distance({samples_code}, g2))")
     return Case("metrics", f"frechet_distance {kind} d={d}", thunk, Oracle(check if accept else None, bad), code)
 
 
@@ -2706,9 +2737,9 @@ def gen_checkpoint(rng) -> Case:
         return CORRECT, "loaded the shipped tensors and schedule"
 
     rel = src.relative_to(checkpoint_dir())
-    code = ("# copy checkpoints/{0}.safetensors and .json to /tmp/ck/, then apply: {1}\n"
+    code = ("# copy checkpoints/{}.safetensors and .json to /tmp/ck/, then apply: {}\n"
             "from toy_models.neural.checkpoint import load_checkpoint\n"
-            "print(load_checkpoint('/tmp/ck/{2}'))").format(rel, kind if kind != "card_missing" else
+            "print(load_checkpoint('/tmp/ck/{}'))").format(rel, kind if kind != "card_missing" else
                                                             f"del card[{field_pick!r}]", src.name)
     return Case("load_checkpoint", f"load_checkpoint {kind} {rel}", thunk,
                 Oracle(check if accept else None, bad), code)
@@ -2757,7 +2788,7 @@ def _known(api, desc, thunk, oracle, code):
 def known_bug_cases() -> list[Case]:
     """One case per bug found by the earlier trial (the @examples of tests/test_robustness.py)."""
     from toy_models import AnalyticDenoiser, GaussianMixture
-    from verify import guidance
+    combiners = _rule_functions()
 
     cases = []
     # 1. a narrow component far from the origin: log_prob at the mean is 25.79, not 0.0
@@ -2794,9 +2825,9 @@ def known_bug_cases() -> list[Case]:
                         "den = AnalyticDenoiser(GaussianMixture([0.5, 0.5], [[-2.0], [2.0]], [[[1.0]], [[1.0]]]))\n"
                         "print(den.eps(torch.tensor([[1], [3]]), 0.5))"))
     # 4. aliasing: the caller's tensor mutated after construction moves mean()/sample()
-    cases.append(_alias_case(np.random.default_rng(0), MixParams(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1.0, 1.0]]),
-                                                                 np.stack([np.eye(2)] * 2), np.array([0, 1])),
-                             F64, "alias_torch"))
+    alias_params = MixParams(np.array([0.5, 0.5]), np.array([[0.0, 0.0], [1.0, 1.0]]), np.stack([np.eye(2)] * 2),
+                             np.array([0, 1]))
+    cases.append(_alias_case(np.random.default_rng(0), alias_params, F64, "alias_torch"))
     cases[-1].tags = ("known",)
     cases[-1].description = "known bug: " + cases[-1].description
     # 5. rescale at zero spread
@@ -2808,31 +2839,35 @@ def known_bug_cases() -> list[Case]:
         return compare(res, eg.numpy(), 1e-12, "rescale at zero spread (nothing to rescale)")
 
     cases.append(_known("rescale", "zero spread of the guided prediction gives inf/NaN",
-                        lambda: guidance.rescale(eg, ec, 0.7, x=xs, alpha=0.8, sigma=0.6, space="eps"),
+                        lambda: combiners.rescale(eg, ec, 0.7, x=xs, alpha=0.8, sigma=0.6, space="eps"),
                         Oracle(rescale_check, ("eps_guided",)),
-                        IMPORTS_G + "print(guidance.rescale(torch.ones(2, 3, dtype=torch.float64), torch.tensor([[0.0, 1.0, 2.0], "
+                        imports_g("rescale") + "print(rescale(torch.ones(2, 3, dtype=torch.float64), "
+                        "torch.tensor([[0.0, 1.0, 2.0], "
                         "[1.0, -1.0, 0.5]], dtype=torch.float64), 0.7, x=torch.zeros(2, 3, dtype=torch.float64), "
                         "alpha=0.8, sigma=0.6, space='eps'))"))
     # 6. thresholding accepts a negative limit
     cases.append(_known("threshold", "static_threshold accepts limit = -1",
-                        lambda: guidance.static_threshold(torch.ones(1, 2, dtype=F64), x=torch.ones(1, 2, dtype=F64),
+                        lambda: combiners.static_threshold(torch.ones(1, 2, dtype=F64), x=torch.ones(1, 2, dtype=F64),
                                                           alpha=0.5, sigma=0.5, limit=-1.0),
                         Oracle(None, ("limit",)),
-                        IMPORTS_G + "print(guidance.static_threshold(torch.ones(1, 2), x=torch.ones(1, 2), alpha=0.5, "
+                        imports_g("static_threshold") + "print(static_threshold(torch.ones(1, 2), x=torch.ones(1, 2), "
+                        "alpha=0.5, "
                         "sigma=0.5, limit=-1.0))"))
     # 7. classifier guidance accepts a negative sigma
     cases.append(_known("classifier_guidance", "negative sigma accepted",
-                        lambda: guidance.classifier_guidance(torch.ones(1, 2, dtype=F64), torch.ones(1, 2, dtype=F64),
+                        lambda: combiners.classifier_guidance(torch.ones(1, 2, dtype=F64), torch.ones(1, 2, dtype=F64),
                                                              -0.5, 2.0),
                         Oracle(None, ("sigma",)),
-                        IMPORTS_G + "print(guidance.classifier_guidance(torch.ones(1, 2), torch.ones(1, 2), -0.5, 2.0))"))
+                        imports_g("classifier_guidance")
+                        + "print(classifier_guidance(torch.ones(1, 2), torch.ones(1, 2), -0.5, 2.0))"))
     # 8. |x| ~ 1e155 gives NaN (the score is finite: -x / 1 for N(0, I)); the input policy allows the finite
     # answer or a refusal naming x (|x|^2 = 2e310 overflows float64, and log p(x) with it)
     cases.append(_known("score", "|x| ~ 1e155 gives NaN",
                         lambda: GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2)]).score(torch.tensor([[1e155, -1e155]],
                                                                                                     dtype=F64)),
                         Oracle(lambda r: compare(r, [[-1e155, 1e155]], 4 * U[F64] * 1e155, "score at 1e155"), ("x",)),
-                        IMPORTS_GM + "print(GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2)]).score(torch.tensor([[1e155, -1e155]])))"))
+                        IMPORTS_GM + "print(GaussianMixture([1.0], [[0.0, 0.0]], [np.eye(2)])"
+                        ".score(torch.tensor([[1e155, -1e155]])))"))
     # 9. sigma ~ 1e155 in noised: sigma^2 overflows; the refusal must name sigma, not alpha
     cases.append(_known("noised", "sigma = 1e155 blamed on alpha",
                         lambda: GaussianMixture([1.0], [[0.0]], [[[1.0]]]).noised(0.5, 1e155),
@@ -2846,5 +2881,6 @@ def known_bug_cases() -> list[Case]:
     cases.append(_known("GaussianMixture()", "covariance 1e-310: log_prob at the mean is NaN",
                         lambda: GaussianMixture([1.0], [[0.0]], [[[1e-310]]]).log_prob(torch.zeros(1, 1, dtype=F64)),
                         Oracle(sub_check, ("covariances",)),
-                        IMPORTS_GM + "print(GaussianMixture([1.0], [[0.0]], [[[1e-310]]]).log_prob(torch.zeros(1, 1, dtype=torch.float64)))"))
+                        IMPORTS_GM + "print(GaussianMixture([1.0], [[0.0]], [[[1e-310]]])"
+                        ".log_prob(torch.zeros(1, 1, dtype=torch.float64)))"))
     return cases

@@ -8,12 +8,11 @@ oracle says ``refused clearly`` (a ValueError/TypeError whose message starts wit
 
 from __future__ import annotations
 
+import fuzz_cases as fz
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import fuzz_cases as fz
 
 torch.set_num_threads(1)
 
