@@ -20,7 +20,8 @@ at family-wise ``alpha = 0.01`` (the headline) and ``0.05``. The family rejects 
 Setting
 -------
 World ``gauss1d`` (``cond = world.law(1) = N(1, 0.5)``, ``uncond = world.law(None) = N(0, 1)``), the exact
-``AnalyticDenoiser`` on ``vp-linear``, guided by ``CFGDenoiser(..., 1, guidance_scale=g)`` with ``g = 4`` (w = 3).
+``AnalyticDenoiser`` on ``vp-linear``, guided by ``rules.get("cfg", guidance_scale=g).guide(..., 1)`` with
+``g = 4`` (w = 3).
 Samplers: ``ddpm`` (stochastic) and ``ddim`` with ``eta = 0`` (deterministic given the start), 50 uniform steps
 from t = 1 to 0 (``time_grid(50)``), ``N`` samples per seed from ``x_1 ~ N(0, 1)``, float64.
 
@@ -88,10 +89,10 @@ except ImportError:  # not installed: run from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from toy_models import AnalyticDenoiser, get_world
 from toy_models.gaussian_mixture import GaussianMixture
+from verify import rules
 from verify.exact_law import exact_gaussian_cfg_law
-from verify.guidance import CFGDenoiser
 from verify.metrics import ks_pvalue, moment_pvalues, run_family, z_test_power
-from verify.samplers import STOCHASTIC, sample, time_grid
+from verify.samplers import get_sampler, sample, time_grid
 
 F64 = torch.float64
 SEED = 20240611
@@ -107,15 +108,21 @@ HEADLINE_ALPHA = 0.01
 TARGET_POWER = 0.8
 CONFIDENCE = 0.95
 SAMPLERS = {"ddpm": {}, "ddim": {"eta": 0.0}}  # name -> sampler kwargs
-CONTINUOUS = {"ddpm": "sde", "ddim": "ode"}  # the continuous-time law each discretises
+#: the continuous-time law each discretises, from the sampler registry ("sde" for DDPM, "ode" for DDIM at eta = 0)
+CONTINUOUS = {name: get_sampler(name).continuous_limit(kw.get("eta", 0.0)) for name, kw in SAMPLERS.items()}
 TESTS = ("mean", "var", "ks")
 HYPOTHESES = {"null": GUIDANCE, "alt": GUIDANCE * OFF_BY}  # guidance_scale the samples are drawn at
 CHUNK = 10  # seeds per worker task
 
 
 # --- the exact law of the discrete sampler ----------------------------------------------------------------
-def guided_denoiser(g: float) -> CFGDenoiser:
-    return CFGDenoiser(AnalyticDenoiser(get_world("gauss1d"), SCHEDULE), 1, guidance_scale=g)
+def guided_denoiser(g: float) -> rules.GuidedDenoiser:
+    return rules.get("cfg", guidance_scale=g).guide(AnalyticDenoiser(get_world("gauss1d"), SCHEDULE), 1)
+
+
+def _stochastic(name: str) -> bool:
+    """Whether the sampler draws noise with its benchmark kwargs (the registry's ``is_stochastic``)."""
+    return get_sampler(name).is_stochastic(SAMPLERS[name].get("eta", 0.0))
 
 
 def timesteps() -> torch.Tensor:
@@ -124,7 +131,7 @@ def timesteps() -> torch.Tensor:
 
 def _run_rows(name: str, g: float, ts: torch.Tensor, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     kw = dict(SAMPLERS[name])
-    if name in STOCHASTIC:
+    if _stochastic(name):
         kw["noise"] = noise
     return sample(name, guided_denoiser(g), x, ts, **kw)[:, 0]
 
@@ -145,7 +152,7 @@ def reference_law(name: str, g: float) -> tuple[float, float]:
 def reference_law_one_run(name: str, g: float) -> tuple[float, float]:
     """The same law from one run over all steps: rows 0, 1 and (stochastic) one unit-noise row per step."""
     ts = timesteps()
-    n_noise = N_STEPS if name in STOCHASTIC else 0
+    n_noise = N_STEPS if _stochastic(name) else 0
     x = torch.zeros(2 + n_noise, 1, dtype=F64)
     x[1, 0] = 1.0
     noise = torch.zeros(N_STEPS, 2 + n_noise, 1, dtype=F64)

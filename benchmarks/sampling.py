@@ -16,7 +16,7 @@ One loop, written once: the project's DDIM sampler ``verify.samplers.ddim`` with
 ``x_1 ~ N(0, I)``. Per step it calls ``denoiser.eps(x, t)`` once and applies
 :math:`x_s = \alpha_s (x_t - \sigma_t\hat\varepsilon)/\alpha_t + \sigma_s\hat\varepsilon`. Only the denoiser differs:
 
-*cfgtruth*: ``CFGDenoiser(AnalyticDenoiser(ring2d, "vp-linear"), 0, w=3)``, the closed-form
+*cfgtruth*: ``rules.get("cfg", w=3).guide(AnalyticDenoiser(ring2d, "vp-linear"), 0)``, the closed-form
 :math:`\hat\varepsilon = \varepsilon_\varnothing + g(\varepsilon_0 - \varepsilon_\varnothing)`, ``g = 4``.
 
 *baseline*: what a user would write without cfgtruth. At every call, for the unconditional law (the 8 ring
@@ -83,7 +83,7 @@ except ImportError:  # not installed: run from a checkout
     from toy_models import AnalyticDenoiser, get_world
 from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.schedules import get_schedule
-from verify.guidance import CFGDenoiser
+from verify import rules
 from verify.samplers import ddim, time_grid
 
 F64 = torch.float64
@@ -104,8 +104,8 @@ def run_loop(denoiser, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor
     return ddim(denoiser, x, timesteps, eta=0.0)
 
 
-def cfgtruth_denoiser() -> CFGDenoiser:
-    return CFGDenoiser(AnalyticDenoiser(get_world(WORLD), SCHEDULE), CONDITION, w=W)
+def cfgtruth_denoiser() -> rules.GuidedDenoiser:
+    return rules.get("cfg", w=W).guide(AnalyticDenoiser(get_world(WORLD), SCHEDULE), CONDITION)
 
 
 class TorchDistributionsCFG:
@@ -286,8 +286,8 @@ def print_table(r: Results) -> None:
     print(f"cfgtruth full run: {user:.1f} s user + {system:.1f} s system CPU over {r.cfgtruth_full_s:.1f} s wall, "
           f"{faults:,} minor page faults; at full size cfgtruth is {r.full_size_speedup:.1f}x faster per sample-step "
           f"than the baseline's {r.n_full} x {SHORT_STEPS} run")
-    print("cfgtruth: CFGDenoiser(AnalyticDenoiser); baseline: torch.distributions MixtureSameFamily + autograd; "
-          "both through verify.samplers.ddim (eta = 0), float64.")
+    print("cfgtruth: rules.get('cfg').guide(AnalyticDenoiser); baseline: torch.distributions MixtureSameFamily + "
+          "autograd; both through verify.samplers.ddim (eta = 0), float64.")
     verdict = "ok" if r.agree_ok else f"ABOVE {AGREEMENT_TOLERANCE:g}"
     print(f"agreement on the subset: max |cfgtruth - baseline| = {r.max_diff_subset:.2e} over final samples of "
           f"max |x| {r.max_abs_sample:.2f} ({verdict}); cfgtruth subset vs the same rows of its full run: "
