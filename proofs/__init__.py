@@ -25,6 +25,7 @@ import sympy
 from . import (
     bayes,
     cfg_form_001,
+    cfgpp_ddim,
     cg_eps_001,
     composition,
     gaussian_tilted,
@@ -46,6 +47,7 @@ PROOFS: tuple[ModuleType, ...] = (
     cg_eps_001,
     cfg_form_001,
     gaussian_tilted,
+    cfgpp_ddim,
 )
 
 
