@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from toy_models import GaussianMixture, get_schedule, get_world
+from verify import rules
 from verify.exact_law import closed_form_ode_variance_1d, exact_gaussian_cfg_law
 from verify.metrics import holm_reject, moment_pvalues
 
 F64 = torch.float64
 RTOL = 1e-12  # the integrator's relative tolerance; global error stays within ~1e3 x rtol for these smooth ODEs
-
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,6 +26,7 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 @pytest.mark.parametrize("w", [0.0, 1.0, 3.0, 7.0])
 @pytest.mark.parametrize("start", ["prior", "marginal"])
@@ -146,8 +147,9 @@ def test_other_entry_points_refuse_bad_arguments_naming_them():
         (lambda: closed_form_ode_variance_1d(-0.5, 1.0, 1.0, 1.0), "^v_c:"),
         (lambda: closed_form_ode_variance_1d(0.5, 1.0, float("inf"), 1.0), "^w:"),
         (lambda: closed_form_ode_variance_1d(0.5, 1.0, 1.0, 0.0), "^start_var:"),
-        (lambda: pf_ode_law_1d(world.law(1), world.law(None), "3"), "^w:"),
-        (lambda: pf_ode_law_1d(world.law(1), world.law(None), 1.0, n_nodes=2.5), "^n_nodes:"),
+        (lambda: pf_ode_law_1d("cfg", {"cond": world.law(1), "uncond": world.law(None)}), "^rule:"),
+        (lambda: pf_ode_law_1d(rules.get("cfg", w=1.0), {"cond": world.law(1), "uncond": world.law(None)},
+                               n_nodes=2.5), "^n_nodes:"),
         (lambda: discrete_sampler_law("ddim", den, time_grid(4), torch.zeros(2, dtype=F64)), "^mean:"),
         (lambda: discrete_sampler_law("ddim", den, time_grid(4), None, -torch.eye(1, dtype=F64)), "^cov:"),
         (lambda: discrete_sampler_law("ddim", den, time_grid(4), None, torch.eye(1) * float("nan")), "^cov:"),
@@ -170,8 +172,9 @@ def test_mixture_references_agree_with_the_moment_odes_on_a_gaussian_world(w):
 
     world = get_world("gauss1d")
     cond, uncond = world.law(1), world.law(None)
-    for kind, ref in (("ode", pf_ode_law_1d(cond, uncond, w, n_nodes=1001)),
-                      ("sde", reverse_sde_law_1d(cond, uncond, w, n_cells=800, n_steps=800))):
+    rule, laws = rules.get("cfg", w=w), {"cond": cond, "uncond": uncond}
+    for kind, ref in (("ode", pf_ode_law_1d(rule, laws, n_nodes=1001)),
+                      ("sde", reverse_sde_law_1d(rule, laws, n_cells=800, n_steps=800))):
         mean, cov = exact_gaussian_cfg_law(cond, uncond, w, kind, start="marginal")
         assert abs(ref.mean - float(mean)) <= 10 * ref.error["mean"] + 1e-8, kind
         assert abs(ref.var - float(cov)) <= 10 * ref.error["var"] + 1e-8, kind
@@ -180,23 +183,24 @@ def test_mixture_references_agree_with_the_moment_odes_on_a_gaussian_world(w):
 
 
 def test_mixture_references_against_monte_carlo():
-    """bimodal1d, w = 3: 400-step Heun (ODE) and Euler-Maruyama (SDE) samples from the noised conditional. Their
-    discretisation bias is O(1e-3) here (measured by halving in the references' own tests), below the Monte Carlo
-    standard error at n = 20000 (~4.5e-3 for the mean); z-tests of mean and variance, Holm at 1e-3."""
+    """bimodal1d, w = 3: 200-step Heun (ODE) and Euler-Maruyama (SDE) samples from the noised conditional. Their
+    discretisation bias is O(1e-3) here (halving in the references' own tests measured about 1e-3 at 400 steps
+    for Euler-Maruyama, order 1, so about 2e-3 at 200; Heun's is far smaller), below the Monte Carlo standard error
+    at n = 10000 (~6.4e-3 for the mean); z-tests of mean and variance, Holm at 1e-3."""
     from toy_models import AnalyticDenoiser
     from verify.exact_law import pf_ode_law_1d, reverse_sde_law_1d
-    from verify.guidance import CFGDenoiser
     from verify.samplers import sample, time_grid
 
     world = get_world("bimodal1d")
     cond, uncond = world.law(1), world.law(None)
-    den = CFGDenoiser(AnalyticDenoiser(world), 1, w=3.0)
+    rule, laws = rules.get("cfg", w=3.0), {"cond": cond, "uncond": uncond}
+    den = rule.guide(AnalyticDenoiser(world), 1)
     a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(1.0))
     gen = torch.Generator().manual_seed(5)
-    x1 = cond.noised(a, s).sample(20_000, gen)
-    for name, ref in (("heun", pf_ode_law_1d(cond, uncond, 3.0, n_nodes=1001)),
-                      ("euler_maruyama", reverse_sde_law_1d(cond, uncond, 3.0, n_cells=800, n_steps=800))):
-        x = sample(name, den, x1, time_grid(400), condition=1, generator=gen)
+    x1 = cond.noised(a, s).sample(10_000, gen)
+    for name, ref in (("heun", pf_ode_law_1d(rule, laws, n_nodes=1001)),
+                      ("euler_maruyama", reverse_sde_law_1d(rule, laws, n_cells=800, n_steps=800))):
+        x = sample(name, den, x1, time_grid(200), generator=gen)
         pvals = moment_pvalues(x, torch.tensor([ref.mean]), torch.tensor([[ref.var]]))
         assert not bool(holm_reject(pvals, 1e-3).any()), (name, ref.mean, float(x.mean()))
 
@@ -204,20 +208,19 @@ def test_mixture_references_against_monte_carlo():
 def test_fine_step_reference_measures_its_own_error():
     from toy_models import AnalyticDenoiser
     from verify.exact_law import fine_step_reference
-    from verify.guidance import CFGDenoiser
 
     world = get_world("gauss1d")
-    den = CFGDenoiser(AnalyticDenoiser(world), 1, w=3.0)
+    den = rules.get("cfg", w=3.0).guide(AnalyticDenoiser(world), 1)
     a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(1.0))
     x1 = world.law(1).noised(a, s).sample(4000, torch.Generator().manual_seed(6))
     exact_mean, _ = exact_gaussian_cfg_law(world.law(1), world.law(None), 3.0, "ode", start="marginal")
-    ref = fine_step_reference(den, x1, "ode", steps=200, condition=1)
+    ref = fine_step_reference(den, x1, "ode", steps=200)
     # Heun is second order: the fine run's error is about a third of the halving difference. The sample mean of the
     # exact flow applied to these x1 differs from the law's mean by Monte Carlo error; the ODE map is a contraction
     # here, so that error is at most the start sample's (sd(x1) / sqrt(n) ~ 0.016): allow 4 of those.
     assert abs(float(ref.mean[0] - exact_mean[0])) <= ref.moment_error + 4 * 0.016
     assert 0 < ref.moment_error < 1e-2 and ref.path_error < 1e-2
-    sde = fine_step_reference(den, x1, "sde", steps=200, condition=1, generator=torch.Generator().manual_seed(7))
+    sde = fine_step_reference(den, x1, "sde", steps=200, generator=torch.Generator().manual_seed(7))
     assert sde.path_error > ref.path_error  # Euler-Maruyama converges with strong order 1/2 only
     with pytest.raises(ValueError, match="steps"):
         fine_step_reference(den, x1, "ode", steps=3)

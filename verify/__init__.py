@@ -1,8 +1,12 @@
 """Everything that judges a model: guidance rules, target laws, tolerances, statistics, the claims ledger, the audit.
 
-Public contract (docs/contract.md): ``from verify import audit_cfg``.
+Public contract (docs/contract.md): ``from verify import audit_cfg``; the rules (``from verify import rules``:
+``rules.names()``, ``rules.get(name, **params)``) and the exact Gaussian laws of continuous-time guided sampling
+(``exact_gaussian_law`` for any linear rule, ``exact_gaussian_cfg_law`` its CFG case).
 """
 
+from . import rules
 from .audit import AuditResult, audit_cfg
+from .exact_law import exact_gaussian_cfg_law, exact_gaussian_law
 
-__all__ = ["AuditResult", "audit_cfg"]
+__all__ = ["AuditResult", "audit_cfg", "rules", "exact_gaussian_law", "exact_gaussian_cfg_law"]
