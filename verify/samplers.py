@@ -273,7 +273,9 @@ class SamplerSpec:
       ODE, 1: the reverse SDE; DDIM with :math:`\eta` is this family's first-order discretisation, Song et al.
       2021a, section 4.1 and Zhang & Chen 2023);
     * ``supports_renoise``: whether it honours a rule that re-noises with another eps than the guided one (CFG++);
-      samplers that do not refuse such a denoiser.
+      samplers that do not refuse such a denoiser;
+    * ``multistep``: whether a step reads predictions of earlier steps (DPM-Solver++(2M)), so the run cannot be
+      split into independent one-step runs (:func:`verify.exact_law.discrete_sampler_law` reads it).
     """
 
     name: str
@@ -282,6 +284,7 @@ class SamplerSpec:
     evaluations_per_step: int
     noise: Callable[[float], float]
     supports_renoise: bool = False
+    multistep: bool = False
 
     def __call__(self, *args, **kw) -> Tensor:
         return self.function(*args, **kw)
@@ -307,13 +310,14 @@ SAMPLERS: dict[str, SamplerSpec] = {}
 
 
 def register_sampler(name: str, *, order: int, evaluations_per_step: int = 1, noise: Callable[[float], float],
-                     supports_renoise: bool = False) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+                     supports_renoise: bool = False, multistep: bool = False
+                     ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
     """Decorator: register a sampler function under ``name`` with its facts (:class:`SamplerSpec`)."""
 
     def decorate(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in SAMPLERS:
             raise ValueError(f"name: a sampler named {name!r} is already registered")
-        SAMPLERS[name] = SamplerSpec(name, function, order, evaluations_per_step, noise, supports_renoise)
+        SAMPLERS[name] = SamplerSpec(name, function, order, evaluations_per_step, noise, supports_renoise, multistep)
         return function
 
     return decorate
@@ -510,7 +514,7 @@ def euler_maruyama(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condi
     return x
 
 
-@register_sampler("dpmpp_2m", order=2, noise=_ode)
+@register_sampler("dpmpp_2m", order=2, noise=_ode, multistep=True)
 def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
              generator: torch.Generator | None = None, noise: Tensor | None = None,
              callback: Callback | None = None) -> Tensor:
@@ -618,8 +622,9 @@ def count_evaluations(name: str, model: Denoiser, x: Tensor, timesteps, *,
                       guide: Callable[[Denoiser], Denoiser] | None = None, **kw) -> EvaluationCount:
     """Run ``sample(name, guide(model), x, timesteps, **kw)`` and count evaluations at both levels.
 
-    ``guide`` builds the guided denoiser from the (counted) base model, e.g. ``lambda m: rules.get("cfg", w=3).guide(m, 1)``;
-    without it the sampler calls ``model`` directly and both counts agree.
+    ``guide`` builds the guided denoiser from the (counted) base model, e.g.
+    ``lambda m: rules.get("cfg", w=3).guide(m, 1)``; without it the sampler calls ``model`` directly and both counts
+    agree.
     """
     if guide is not None and not callable(guide):
         raise TypeError(f"guide: expected a callable (Denoiser -> Denoiser) or None, got {type(guide).__name__}")

@@ -47,6 +47,8 @@ class ExactNoisyClassifier:
 
     def __init__(self, world: World, schedule: str | Schedule = "vp-linear"):
         self._exact = AnalyticDenoiser(world.law(None), schedule)
+        #: the schedule its noisy laws follow: the classifier is exact (and the rule linear) only on this one
+        self.schedule = self._exact.schedule
 
     def __call__(self, x: Tensor, t, condition: Condition) -> Tensor:
         return self._exact.noised_law(float(t)).grad_log_posterior(x, condition)
