@@ -86,13 +86,13 @@ class CFGZeroStar(Rule):
     line is a projection bounded by :math:`\lVert v_c\rVert`; the rule returns :math:`g\,v_c` there (no NaN), which is
     what diffusers' :math:`+10^{-8}` in the denominator gives too.
 
-    **Implementations.** The authors' code and current diffusers (``CFGZeroStarGuidance`` /
-    ``ClassifierFreeZeroStarGuidance`` in ``src/diffusers/guiders/classifier_free_zero_star_guidance.py``) compute
-    :math:`s^*` in float32 with :math:`10^{-8}` added to :math:`\lVert v_\varnothing\rVert^2` (a bias for
-    :math:`\lVert v_\varnothing\rVert^2 \lesssim 10^{-6}`); an early version of the diffusers guider formed the shift
-    from the unscaled :math:`v_\varnothing`, :math:`s^* v_\varnothing + g(v_c - v_\varnothing)`, which is not the
-    paper's formula. diffusers zeroes whatever the model predicts during zero-init (``_step < zero_init_steps``,
-    default 1; the authors' scripts use ``i <= zero_steps``, default 0, i.e. one step too): for a flow model that is
+    **Implementations.** The authors' code and current diffusers (``ClassifierFreeZeroStarGuidance`` in
+    ``src/diffusers/guiders/classifier_free_zero_star_guidance.py``, in float32) compute :math:`s^*` with
+    :math:`10^{-8}` added to :math:`\lVert v_\varnothing\rVert^2` (a bias for :math:`\lVert v_\varnothing\rVert^2
+    \lesssim 10^{-6}`); an early version of the diffusers guider formed the shift from the unscaled
+    :math:`v_\varnothing`, :math:`s^* v_\varnothing + g(v_c - v_\varnothing)`, which is not the paper's formula.
+    diffusers zeroes whatever the model predicts during zero-init (``_step < zero_init_steps``, default 1; the
+    authors' scripts zero the steps ``i <= zero_steps``, i.e. ``zero_steps + 1`` of them): for a flow model that is
     the velocity, as here; for an eps model it would be :math:`\hat\varepsilon = 0`, which does move the sampler.
     ``use_original_formulation=True`` in diffusers reads ``guidance_scale`` as Ho & Salimans' :math:`w`."""
 
