@@ -62,14 +62,27 @@ ORDER = ("S0-BAYES", "S0-CG-SCORE", "S0-CLEAN-CLASSIFIER", "S0-PROP1", "S0-CFG-C
          "S0-PROP2-SCORE", "S0-PROP2-SAMPLES", "S0-TEMPERATURE", "S0-WINF", "S0-QUALITY-DIVERSITY", "S0-THRESHOLDING",
          "S0-NEGPROMPT-DENSITY", "S0-COMPOSITION", "S0-PURPLE-DOG", "S1-CG-EPS", "S1-DROPOUT", "S1-CFG-FORM",
          "S1-SCORE-FORM", "S1-SCALE-TABLE", "S1-NEGPROMPT", "S1-FID-IS", "L-DDIM-DDPM", "L-OVERSHOOT", "L-INTERVAL",
-         "L-RESCALE", "L-CFGPP", "L-AUTOGUIDANCE")
+         "L-RESCALE", "L-APG", "L-CFGPP", "L-CFG-ZERO-STAR", "L-AUTOGUIDANCE")
 
 
 def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     """Every claim family, in ledger order."""
-    from . import algebra, bayes, classifier, network, pending, rule_autoguidance, rule_cfgpp, sampling, targets
+    from . import (
+        algebra,
+        bayes,
+        classifier,
+        network,
+        pending,
+        rule_apg,
+        rule_autoguidance,
+        rule_cfg_zero_star,
+        rule_cfgpp,
+        sampling,
+        targets,
+    )
 
-    families = (bayes, algebra, classifier, targets, pending, rule_cfgpp, rule_autoguidance)
+    families = (bayes, algebra, classifier, targets, pending, rule_apg, rule_cfgpp, rule_cfg_zero_star,
+                rule_autoguidance)
     records = [r for family in families for r in family.evaluate(config)]
     by_id = {r.id: r for r in records}
     missing = set(ORDER) - set(by_id)
