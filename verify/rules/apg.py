@@ -130,6 +130,11 @@ class APG(Rule):
                  "Diffusion Models' (arXiv 2410.02416, ICLR 2025), Algorithm 1")
     spaces = ("x0", "eps", "v", "velocity")
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 12.0}, {"guidance_scale": 12.0, "eta": 0.5, "norm_threshold": 2.0, "momentum": -0.5},
+                {"guidance_scale": 7.5, "eta": 1.0, "space": "eps"}]
+
     def __init__(self, *, w: float | None = None, guidance_scale: float | None = None, eta: float = 0.0,
                  norm_threshold: float | None = None, momentum: float = 0.0, space: str = "x0"):
         self.guidance_scale = guidance_scale_from(w=w, guidance_scale=guidance_scale)

@@ -47,6 +47,10 @@ class Autoguidance(LinearRule):
     reference = ("Karras et al. 2024, 'Guiding a Diffusion Model with a Bad Version of Itself' (NeurIPS 2024, "
                  "arXiv 2406.02507), sections 2-3")
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 2.0}]
+
     def __init__(self, *, w: float | None = None, guidance_scale: float | None = None, space: str = "eps"):
         self.guidance_scale = guidance_scale_from(w=w, guidance_scale=guidance_scale)
         self._set_space(space)

@@ -101,6 +101,10 @@ class CFGZeroStar(Rule):
                  "(arXiv 2503.18886), section 4.1 (optimised scale) and 4.2 (zero-init)")
     spaces = ("velocity", "eps", "x0", "v")
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"guidance_scale": 4.0}, {"guidance_scale": 4.0, "use_zero_init": False, "space": "eps"}]
+
     def __init__(self, *, w: float | None = None, guidance_scale: float | None = None, use_zero_init: bool = True,
                  zero_init_steps: int = 1, space: str = "velocity"):
         self.guidance_scale = guidance_scale_from(w=w, guidance_scale=guidance_scale)

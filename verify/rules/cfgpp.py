@@ -122,6 +122,10 @@ class CFGPlusPlus(LinearRule):
                  "Diffusion Models' (arXiv 2406.08070), Algorithm 1")
     renoise_branch = "uncond"
 
+    @classmethod
+    def examples(cls, world) -> list[dict]:
+        return [{"lam": 0.6}]
+
     def __init__(self, *, lam: float, space: str = "eps"):
         self.lam = _check_lam(lam)
         self._set_space(space)
