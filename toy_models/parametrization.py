@@ -151,7 +151,7 @@ def _homogeneous(formula: Callable[..., Tensor], tensors: list[Tensor], name: st
     the largest of their magnitudes at that element (exact, a change of exponent), the formula applied, and the
     result multiplied back (exact again, unless the result itself overflows: then it is refused, naming ``name``).
     Scaling by a power of two commutes with rounding, so the answer is what the formula gives in exact-range
-    arithmetic. Also used by :mod:`verify.guidance`'s combiners."""
+    arithmetic. Also used by the rule functions of :mod:`verify.rules`."""
     out = formula(*tensors)
     if bool(torch.isfinite(out.detach()).all()):
         return out

@@ -216,13 +216,16 @@ class LinearRule(Rule):
 
     @property
     def linear_weights(self) -> dict[str, float]:
+        self._check_weights()
         return dict(self._weights)
 
     def _check_weights(self) -> None:
+        """The weights a subclass set must sum to 1 (a rule that is not exact without guidance is a bug in it)."""
         total = sum(self._weights.values())
         # the weights are sums of at most a handful of user floats: 16 u relative to their magnitude
         if abs(total - 1.0) > 16 * 2.0**-53 * max(1.0, sum(abs(v) for v in self._weights.values())):
-            raise ValueError(f"weights: must sum to 1 (the rule must be exact without guidance), got {total}")
+            raise ValueError(f"weights: rule {self.name!r} has weights summing to {total}, not 1 (a guided prediction "
+                             f"must equal the model's when every branch agrees)")
 
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         from ._math import predictions, weighted_sum
