@@ -73,10 +73,9 @@ def test_algebra_records(quick_records):
 
 def test_algebra_records_fail_for_a_wrong_combiner(monkeypatch):
     """A CFG combiner with a 1e-9 relative error must break S0-PROP1's numeric check."""
-    from verify import guidance
     from verify.claims import algebra
+    from verify.rules.cfg import cfg as original
 
-    original = guidance.cfg
     monkeypatch.setattr(algebra, "cfg", lambda u, c, **kw: original(u, c, **kw) * (1 + 1e-9))
     records = {r.id: r for r in algebra.evaluate(QUICK)}
     assert records["S0-PROP1"].verdict == "fails" and records["S0-PROP1"].evidence["max_error_over_bound"] > 1

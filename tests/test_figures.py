@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from toy_models import AnalyticDenoiser, get_world
+from verify import rules
 from verify.exact_law import (
     closed_form_ode_variance_1d,
     exact_gaussian_cfg_law,
@@ -31,7 +32,6 @@ from verify.figures import (
     ring2d_trajectories,
     sde_samples_1d,
 )
-from verify.guidance import CFGDenoiser, linear_rule
 from verify.samplers import ddim, euler_maruyama, time_grid
 from verify.tilted import tilted_law
 
@@ -63,8 +63,9 @@ def test_normalise_on_grid_is_exact_for_a_gaussian():
 
 def test_purple_dog_mass_matches_tilted_quadrature():
     world = get_world("attributes2d")
-    rule = linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0])
-    reference, error = tilted_law(world, rule).probability(lambda x: x[:, 0].abs() < 1)
+    reference, error = tilted_law(world, rules.get("compose", weights=[1.0, 1.0]),
+                                  {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}).probability(
+        lambda x: x[:, 0].abs() < 1)
     mass = purple_dog_mass()
     assert mass > 0.9
     assert abs(mass - reference) < 1e-3 and error < 1e-3
@@ -76,7 +77,7 @@ def test_gauss1d_panel_moments_match_the_closed_form(w):
     mean, var = _mean_var_1d(_cfg_density_1d(get_world("gauss1d"), w), _LINE_X)
     assert mean == pytest.approx((2 + 2 * w) / (2 + w), abs=1e-9)
     assert var == pytest.approx(1 / (2 + w), abs=1e-9)
-    law = tilted_law(get_world("gauss1d"), linear_rule("cfg", condition=1, w=w)).summary()
+    law = tilted_law(get_world("gauss1d"), rules.get("cfg", w=w), {"cond": 1}).summary()
     assert var == pytest.approx(float(law.cov[0, 0]), abs=1e-9)
 
 
@@ -95,8 +96,8 @@ def test_guided_score_is_the_tilted_score_and_the_cfg_eps(t):
     sigma = float(den.schedule.sigma(t))
     for w in (0.0, 3.0, 7.0):
         score = guided_score(den, pts, t, 0, w)
-        tilted = tilted_law(world, linear_rule("cfg", condition=0, w=w), t=t).score(pts)
-        eps = CFGDenoiser(den, 0, w=w).eps(pts, t, 0)
+        tilted = tilted_law(world, rules.get("cfg", w=w), {"cond": 0}, t=t).score(pts)
+        eps = rules.get("cfg", w=w).guide(den, {"cond": 0}).eps(pts, t)
         torch.testing.assert_close(score, tilted, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(score, -eps / sigma, rtol=1e-9, atol=1e-9)
 
@@ -129,12 +130,13 @@ def test_bimodal1d_flow_map_density_matches_the_exact_laws():
     np.testing.assert_allclose(density, exact, atol=1e-6)
     for w, law in bimodal1d_cfg_laws([7.0]).items():
         x0, density = law["flow"]
-        ref = pf_ode_law_1d(world.law(1), world.law(None), w)
+        laws = {"cond": world.law(1), "uncond": world.law(None)}
+        ref = pf_ode_law_1d(rules.get("cfg", w=w), laws)
         assert law["ode"] == pytest.approx((ref.mean, ref.var), abs=1e-6)
         # the plotted curve itself: unit mass and the same mean by the trapezoid rule in x0 (change of variables)
         assert np.trapezoid(density, x0) == pytest.approx(1.0, abs=1e-4)
         assert np.trapezoid(x0 * density, x0) == pytest.approx(ref.mean, abs=1e-4)
-        sde = reverse_sde_law_1d(world.law(1), world.law(None), w, n_cells=1000, n_steps=1000)  # error 2e-4
+        sde = reverse_sde_law_1d(rules.get("cfg", w=w), laws, n_cells=1000, n_steps=1000)  # error 2e-4
         assert law["sde"] == pytest.approx((sde.mean, sde.var), abs=3e-3)  # the legend's 400 cells: error 1.6e-3
         assert law["ode"][0] > law["sde"][0] + 0.5 > law["tilted"][0] + 0.5  # neither law is the tilted target
 
@@ -146,20 +148,21 @@ def test_bimodal1d_sde_histogram_samples_have_the_fokker_planck_moments():
     samples = sde_samples_1d(world, 1, [0.0, 3.0], n=2000, n_steps=400, seed=1)
     assert samples.shape == (2, 2000)
     for w, x in zip([0.0, 3.0], samples, strict=True):
-        ref = reverse_sde_law_1d(world.law(1), world.law(None), w, n_cells=1000, n_steps=1000)
+        ref = reverse_sde_law_1d(rules.get("cfg", w=w), {"cond": world.law(1), "uncond": world.law(None)},
+                                 n_cells=1000, n_steps=1000)
         assert abs(x.mean() - ref.mean) < 4 * np.sqrt(ref.var / len(x)) + 0.02, w
         # sample variance: sd about var * sqrt(2 / n) = 0.013
         assert abs(x.var() - ref.var) < 4 * ref.var * np.sqrt(2 / len(x)) + 0.02, w
 
 
-def test_rowwise_cfg_is_cfg_denoiser_row_by_row():
+def test_rowwise_cfg_is_the_cfg_rule_row_by_row():
     world = get_world("bimodal1d")
     den = AnalyticDenoiser(world)
     x = torch.linspace(-5.0, 5.0, 11, dtype=torch.float64)[:, None]
     w_rows = torch.tensor([0.0, 1.0, 7.0], dtype=torch.float64).repeat_interleave(11)
     for t in (0.05, 0.5, 1.0):
-        eps = _RowwiseCFG(den, 1, w_rows).eps(x.repeat(3, 1), t)
-        expected = torch.cat([CFGDenoiser(den, 1, w=w).eps(x, t, 1) for w in (0.0, 1.0, 7.0)])
+        eps = _RowwiseCFG(w_rows).guide(den, {"cond": 1}).eps(x.repeat(3, 1), t)
+        expected = torch.cat([rules.get("cfg", w=w).guide(den, {"cond": 1}).eps(x, t) for w in (0.0, 1.0, 7.0)])
         torch.testing.assert_close(eps, expected, rtol=1e-14, atol=1e-14)  # lerp: scalar vs tensor weight
 
 
@@ -195,7 +198,8 @@ def test_ring2d_trajectories_are_the_samplers_paths():
         assert traj.shape == (steps + 1, n, 2)
         np.testing.assert_array_equal(traj[0], start.numpy())
         sampler = {"ddim": ddim, "euler_maruyama": euler_maruyama}[name]
-        end = sampler(CFGDenoiser(den, 0, w=w), start, time_grid(steps), generator=torch.Generator().manual_seed(4))
+        end = sampler(rules.get("cfg", w=w).guide(den, {"cond": 0}), start, time_grid(steps),
+                      generator=torch.Generator().manual_seed(4))
         np.testing.assert_array_equal(traj[-1], end.numpy())
     # the figure's message: at w = 7 the ODE ends beyond class 0's mean (radius 3), and far tighter than the SDE
     ode_end, sde_end = paths["ddim", 7.0][-1], paths["euler_maruyama", 7.0][-1]
@@ -226,8 +230,9 @@ def test_negative_composition_fractions_against_the_tilted_masses():
     assert close("compose", band)
     assert data["compose"]["regions"][band][2] == pytest.approx(purple_dog_mass(), abs=2e-3)
     # the ODE collapses x1: its sample sd is below 0.05, under a third of the tilted law's x1 sd (0.17, computed)
-    tilted_sd = float(tilted_law(get_world("attributes2d"), linear_rule(
-        "compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0])).summary().cov[0, 0]) ** 0.5
+    compose = data["compose"]
+    tilted_sd = float(tilted_law(get_world("attributes2d"), compose["rule"], compose["conditions"]).summary()
+                      .cov[0, 0]) ** 0.5
     assert data["compose"]["samples"][:, 0].std() < 0.05 < tilted_sd / 3
     # negative prompts: DDIM leaves samples on the red side, where the tilted targets have no mass at all
     red = "red side $x_1 < -1$"

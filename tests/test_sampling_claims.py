@@ -8,8 +8,13 @@ import math
 import pytest
 import torch
 
-from toy_models import get_world
+from toy_models import AnalyticDenoiser, get_schedule, get_world
+from toy_models.denoiser import WrappedDenoiser
+from verify import rules
+from verify.claims import sampling
+from verify.claims._common import first_sampler_by_limit
 from verify.exact_law import exact_gaussian_cfg_law
+from verify.samplers import SAMPLERS, get_sampler, time_grid
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +91,58 @@ def test_negative_prompt_and_composition_as_sampled(records):
     narrow = records["S1-NEGPROMPT"].evidence["sampling"]["non_normalisable_target_sampled"]
     assert all(row["finite"] for row in narrow.values())
     torch.manual_seed(0)
+
+
+def test_the_two_samplers_that_represent_each_continuous_limit():
+    first = first_sampler_by_limit()
+    assert first == {"ode": "ddim", "sde": "ddpm"}  # registration order today
+    for limit, name in first.items():
+        assert get_sampler(name).continuous_limit(0.0) == limit
+        earlier = list(SAMPLERS)[:list(SAMPLERS).index(name)]
+        assert all(get_sampler(e).continuous_limit(0.0) != limit for e in earlier)
+
+
+class _RecordingX0(WrappedDenoiser):
+    """The measurement as a denoiser wrapper (how it was first written): it sees x_t and t at every call."""
+
+    def __init__(self, denoiser, limit):
+        self.denoiser, self.limit, self.fractions = denoiser, limit, []
+
+    def eps(self, x, t, condition=None):
+        eps = self.denoiser.eps(x, t, condition)
+        a, s = (float(v) for v in self.schedule.alpha_sigma(t))
+        self.fractions.append(float((((x - s * eps) / a).abs() > self.limit).any(dim=1).double().mean()))
+        return eps
+
+
+def test_x0_range_measured_by_the_callback_is_the_measurement_at_the_state_stepped_from():
+    """The callback gets the new state; the x0-prediction belongs to the state the step started from. Measured
+    both ways on one DDIM run (deterministic, so the two runs are the same path): equal, fraction by fraction."""
+    world = get_world("ring2d")
+    guided = rules.get("cfg", w=7.0).guide(AnalyticDenoiser(world), {"cond": 0})
+    x = world.law(0).noised(*(float(v) for v in get_schedule("vp-linear").alpha_sigma(1.0))).sample(
+        300, torch.Generator().manual_seed(5))
+    times = time_grid(20)
+    by_callback = sampling._x0_out_of_range_fractions(guided, x, times, 4.0)  # about the ledger's data range
+    recorder = _RecordingX0(guided, 4.0)
+    sampling.sample("ddim", recorder, x, times)
+    assert by_callback == recorder.fractions and len(by_callback) == 20
+    # not vacuous: the fraction moves from 1 to 0 along the path (measured: 1 for 11 steps, 0.997, 0.62, then 0), so
+    # measuring at the new state instead of the one stepped from would shift the sequence and break the equality
+    assert by_callback[0] == 1.0 and by_callback[-1] == 0.0 and len(set(by_callback)) >= 3
+
+
+def test_interval_in_edm_noise_level_selects_the_steps_of_the_sigma_t_interval():
+    """L-INTERVAL's interval, first chosen as sigma_t in [0.4, 0.95] on vp-linear, is given to the interval rule as
+    sigma/alpha = sigma_t / sqrt(1 - sigma_t^2); on the ledger's 100-step grid both select the same steps."""
+    lo, hi = (sampling.interval_noise_to_signal(v) for v in sampling.INTERVAL_SIGMA_T)
+    assert lo == pytest.approx(0.4 / math.sqrt(0.84), rel=1e-15) and hi == pytest.approx(0.95 / math.sqrt(0.0975),
+                                                                                         rel=1e-15)
+    rule = rules.get("interval", rule=rules.get("cfg", w=3.0), sigma_lo=lo, sigma_hi=hi)
+    schedule = get_schedule("vp-linear")
+    inside_sigma_t, inside_rule = [], []
+    for t in time_grid(100)[:-1].tolist():
+        alpha, sigma = (float(v) for v in schedule.alpha_sigma(t))
+        inside_sigma_t.append(0.4 <= sigma <= 0.95)
+        inside_rule.append(rule.weights_at(t, schedule) != {"cond": 1.0})
+    assert inside_sigma_t == inside_rule and sum(inside_rule) == 35

@@ -9,15 +9,16 @@ import torch
 from scipy import integrate, stats
 
 from toy_models import GaussianMixture, get_world
-from verify.guidance import linear_rule
-from verify.tilted import NotNormalisableError, TiltedLaw, tilted_law
+from verify import rules
+from verify.rules.classifier import CleanClassifier, ExactNoisyClassifier
+from verify.tilted import NotNormalisableError, TiltedLaw, linear_terms, tilted_law
 
 F64 = torch.float64
 
 
 @pytest.mark.parametrize("w", [0.0, 1.0, 3.0, 7.0])
 def test_gauss1d_closed_form(w):
-    q = tilted_law(get_world("gauss1d"), linear_rule("cfg", condition=1, w=w))
+    q = tilted_law(get_world("gauss1d"), rules.get("cfg", w=w), {"cond": 1})
     mean, cov, log_z = q.gaussian()
     # hand derivation: precision (1+w)/0.5 - w/1 = 2 + w, mean 2(1+w)/(2+w)
     assert math.isclose(float(mean[0]), 2 * (1 + w) / (2 + w), rel_tol=1e-14)
@@ -30,7 +31,7 @@ def test_gauss1d_closed_form(w):
 
 def test_quadrature_matches_closed_form_in_two_dimensions():
     ring = get_world("ring2d")
-    q = tilted_law(ring, linear_rule("cfg", condition=0, w=2.0))  # a mixture target: quadrature
+    q = tilted_law(ring, rules.get("cfg", w=2.0), {"cond": 0})  # a mixture target: quadrature
     summary = q.summary()
     assert "trapezoid" in summary.method and summary.moment_error < 1e-6
     # Gaussian factors: closed form. 2 P_0 - 0.3 P_1 is positive definite: its smallest eigenvalue is at least
@@ -45,7 +46,7 @@ def test_quadrature_matches_closed_form_in_two_dimensions():
 
 
 def test_importance_sampling_agrees_with_quadrature():
-    q = tilted_law(get_world("bimodal1d"), linear_rule("cfg", condition=1, w=3.0))
+    q = tilted_law(get_world("bimodal1d"), rules.get("cfg", w=3.0), {"cond": 1})
     quad = q.summary()
     mc = q._importance_summary(200_000, seed=1)
     # 5 standard errors: a two-sided false-alarm rate below 1e-6 per comparison
@@ -55,7 +56,7 @@ def test_importance_sampling_agrees_with_quadrature():
 
 
 def test_region_mass_against_exact_cdf():
-    q = tilted_law(get_world("bimodal1d"), linear_rule("cfg", condition=1, w=0.0))  # w = 0: p(x|c) = N(2, 0.5)
+    q = tilted_law(get_world("bimodal1d"), rules.get("cfg", w=0.0), {"cond": 1})  # w = 0: p(x|c) = N(2, 0.5)
     mass, err = q.probability(lambda x: x[:, 0] < 0)
     exact = stats.norm.cdf(0, 2, math.sqrt(0.5))
     assert abs(mass - exact) <= 2 * err + 1e-12  # first-order grid error, bounded by the halving difference
@@ -69,8 +70,8 @@ def test_written_negative_prompt_density_is_not_normalisable():
         written.check_normalisable()
     with pytest.raises(ValueError):
         written.summary()
-    corrected = tilted_law(world, linear_rule("negative_000", positive=("dog",), negative=("red",), w_pos=3.0,
-                                              w_neg=1.0))
+    corrected = tilted_law(world, rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0),
+                           {"cond": ("dog",), "negative": ("red",)})
     assert corrected.is_normalisable() is True
 
 
@@ -83,7 +84,8 @@ def test_narrow_negative_prompt_counterexample():
 
 
 def test_tail_bounds_certify_high_dimensional_cfg():
-    q = tilted_law(get_world("tokens16d"), linear_rule("cfg", condition=("b0+", "b1-"), w=3.0), t=0.5)
+    q = tilted_law(get_world("tokens16d"), rules.get("cfg", w=3.0), {"cond": ("b0+", "b1-")},
+                   t=0.5)
     lower, upper = q.tail_bounds(n_directions=256)
     assert 0 < lower <= upper + 1e-12
 
@@ -94,7 +96,7 @@ def test_tilted_law_validation():
     with pytest.raises(ValueError, match="factors.*dimension"):
         TiltedLaw(((get_world("ring2d").law(0), 1.0), (get_world("gauss1d").law(1), 0.5)))
     with pytest.raises(ValueError, match="closed form"):
-        tilted_law(get_world("bimodal1d"), linear_rule("cfg", condition=1, w=1.0)).gaussian()
+        tilted_law(get_world("bimodal1d"), rules.get("cfg", w=1.0), {"cond": 1}).gaussian()
 
 
 
@@ -163,14 +165,58 @@ def test_tilted_law_refuses_malformed_factors_and_arguments():
         (lambda: TiltedLaw(((law, 2.0, 1.0),)), "^factors: entry 0"),
         (lambda: TiltedLaw((("gauss1d", 2.0),)), "^factors: entry 0's law"),
         (lambda: TiltedLaw(law), "^factors:"),
-        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0), t=1.5), "^t:"),
-        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0), t=float("nan")), "^t:"),
-        (lambda: tilted_law(world, linear_rule("cfg", condition=7, w=1.0)), "^condition:"),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"cond": 1}, t=1.5), "^t:"),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"cond": 1}, t=float("nan")), "^t:"),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"cond": 7}), "^condition:"),
         (lambda: tilted_law(world, "cfg"), "^rule:"),
-        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0)).summary(n_samples=0), "^n_samples:"),
-        (lambda: tilted_law(world, linear_rule("cfg", condition=1, w=1.0)).probability(lambda x: x[:, 0]),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"negative": 1}), "^conditions:"),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"cond": 1}).summary(n_samples=0), "^n_samples:"),
+        (lambda: tilted_law(world, rules.get("cfg", w=1.0), {"cond": 1}).probability(lambda x: x[:, 0]),
          "^region:"),
     ]
     for call, match in cases:
         with pytest.raises((ValueError, TypeError), match=match):
             call()
+
+
+class _RenoisingCFG(rules.LinearRule):
+    """CFG's weights with a re-noising branch (as CFG++ has): not registered, only for the refusal below."""
+
+    name = "test_renoising_cfg"
+    reference = "test only"
+    renoise_branch = "uncond"
+
+    def __init__(self):
+        self.branches, self.space, self.params = ("uncond", "cond"), "eps", {}
+        self._weights = {"cond": 4.0, "uncond": -3.0}
+
+
+def test_tilted_law_takes_only_rules_with_fixed_linear_weights():
+    world = get_world("gauss1d")
+    # no single set of weights at every t: a guidance interval, thresholding, an inexact classifier
+    for rule in (rules.get("interval", rule=rules.get("cfg", w=3.0), sigma_lo=0.5, sigma_hi=2.0),
+                 rules.get("dynamic_threshold", w=3.0),
+                 rules.get("classifier", scale=4.0, classifier=CleanClassifier(world))):
+        with pytest.raises(ValueError, match="^rule: .*no fixed linear weights"):
+            tilted_law(world, rule, {"cond": 1})
+    with pytest.raises(ValueError, match="^rule: .*re-noises"):
+        tilted_law(world, _RenoisingCFG(), {"cond": 1})
+    with pytest.raises(TypeError, match="^rule:"):
+        tilted_law(world, None, {"cond": 1})
+
+
+def test_linear_terms_merge_branches_that_share_a_condition():
+    # classifier guidance with the exact noisy classifier at scale s is CFG with guidance_scale s (Proposition 1
+    # of source 000 read backwards): the same terms, hence the same tilted law, bit for bit
+    world = get_world("gauss1d")
+    exact = rules.get("classifier", scale=4.0, classifier=ExactNoisyClassifier(world))
+    assert linear_terms(exact, {"cond": 1}) == linear_terms(rules.get("cfg", guidance_scale=4.0), 1) == \
+        ((1, 4.0), (None, -3.0))
+    # cfg towards the null condition is the unconditional law: one term of weight 1 (4 + (-3), exact)
+    assert linear_terms(rules.get("cfg", w=3.0), {"cond": None}) == ((None, 1.0),)
+    # composition: the weights of its K conditions and the rest on the null condition, conditions normalised
+    terms = linear_terms(rules.get("compose", weights=[1.0, 1.0]),
+                         {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")})
+    assert terms == ((("dog", "red"), 1.0), (("blue", "dog"), 1.0), (None, -1.0))
+    q = tilted_law(world, rules.get("cfg", w=3.0), 1)  # a bare condition is the cond branch's
+    assert q.exponents == [4.0, -3.0] and q.name == "cfg(guidance_scale=4)"

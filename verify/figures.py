@@ -34,16 +34,17 @@ from scipy.integrate import solve_ivp
 from scipy.ndimage import gaussian_filter
 
 from toy_models.denoiser import AnalyticDenoiser
-from toy_models.gaussian_mixture import GaussianMixture
+from toy_models.gaussian_mixture import Condition, GaussianMixture
 from toy_models.scenarios import WORLDS, get_world
 from toy_models.schedules import get_schedule
 from toy_models.world import World
 
+from . import rules
 from .exact_law import exact_gaussian_cfg_law, guided_score_1d, reverse_sde_law_1d
-from .guidance import CFGDenoiser, LinearGuidedDenoiser, LinearRule, WrappedDenoiser, linear_rule
 from .metrics import frechet_distance, precision_recall
+from .rules import Rule, StepContext
 from .samplers import ddim, ddpm, euler_maruyama, time_grid
-from .tilted import TiltedLaw, tilted_law
+from .tilted import TiltedLaw, linear_terms, tilted_law
 
 __all__ = ["plot_worlds", "plot_guided_score_fields", "plot_tilted_densities", "plot_negative_and_composition",
            "plot_cfg_law_vs_tilted", "plot_quality_diversity", "plot_trajectories_ring2d",
@@ -282,7 +283,7 @@ def _log_q(law: TiltedLaw, pts: torch.Tensor, shape: tuple[int, ...]) -> np.ndar
 
 def _cfg_density_1d(world: World, w: float, x: np.ndarray = _LINE_X) -> np.ndarray:
     """The normalised CFG target :math:`p(x|1)^{1+w} p(x)^{-w}` of a 1-D world on the grid ``x``."""
-    law = tilted_law(world, linear_rule("cfg", condition=1, w=w))
+    law = tilted_law(world, rules.get("cfg", w=w), {"cond": 1})
     return normalise_on_grid(_log_q(law, torch.as_tensor(x[:, None]), x.shape), x)
 
 
@@ -294,9 +295,9 @@ def guided_score(denoiser: AnalyticDenoiser, x: torch.Tensor, t: float, conditio
 
 def _composition_density(x1: np.ndarray = _ATTR_X1, x2: np.ndarray = _ATTR_X2) -> np.ndarray:
     """The normalised "purple dog" law :math:`p(x|red\\,dog)\\,p(x|blue\\,dog)/p(x)` on the grid."""
-    rule = linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0])
+    rule, conditions = _attribute_rules()["compose"]
     gx, _, pts = _mesh(x1, x2)
-    return normalise_on_grid(_log_q(tilted_law(get_world("attributes2d"), rule), pts, gx.shape), x1, x2)
+    return normalise_on_grid(_log_q(tilted_law(get_world("attributes2d"), rule, conditions), pts, gx.shape), x1, x2)
 
 
 def purple_dog_mass(*, half_width: float = 1.0, x1: np.ndarray = _ATTR_X1, x2: np.ndarray = _ATTR_X2) -> float:
@@ -353,7 +354,7 @@ def _ring_fields(ts: Sequence[float], ws: Sequence[float], condition: int, axis:
     out = {}
     for t in ts:
         for w in ws:
-            log_q = _log_q(tilted_law(world, linear_rule("cfg", condition=condition, w=w), t=t), pts, gx.shape)
+            log_q = _log_q(tilted_law(world, rules.get("cfg", w=w), {"cond": condition}, t=t), pts, gx.shape)
             score = guided_score(den, spts, t, condition, w).numpy()
             out[t, w] = (log_q - log_q.max(), score[:, 0].reshape(sx.shape), score[:, 1].reshape(sx.shape))
     return out
@@ -561,10 +562,9 @@ def plot_negative_and_composition(path: str | pathlib.Path, *, guidance_scale: f
     x1, x2 = _ATTR_X1, _ATTR_X2
     gx, gy, pts = _mesh(x1, x2)
     pos, neg = ("dog",), ("red",)
-    rules: list[LinearRule] = [
-        linear_rule("negative_001", positive=pos, negative=neg, guidance_scale=guidance_scale),
-        linear_rule("negative_000", positive=pos, negative=neg, w_pos=w_pos, w_neg=w_neg)]
-    dens = [normalise_on_grid(_log_q(tilted_law(world, r), pts, gx.shape), x1, x2) for r in rules]
+    attribute_rules = _attribute_rules(guidance_scale, w_pos, w_neg)
+    negatives = [attribute_rules["negative_001"], attribute_rules["negative_000"]]
+    dens = [normalise_on_grid(_log_q(tilted_law(world, r, c), pts, gx.shape), x1, x2) for r, c in negatives]
     peaks = [float(gx.ravel()[d.argmax()]) for d in dens]
     composed = _composition_density(x1, x2)
     band = _grid_mass(composed, np.abs(gx) < 1.0, x1, x2)
@@ -576,13 +576,15 @@ def plot_negative_and_composition(path: str | pathlib.Path, *, guidance_scale: f
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 3, sharex=True, sharey=True)
         (a, b, c), (d, e, f) = axes
-        _density_panel(a, normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=pos, w=0)),
-                                                     pts, gx.shape), x1, x2),
+        _density_panel(a, normalise_on_grid(_log_q(tilted_law(world, *attribute_rules["dog"]), pts, gx.shape),
+                                            x1, x2),
                        "(a) no negative prompt:\n$p(x\\,|\\,\\mathrm{dog})$\nhalf red dogs, half blue dogs")
         _density_panel(b, dens[0], f"(b) source 001, the negative replaces the null, g = {guidance_scale:g}:\n"
-                       f"{_formula(rules[0].terms)}\nmass moves far past the blue dog: peak at $x_1$ = {peaks[0]:.1f}")
+                       f"{_formula(linear_terms(*negatives[0]))}\nmass moves far past the blue dog: peak at $x_1$ = "
+                       f"{peaks[0]:.1f}")
         _density_panel(c, dens[1], f"(c) source 000, correct exponents, $w_+$ = {w_pos:g}, $w_-$ = {w_neg:g}:\n"
-                       f"{_formula(rules[1].terms)}\nmass moves beyond the blue dog: peak at $x_1$ = {peaks[1]:.1f}")
+                       f"{_formula(linear_terms(*negatives[1]))}\nmass moves beyond the blue dog: peak at $x_1$ = "
+                       f"{peaks[1]:.1f}")
         for cond, colour in [(("red", "dog"), "#d62728"), (("blue", "dog"), "#1f77b4")]:
             p = _density(world.law(cond), pts.numpy()).reshape(gx.shape)
             d.contour(gx, gy, p, levels=p.max() * np.array([0.1, 0.3, 0.5, 0.7, 0.9]), colors=colour, linewidths=1.2)
@@ -662,7 +664,7 @@ def gauss1d_cfg_moments(w: float, *, rtol: float = 1e-9) -> dict[str, tuple[floa
     for sampler in ("ode", "sde"):
         mean, cov = exact_gaussian_cfg_law(world.law(1), world.law(None), w, sampler, start="marginal", rtol=rtol)
         out[sampler] = (float(mean[0]), float(cov[0, 0]))
-    summary = tilted_law(world, linear_rule("cfg", condition=1, w=w)).summary()
+    summary = tilted_law(world, rules.get("cfg", w=w), {"cond": 1}).summary()
     out["tilted"] = (float(summary.mean[0]), float(summary.cov[0, 0]))
     return out
 
@@ -685,7 +687,8 @@ def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: i
         (sum 1): moments are ``weights @ h(x0)``.
     """
     sched = get_schedule("vp-linear")
-    score = guided_score_1d(world.law(condition), world.law(None), float(w), sched)  # pf_ode_law_1d's numpy score
+    laws = {"cond": world.law(condition), "uncond": world.law(None)}
+    score = guided_score_1d(rules.get("cfg", w=float(w)), laws, sched)  # pf_ode_law_1d's numpy score
     start = world.law(condition).noised(*_alpha_sigma(1.0))
     mean, sd = float(start.mean()[0]), math.sqrt(float(start.covariance()[0, 0]))
     x1 = np.linspace(mean - 9 * sd, mean + 9 * sd, n_nodes)
@@ -706,17 +709,28 @@ def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: i
     return x0, p1 / jac, weights / weights.sum()
 
 
-class _RowwiseCFG(WrappedDenoiser):
-    """:class:`~verify.guidance.CFGDenoiser`'s rule with one strength per row, ``lerp(eps_null, eps_c, 1 + w_i)``
-    (the same arithmetic as :func:`verify.guidance.cfg`), so that several w share one sampler run: half as many
-    denoiser calls per w, where the per-call cost dominates (1-D worlds)."""
+class _RowwiseCFG(Rule):
+    r"""CFG with one strength per row of ``x``: :math:`\varepsilon_\varnothing + g_i(\varepsilon_c -
+    \varepsilon_\varnothing)`, :math:`g_i = 1 + w_i`, as one ``torch.lerp`` (the arithmetic of
+    :func:`verify.rules.cfg.cfg`, with a per-row weight), so that several w share one sampler run: half as many
+    denoiser calls per w, where the per-call cost dominates (1-D worlds). A :mod:`verify.rules` rule used through
+    :meth:`~verify.rules.Rule.guide`, but not registered (its strengths are tied to one batch layout);
+    ``linear_weights`` is ``None`` because no one set of weights holds for every row."""
 
-    def __init__(self, denoiser: AnalyticDenoiser, condition: Hashable, w_rows: torch.Tensor):
-        self.denoiser, self.condition = denoiser, condition
-        self.scale = (1.0 + w_rows.to(torch.float64))[:, None]
+    name = "rowwise_cfg"
+    reference = "Ho & Salimans 2022, 'Classifier-Free Diffusion Guidance', eq. 6, one w per row"
 
-    def eps(self, x: torch.Tensor, t, condition: Hashable = None) -> torch.Tensor:
-        return torch.lerp(self.denoiser.eps(x, t, None), self.denoiser.eps(x, t, self.condition), self.scale)
+    def __init__(self, w_rows: torch.Tensor):
+        if not isinstance(w_rows, torch.Tensor) or w_rows.ndim != 1 or not bool(torch.isfinite(w_rows).all()):
+            raise ValueError("w_rows: expected a 1-D tensor of finite strengths, one per row")
+        self.guidance_scale = (1.0 + w_rows.to(torch.float64))[:, None]
+        self.space, self.branches = "eps", ("uncond", "cond")
+        self.params = {"rows": int(w_rows.numel())}
+
+    def combine(self, preds: dict[str, torch.Tensor], ctx: StepContext) -> torch.Tensor:
+        if preds["cond"].shape[0] != self.guidance_scale.shape[0]:
+            raise ValueError(f"x: {preds['cond'].shape[0]} rows for {self.guidance_scale.shape[0]} strengths")
+        return torch.lerp(preds["uncond"], preds["cond"], self.guidance_scale)
 
 
 @_one_thread()
@@ -727,7 +741,7 @@ def sde_samples_1d(world: World, condition: Hashable, ws: Sequence[float], *, n:
     gen = torch.Generator().manual_seed(seed)
     x = _marginal_start(world, condition, n * len(ws), gen)
     w_rows = torch.as_tensor(ws, dtype=torch.float64).repeat_interleave(n)
-    guided = _RowwiseCFG(AnalyticDenoiser(world, "vp-linear"), condition, w_rows)
+    guided = _RowwiseCFG(w_rows).guide(AnalyticDenoiser(world, "vp-linear"), {"cond": condition})
     return euler_maruyama(guided, x, time_grid(n_steps), generator=gen)[:, 0].numpy().reshape(len(ws), n)
 
 
@@ -745,7 +759,8 @@ def bimodal1d_cfg_laws(ws: Sequence[float], *, n_nodes: int = 1201, n_cells: int
     for w in ws:
         x0, density, weights = pf_ode_density_1d(world, 1, w, n_nodes=n_nodes, rtol=1e-8)
         mean = float(weights @ x0)
-        sde = reverse_sde_law_1d(world.law(1), world.law(None), w, n_cells=n_cells, n_steps=n_cells)
+        sde = reverse_sde_law_1d(rules.get("cfg", w=w), {"cond": world.law(1), "uncond": world.law(None)},
+                                 n_cells=n_cells, n_steps=n_cells)
         out[w] = {"ode": (mean, float(weights @ (x0 - mean) ** 2)), "sde": (sde.mean, sde.var),
                   "tilted": _mean_var_1d(_cfg_density_1d(world, w), _LINE_X), "flow": (x0, density)}
     return out
@@ -937,7 +952,7 @@ def quality_diversity_curves(ws: Sequence[float] = _QD_WS, *, n: int = 20_000, n
     for j, w in enumerate(ws):
         for name, sampler in (("ddim", ddim), ("ddpm", ddpm)):
             gen = torch.Generator().manual_seed(seed + 1)
-            x = sampler(CFGDenoiser(den, condition, w=w), x_start, times, generator=gen)
+            x = sampler(rules.get("cfg", w=w).guide(den, {"cond": condition}), x_start, times, generator=gen)
             pr = precision_recall(x, target, level=level, n_reference=n_reference,
                                   generator=torch.Generator().manual_seed(seed + 2))
             kde, at_samples = _kde_on_grid(x.numpy())
@@ -947,7 +962,7 @@ def quality_diversity_curves(ws: Sequence[float] = _QD_WS, *, n: int = 20_000, n
             res["recall"][j] = _grid_mass(p_target, h_model, _QD_X1, _QD_X2)
             res["fd"][j] = frechet_distance(x, target)
             out["samples"][name, w] = x.numpy()
-        q = normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=condition, w=w)), pts, gx.shape),
+        q = normalise_on_grid(_log_q(tilted_law(world, rules.get("cfg", w=w), {"cond": condition}), pts, gx.shape),
                               _QD_X1, _QD_X2)
         weights = (q * _trapezoid_weights(_QD_X1, _QD_X2)).ravel()
         mean = weights @ pts.numpy()
@@ -991,7 +1006,7 @@ def plot_quality_diversity(path: str | pathlib.Path, *, ws: Sequence[float] = _Q
     ws_arr = data["ws"]
     gx, gy, pts = _mesh(_QD_X1, _QD_X2)
     p_target = _density(world.law(condition), pts.numpy()).reshape(gx.shape)
-    q_max = normalise_on_grid(_log_q(tilted_law(world, linear_rule("cfg", condition=condition, w=max(shown))), pts,
+    q_max = normalise_on_grid(_log_q(tilted_law(world, rules.get("cfg", w=max(shown)), {"cond": condition}), pts,
                                      gx.shape), _QD_X1, _QD_X2)
     log_p = world.unconditional.log_prob(pts).numpy().reshape(gx.shape)
     styles = {"ddim": ("-", "o", f"DDIM, {n_steps} steps (deterministic)"),
@@ -1079,7 +1094,7 @@ def ring2d_trajectories(ws: Sequence[float] = (0.0, 3.0, 7.0), *, n: int = 40, n
         for w in ws:
             frames = [x_start.numpy().copy()]
             gen = torch.Generator().manual_seed(seed + 1)
-            sampler(CFGDenoiser(den, condition, w=w), x_start, times, generator=gen,
+            sampler(rules.get("cfg", w=w).guide(den, {"cond": condition}), x_start, times, generator=gen,
                     callback=lambda i, t, x, eps, frames=frames: frames.append(x.numpy().copy()))
             out[name, w] = np.stack(frames)
     return out
@@ -1179,12 +1194,19 @@ _ATTR_REGIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 #: edges lie where every target's density is low, so the grid masses of verify.tilted are accurate)
 
 
-def _attribute_rules(guidance_scale: float = 3.0, w_pos: float = 3.0, w_neg: float = 1.0) -> dict[str, LinearRule]:
+def _attribute_rules(guidance_scale: float = 3.0, w_pos: float = 3.0, w_neg: float = 1.0
+                     ) -> dict[str, tuple[Rule, dict[str, Condition]]]:
+    """The attributes2d rules of figures 4 and 8, each with the conditions of its branches: plain "dog" (CFG at
+    w = 0), source 001's and source 000's negative prompt (positive "dog", negative "red"), and the composition of
+    red dog and blue dog (weights 1, 1)."""
     pos, neg = ("dog",), ("red",)
-    return {"dog": linear_rule("cfg", condition=pos, w=0.0),
-            "negative_001": linear_rule("negative_001", positive=pos, negative=neg, guidance_scale=guidance_scale),
-            "negative_000": linear_rule("negative_000", positive=pos, negative=neg, w_pos=w_pos, w_neg=w_neg),
-            "compose": linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0])}
+    return {"dog": (rules.get("cfg", w=0.0), {"cond": pos}),
+            "negative_001": (rules.get("negative_prompt_001", guidance_scale=guidance_scale),
+                             {"cond": pos, "negative": neg}),
+            "negative_000": (rules.get("negative_prompt_000", w_pos=w_pos, w_neg=w_neg),
+                             {"cond": pos, "negative": neg}),
+            "compose": (rules.get("compose", weights=[1.0, 1.0]),
+                        {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")})}
 
 
 def _fmt_mass(value: float) -> str:
@@ -1197,13 +1219,14 @@ def negative_composition_samples(*, n: int = 5000, n_steps: int = 100, seed: int
                                  w_pos: float = 3.0, w_neg: float = 1.0) -> dict[str, dict]:
     r"""DDIM samples (``n_steps`` uniform steps, ``n`` starts from N(0, I), the same for every rule) of four rules on
     attributes2d: plain ``"dog"``, source 001's and source 000's negative prompt (positive "dog", negative "red")
-    and the ``"compose"``-ition of red dog and blue dog, each through :class:`~verify.guidance.LinearGuidedDenoiser`
-    of the exact denoiser.
+    and the ``"compose"``-ition of red dog and blue dog, each rule guiding the exact denoiser
+    (:meth:`verify.rules.Rule.guide`).
 
     Returns
     -------
     dict
-        ``{rule name: {"rule": LinearRule, "samples": [n, 2] array, "regions": {region: (fraction, se, mass,
+        ``{name: {"rule": Rule, "conditions": its branches' conditions, "samples": [n, 2] array, "regions":
+        {region: (fraction, se, mass,
         mass_error)}}}``: each region of ``_ATTR_REGIONS`` with the samples' fraction in it, its binomial standard
         error :math:`\sqrt{m(1 - m)/n}` at the tilted mass m, and the tilted law's mass there with its quadrature
         error (:meth:`verify.tilted.TiltedLaw.probability`).
@@ -1212,15 +1235,15 @@ def negative_composition_samples(*, n: int = 5000, n_steps: int = 100, seed: int
     den = AnalyticDenoiser(world, "vp-linear")
     x_start = torch.randn(n, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     out = {}
-    for name, rule in _attribute_rules(guidance_scale, w_pos, w_neg).items():
-        x = ddim(LinearGuidedDenoiser(den, rule), x_start, time_grid(n_steps))
-        law = tilted_law(world, rule)
+    for name, (rule, conditions) in _attribute_rules(guidance_scale, w_pos, w_neg).items():
+        x = ddim(rule.guide(den, conditions), x_start, time_grid(n_steps))
+        law = tilted_law(world, rule, conditions)
         regions = {}
         for region, inside in _ATTR_REGIONS.items():
             mass, err = law.probability(inside)
             regions[region] = (float(inside(x).double().mean()), math.sqrt(max(mass * (1 - mass), 0.0) / n), mass,
                                err)
-        out[name] = {"rule": rule, "samples": x.numpy(), "regions": regions}
+        out[name] = {"rule": rule, "conditions": conditions, "samples": x.numpy(), "regions": regions}
     return out
 
 
@@ -1263,8 +1286,8 @@ def plot_negative_composition_samples(path: str | pathlib.Path, *, n: int = 5000
         FigureCanvasAgg(fig)
         axes = fig.subplots(2, 2, sharex=True, sharey=True)
         for ax, (name, entry) in zip(axes.ravel(), data.items(), strict=True):
-            rule = entry["rule"]
-            dens = normalise_on_grid(_log_q(tilted_law(world, rule), pts, gx.shape), x1, x2)
+            rule, conditions = entry["rule"], entry["conditions"]
+            dens = normalise_on_grid(_log_q(tilted_law(world, rule, conditions), pts, gx.shape), x1, x2)
             ax.contourf(gx, gy, dens, levels=dens.max() * np.array([0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.01]),
                         cmap="Greys", alpha=0.45)
             ax.contour(gx, gy, dens, levels=dens.max() * np.array([0.01, 0.1, 0.5, 0.9]), colors="0.35",
@@ -1286,7 +1309,7 @@ def plot_negative_composition_samples(path: str | pathlib.Path, *, n: int = 5000
             rows.append(f"{'sd of x1':<22}{entry['samples'][:, 0].std():>9.3g}{sd1:>10.3g}")
             ax.text(0.995, 0.03, "\n".join(rows), transform=ax.transAxes, ha="right", va="bottom", fontsize=9,
                     family="monospace", bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": "0.7", "alpha": 0.92})
-            ax.set_title(f"{titles[name]}\ntilted target {_formula(rule.terms)}", loc="left")
+            ax.set_title(f"{titles[name]}\ntilted target {_formula(linear_terms(rule, conditions))}", loc="left")
             ax.set(xlim=(x1[0], x1[-1]), ylim=(x2[0], x2[-1]), aspect="equal")
         for ax in axes[1]:
             ax.set_xlabel("$x_1$ (colour: red < 0 < blue);  dotted: $x_1$ = -1, 1, 4")

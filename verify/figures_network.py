@@ -6,7 +6,8 @@ and sample sizes as the ledger's ``evidence["network"]`` blocks, so the figures 
 * ``plot_network_score_error``: the :math:`\sigma_t^2`-weighted relative score error of each main network by t,
   null-token branch against the conditional branches (:func:`~verify.claims.network.score_errors`);
 * ``plot_network_cfg_samples``: ring2d class 0, DDIM CFG samples of the network beside the exact-score CFG samples
-  from the same starts (:func:`~verify.claims.network._paired`), by w, over the exact :math:`p(x\mid c)`;
+  from the same starts (:func:`~verify.claims.network.paired_guided_samples`), by w, over the exact
+  :math:`p(x\mid c)`;
 * ``plot_network_attention``: tokens16d cross-attention maps by layer and t
   (:func:`~verify.claims.network.attention_mass`);
 * ``plot_dropout_ablation``: the p_uncond ablation, null and conditional score error and the CFG (w = 3)
@@ -39,19 +40,20 @@ from toy_models import AnalyticDenoiser, get_world
 from toy_models.schedules import get_schedule
 
 from .claims import RunConfig
+from .claims._common import first_sampler_by_limit
 from .claims.network import (
     MAIN,
     P_UNCOND,
     STEPS,
-    _paired,
     attention_mass,
     default_checkpoints,
     dropout_rows,
     load_models,
+    paired_guided_samples,
     score_errors,
 )
 from .figures import _STYLE, _mesh, _one_thread, _save, _w_colours
-from .guidance import CFGDenoiser
+from .rules import get as get_rule
 
 __all__ = ["plot_network_score_error", "plot_network_cfg_samples", "plot_network_attention", "plot_dropout_ablation",
            "plot_network_all", "network_cfg_samples", "dropout_ablation_rows", "NETWORK_FIGURES"]
@@ -205,8 +207,8 @@ def network_cfg_samples(den, config: RunConfig, ws: Sequence[float] = _CFG_WS, *
     -------
     dict
         ``{w: {"network": [n, 2] array, "analytic": [n, 2] array}}``; starts from the noised conditional at t = 1
-        (:func:`verify.claims.network._paired`, with ``cfg_sampling``'s seed; the figure draws more points than the
-        ledger's 1000, so these are not the ledger's samples, only the same procedure).
+        (:func:`verify.claims.network.paired_guided_samples`, with ``cfg_sampling``'s seed; the figure draws more
+        points than the ledger's 1000, so these are not the ledger's samples, only the same procedure).
     """
     world = get_world("ring2d")
     exact = AnalyticDenoiser(world, den.schedule)
@@ -214,8 +216,8 @@ def network_cfg_samples(den, config: RunConfig, ws: Sequence[float] = _CFG_WS, *
     out = {}
     with _one_thread():
         for w in ws:
-            x_net, x_an = _paired(CFGDenoiser(den, condition, w=w), CFGDenoiser(exact, condition, w=w), world,
-                                  condition, n, config.seed + 23, "ddim", condition=condition)
+            x_net, x_an = paired_guided_samples(get_rule("cfg", w=w), {"cond": condition}, den, exact, world,
+                                                condition, n, config.seed + 23, first_sampler_by_limit()["ode"])
             out[float(w)] = {"network": x_net.numpy(), "analytic": x_an.numpy()}
     return out
 

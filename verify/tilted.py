@@ -2,8 +2,9 @@ r"""The target law a linear guidance rule implies: :math:`q(x) \propto \prod_i p
 
 A guided prediction :math:`\sum_i a_i \varepsilon(x, c_i)` with :math:`\sum_i a_i = 1` has, at each noise level, the
 score of :math:`\prod_i p_t(x \mid c_i)^{a_i}` (``proofs/prop2_tilted_score.py``, ``proofs/composition.py``). This
-module builds that *tilted* law from a :class:`~verify.guidance.LinearRule`, decides whether it is normalisable,
-and computes its normaliser, moments and the mass of regions.
+module builds that *tilted* law from a :mod:`verify.rules` rule with fixed ``linear_weights`` (``{branch: a_b}``)
+and the conditions of its branches, decides whether it is normalisable, and computes its normaliser, moments and
+the mass of regions.
 
 Normalisability (tail analysis). Along a unit direction :math:`u`, a mixture's log density behaves like
 :math:`-\tfrac{r^2}{2}\min_k u^\top P_k u + O(r)` (its slowest-decaying component dominates), so
@@ -31,18 +32,19 @@ import functools
 import itertools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import torch
 
 from toy_models import World, get_schedule
 from toy_models._checks import as_scalar
-from toy_models.gaussian_mixture import GaussianMixture
+from toy_models.gaussian_mixture import Condition, GaussianMixture
 
-from .guidance import LinearRule
+from .rules import Rule
+from .rules._base import _bind_conditions
 
-__all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law"]
+__all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law", "linear_terms"]
 
 F64 = torch.float64
 #: margin of the quadrature window around every factor component, in its standard deviations
@@ -442,23 +444,55 @@ def _check_numerics(n_grid, n_samples, seed) -> tuple[int | None, int, int]:
             integer(seed, "seed", 0))
 
 
-def tilted_law(world: World, rule: LinearRule, *, t: float | None = None, schedule: str = "vp-linear"
-               ) -> TiltedLaw:
-    """The law ``rule`` implies on ``world`` at time ``t`` (``None``: the data level, t = 0; else a time in
-    [0, 1] of ``schedule``)."""
+def linear_terms(rule: Rule, conditions: Mapping[str, Condition] | Condition = None
+                 ) -> tuple[tuple[Hashable, float], ...]:
+    r"""``((condition, weight), ...)``: the rule's ``linear_weights`` put on the conditions of its branches, in the
+    rule's weight order, with the weights of branches that share a condition added (``cfg`` with ``cond = None``
+    is one term of weight 1).
+
+    ``conditions`` maps each branch the rule reads to its condition, as :meth:`verify.rules.Rule.guide` takes it:
+    ``{"cond": 0, "negative": 1}``, ``uncond`` defaulting to the null condition; a bare condition means
+    ``{"cond": condition}``. Refused (messages starting ``rule:``): anything that is not a :class:`verify.rules.Rule`,
+    a rule whose ``linear_weights`` is ``None`` (no single weighted sum of branch predictions holds at every t:
+    thresholding, rescale, a guidance interval, classifier guidance with an inexact classifier), a rule that
+    re-noises with another branch than its guided prediction (CFG++: the sampler's update is then not the
+    guided score's), and a ``weak`` branch (a different model, whose law is not one of the world's)."""
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule: expected a verify.rules rule (rules.get(name, ...)), got {type(rule).__name__}")
+    weights = rule.linear_weights
+    if weights is None:
+        raise ValueError(f"rule: {rule.describe()} has no fixed linear weights (linear_weights is None), so it "
+                         f"implies no tilted law")
+    if rule.renoise_branch is not None:
+        raise ValueError(f"rule: {rule.describe()} re-noises with the {rule.renoise_branch!r} branch, so its sampler "
+                         f"does not follow the guided score and no tilted law describes it")
+    if "weak" in weights:
+        raise ValueError(f"rule: {rule.describe()} reads a weaker model (branch 'weak'), whose law is not the world's")
+    bound = _bind_conditions(rule, conditions)
+    merged: dict[Hashable, float] = {}
+    for branch, weight in weights.items():
+        key = bound[branch]
+        merged[key] = merged.get(key, 0.0) + weight
+    return tuple(merged.items())
+
+
+def tilted_law(world: World, rule: Rule, conditions: Mapping[str, Condition] | Condition = None, *,
+               t: float | None = None, schedule: str = "vp-linear") -> TiltedLaw:
+    r"""The law ``rule`` implies on ``world`` at time ``t`` (``None``: the data level, t = 0; else a time in
+    [0, 1] of ``schedule``): :math:`\prod_i p_t(x \mid c_i)^{a_i}` over :func:`linear_terms` ``(rule,
+    conditions)``, e.g. ``tilted_law(world, rules.get("cfg", w=3), {"cond": 1})``."""
     if not isinstance(world, World):
         raise TypeError(f"world: expected a World, got {type(world).__name__}")
-    if not isinstance(rule, LinearRule):
-        raise TypeError(f"rule: expected a LinearRule (verify.guidance.linear_rule), got {type(rule).__name__}")
+    terms = linear_terms(rule, conditions)
     if t is not None:
         t = as_scalar(t, "t")
         if not 0.0 <= t <= 1.0:
             raise ValueError(f"t: must lie in [0, 1], got {t!r}")
         alpha, sigma = (float(v) for v in get_schedule(schedule).alpha_sigma(t))
     factors = []
-    for cond, weight in rule.terms:
+    for cond, weight in terms:
         law = world.law(cond)
         if t is not None:
             law = law.noised(alpha, sigma)
         factors.append((law, weight))
-    return TiltedLaw(tuple(factors), rule.name)
+    return TiltedLaw(tuple(factors), rule.describe())

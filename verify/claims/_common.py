@@ -1,4 +1,5 @@
-"""Shared pieces of the claim checks: source locations, time grids, check points, proof status, perturbed models."""
+"""Shared pieces of the claim checks: source locations, time grids, check points, the samplers a quick run keeps,
+proof status, perturbed models."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from collections.abc import Iterator
 import torch
 
 from toy_models import AnalyticDenoiser, World, get_schedule, get_world
+from toy_models.denoiser import WrappedDenoiser
 from toy_models.gaussian_mixture import Condition
 from toy_models.scenarios import WORLDS
-from verify.guidance import WrappedDenoiser
+from verify.samplers import SAMPLERS
 
 S0 = "000_7b33d4deec361bc5.txt"
 S1 = "001_f3d00070d6a11d28.txt"
@@ -49,15 +51,17 @@ def check_points(world: World, conditions: list[Condition], t: float, n: int, ge
     return torch.cat([bulk, centre + 3.0 * (bulk - centre)])
 
 
-def exact_noisy_classifier(world: World, schedule=SCHEDULE):
-    r"""``grad(x, t, c)``: the world's exact noisy classifier gradient :math:`\nabla_x \log p_t(c \mid x)` on
-    ``schedule`` (the argument :class:`~verify.guidance.ClassifierGuidedDenoiser` takes)."""
-    exact = AnalyticDenoiser(world.law(None), schedule)
-
-    def grad(x: torch.Tensor, t, c: Condition) -> torch.Tensor:
-        return exact.noised_law(float(t)).grad_log_posterior(x, c)
-
-    return grad
+def first_sampler_by_limit() -> dict[str, str]:
+    """``{"ode": name, "sde": name}``: the first registered sampler (:data:`verify.samplers.SAMPLERS`, registration
+    order) whose continuous-time limit at ``eta = 0`` is the probability-flow ODE, and the first whose limit is the
+    reverse SDE (DDIM and DDPM today). The claims that compare the two limits, and quick runs, use these two."""
+    first: dict[str, str] = {}
+    for name, spec in SAMPLERS.items():
+        first.setdefault(spec.continuous_limit(0.0), name)
+    missing = {"ode", "sde"} - set(first)
+    if missing:
+        raise RuntimeError(f"samplers: no registered sampler has the continuous limit {sorted(missing)}")
+    return {"ode": first["ode"], "sde": first["sde"]}
 
 
 @functools.lru_cache(maxsize=1)

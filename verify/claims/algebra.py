@@ -20,7 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from toy_models import AnalyticDenoiser
-from verify.guidance import CFGDenoiser, ClassifierGuidedDenoiser, CountingDenoiser, cfg, classifier_guidance
+from toy_models.denoiser import CountingDenoiser
+from verify import rules
+from verify.rules.cfg import cfg
+from verify.rules.classifier import CleanClassifier, classifier_guidance
 from verify.tolerances import gamma, score_bounds
 
 from . import ClaimRecord, RunConfig
@@ -89,8 +92,9 @@ def _degradation(config: RunConfig) -> dict:
         model_err = float((model.eps(x, 0.5, 0) - den.eps(x, 0.5, 0)).norm(dim=-1).mean())
         row = {}
         for w in (0.0, 1.0, 3.0, 7.0):
-            exact = CFGDenoiser(den, 0, w=w).eps(x, 0.5, 0)
-            approx = CFGDenoiser(model, 0, w=w).eps(x, 0.5, 0)
+            guidance = rules.get("cfg", w=w)
+            exact = guidance.guide(den, {"cond": 0}).eps(x, 0.5)
+            approx = guidance.guide(model, {"cond": 0}).eps(x, 0.5)
             row[f"w={w:g}"] = float((approx - exact).norm(dim=-1).mean()) / model_err
         out[f"relative eps error {rel:g}"] = row
     return {"world": "ring2d", "t": 0.5, "guided error / model error": out,
@@ -102,10 +106,11 @@ def _cfg_cost(config: RunConfig) -> dict:
     world = next(w for w in all_worlds() if w.name == "attributes2d")
     x = world.law(None).sample(100, torch.Generator().manual_seed(config.seed))
     counts = {}
+    # the clean classifier's gradient costs no denoiser call, as any classifier's: only the branches are counted
+    classifier = rules.get("classifier", scale=4.0, classifier=CleanClassifier(world))
     for label, build in (("conditional only", lambda d: d),
-                         ("CFG", lambda d: CFGDenoiser(d, ("red", "dog"), w=3.0)),
-                         ("classifier guidance", lambda d: ClassifierGuidedDenoiser(
-                             d, lambda xx, tt, cc: world.law(None).grad_log_posterior(xx, cc), 4.0))):
+                         ("CFG", lambda d: rules.get("cfg", w=3.0).guide(d, {"cond": ("red", "dog")})),
+                         ("classifier guidance", lambda d: classifier.guide(d, {"cond": ("red", "dog")}))):
         counter = CountingDenoiser(AnalyticDenoiser(world))
         build(counter).eps(x, 0.5, ("red", "dog"))
         counts[label] = {"denoiser_calls": counter.calls, "points_evaluated": counter.points}
@@ -138,7 +143,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
             k: e["cg_eps_vs_augmented_score"] for k, e in errs.items()}, **proof},
         conditions="per-t score identity; which law a sampler driven by it produces is S0-PROP2-SAMPLES' question",
         uncertainty="exact (float64 rounding bound)",
-        tests=["tests/test_guidance.py::test_classifier_guidance_eps_form", "tests/test_proofs.py"]))
+        tests=["tests/test_rule_functions.py::test_classifier_guidance_eps_form", "tests/test_proofs.py"]))
     v, proof = verdict("S1-CG-EPS", worst["cg_eps_vs_augmented_score"])
     records.append(ClaimRecord(
         id="S1-CG-EPS", source=f"{S1}, '기존 Classifier Guidance 방식', display",
@@ -147,7 +152,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
         procedure="as S0-CG-SCORE: the eps form equals -sigma_t times the augmented score; sympy proof",
         verdict=v, evidence={"max_error_over_bound": worst["cg_eps_vs_augmented_score"], **proof},
         uncertainty="exact (float64 rounding bound)",
-        tests=["tests/test_guidance.py::test_classifier_guidance_eps_form"]))
+        tests=["tests/test_rule_functions.py::test_classifier_guidance_eps_form"]))
     v, proof = verdict("S0-PROP1", worst["cfg_vs_classifier"])
     records.append(ClaimRecord(
         id="S0-PROP1", source=f"{S0}, 명제 1 (Proposition 1) and its proof",
@@ -165,7 +170,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
                     "given as two separate laws (gauss1d) the implicit classifier is a density ratio, a proper "
                     "posterior only if p(c) <= 0.26 (S0-BAYES)"),
         uncertainty="exact (float64 rounding bound)",
-        tests=["tests/test_guidance.py::test_cfg_is_classifier_guidance"]))
+        tests=["tests/test_rule_functions.py::test_cfg_is_classifier_guidance"]))
     v, proof = verdict("S1-SCORE-FORM", worst["cfg_vs_classifier"])
     records.append(ClaimRecord(
         id="S1-SCORE-FORM", source=f"{S1}, '수학적 직관: 왜 작동하는가', display",
@@ -175,7 +180,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
         verdict=v, evidence={"max_error_over_bound": worst["cfg_vs_classifier"], **proof},
         conditions="source 001's w is diffusers' guidance_scale: the same letter is 1 + w in source 000",
         uncertainty="exact (float64 rounding bound)",
-        tests=["tests/test_guidance.py::test_cfg_is_classifier_guidance"]))
+        tests=["tests/test_rule_functions.py::test_cfg_is_classifier_guidance"]))
     v, proof = verdict("S0-PROP2-SCORE", worst["cfg_vs_tilted_score"])
     records.append(ClaimRecord(
         id="S0-PROP2-SCORE", source=f"{S0}, 명제 2 (Proposition 2), proof",
@@ -187,20 +192,21 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
                              "per_world": {k: e["cfg_vs_tilted_score"] for k, e in errs.items()}, **proof},
         conditions="per-t: the tilted family p_t(x|c)^(1+w) p_t(x)^(-w) is not the forward noising of "
                    "p_0(x|c)^(1+w) p_0(x)^(-w), so the sampler's output law is a separate question (S0-PROP2-SAMPLES)",
-        uncertainty="exact (float64 rounding bound)", tests=["tests/test_guidance.py::test_cfg_score_is_tilted_score"]))
+        uncertainty="exact (float64 rounding bound)",
+        tests=["tests/test_rule_functions.py::test_cfg_score_is_tilted_score"]))
     form_ok = _cfg_form_exact()
     proof = proof_status("S1-CFG-FORM")
     records.append(ClaimRecord(
         id="S1-CFG-FORM", source=f"{S1}, '추론 단계', display and the sentence after it",
         headline="bitwise exact at scale 0 and 1 (its own convention: 000's w is this w - 1)",
         statement="in eps(null) + w (eps(y) - eps(null)): w = 0 is unconditional, w = 1 conditional, w > 1 stronger",
-        procedure="verify.guidance.cfg at guidance_scale 0 and 1 against the unconditional and conditional eps, "
+        procedure="verify.rules.cfg.cfg at guidance_scale 0 and 1 against the unconditional and conditional eps, "
                   "bit for bit, every world; sympy proof",
         verdict="proved" if form_ok and proof["all_hold"] else ("holds" if form_ok else "fails"),
         evidence={"bitwise_equal_at_endpoints": form_ok, **proof},
         conditions="in source 001's own convention (diffusers guidance_scale); in source 000's convention w = 0 is "
                    "the conditional model: the two texts use 'w' for quantities that differ by one",
-        uncertainty="exact", tests=["tests/test_guidance.py::test_cfg_endpoints_are_exact"]))
+        uncertainty="exact", tests=["tests/test_rule_functions.py::test_cfg_endpoints_are_exact"]))
     cost = _cfg_cost(config)
     ratio = cost["CFG"]["points_evaluated"] / cost["conditional only"]["points_evaluated"]
     records.append(ClaimRecord(
@@ -213,7 +219,7 @@ def evaluate(config: RunConfig) -> list[ClaimRecord]:
         conditions="in rows evaluated (and so FLOPs) per step: the conditional and null predictions go through one "
                    "batched call of 2N rows, so forward calls do not double, work does; wall time of that batched "
                    "forward on a GPU is measured with the network",
-        uncertainty="exact count", tests=["tests/test_guidance.py::test_counting_denoiser"]))
+        uncertainty="exact count", tests=["tests/test_rule_functions.py::test_counting_denoiser"]))
     return records
 
 

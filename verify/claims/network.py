@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 from toy_models import AnalyticDenoiser, World, get_world
 from toy_models.neural import NeuralDenoiser, load_checkpoint
 from toy_models.neural.evaluate import relative_error, score_error_table
-from verify.guidance import CFGDenoiser, ClassifierGuidedDenoiser, LinearGuidedDenoiser, linear_rule
+from verify import rules
 from verify.metrics import frechet_distance, precision_recall
+from verify.rules.classifier import ExactNoisyClassifier
 from verify.samplers import SAMPLERS, sample, time_grid
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
-from ._common import exact_noisy_classifier
+from ._common import first_sampler_by_limit
 
 MAIN = ("ring2d", "attributes2d", "tokens16d")
 P_UNCOND = ("0.00", "0.05", "0.10", "0.20", "0.50")
@@ -130,14 +131,17 @@ def implicit_classifier(den: NeuralDenoiser, config: RunConfig) -> dict:
     return rows
 
 
-def _paired(net_model, exact_model, world, start_condition, n: int, seed: int, sampler: str, condition=None):
-    """Samples of the network-based and exact-score guided models from the same start points and sampler noise."""
+def paired_guided_samples(rule: rules.Rule, conditions: dict, net: NeuralDenoiser, exact: AnalyticDenoiser,
+                          world: World, start_condition, n: int, seed: int, sampler: str) -> list[torch.Tensor]:
+    """``[network samples, exact-score samples]``: ``rule`` guiding the network and the exact denoiser towards the
+    same ``conditions``, from the same start points (``start_condition``'s law noised to t = 1) and the same sampler
+    noise (one generator per run, seeded alike), ``STEPS`` uniform steps."""
     out = []
-    for model in (net_model, exact_model):
+    for model in (rule.guide(net, conditions), rule.guide(exact, conditions)):
         gen = torch.Generator().manual_seed(seed)
-        a, s = _alpha_sigma(net_model, 1.0)
+        a, s = _alpha_sigma(net, 1.0)
         x1 = world.law(start_condition).noised(a, s).sample(n, gen)
-        out.append(sample(sampler, model, x1, time_grid(STEPS), condition=condition, generator=gen))
+        out.append(sample(sampler, model, x1, time_grid(STEPS), generator=gen))
     return out
 
 
@@ -148,14 +152,15 @@ def cfg_sampling(den: NeuralDenoiser, config: RunConfig) -> dict:
     exact = AnalyticDenoiser(world, den.schedule)
     n = 300 if config.quick else 1000
     ws = (3.0,) if config.quick else (1.0, 3.0)
-    samplers = ("ddim", "ddpm") if config.quick else tuple(SAMPLERS)
+    # quick: the first registered sampler of each continuous limit (DDIM for the ODE, DDPM for the SDE)
+    samplers = tuple(first_sampler_by_limit().values()) if config.quick else tuple(SAMPLERS)
     out: dict = {}
     for w in ws:
-        tq = tilted_law(world, linear_rule("cfg", condition=0, w=w)).summary()
+        rule = rules.get("cfg", w=w)
+        tq = tilted_law(world, rule, {"cond": 0}).summary()
         row: dict = {"tilted_mean_e1": float(tq.mean[0]), "tilted_method": tq.method}
         for name in samplers:
-            x_net, x_an = _paired(CFGDenoiser(den, 0, w=w), CFGDenoiser(exact, 0, w=w), world, 0, n,
-                                  config.seed + 23, name, condition=0)
+            x_net, x_an = paired_guided_samples(rule, {"cond": 0}, den, exact, world, 0, n, config.seed + 23, name)
             diff = x_net[:, 0] - x_an[:, 0]
             m_net, m_an = float(x_net[:, 0].mean()), float(x_an[:, 0].mean())
             se_pair = float(diff.std() / math.sqrt(n))
@@ -180,18 +185,20 @@ def attributes_sampling(den: NeuralDenoiser, config: RunConfig) -> dict:
     n = 500 if config.quick else 2000
     red_dog = lambda x: (x[:, 0] < 0) & (x[:, 1] > 0)  # noqa: E731
     purple = lambda x: x[:, 0].abs() < 1.0  # noqa: E731
+    dog_not_red = {"cond": ("dog",), "negative": ("red",)}
     cases = {
-        "negative_001 (+dog, -red, g=3)": (linear_rule("negative_001", positive=("dog",), negative=("red",),
-                                                        guidance_scale=3.0), red_dog, "red_dog"),
-        "negative_000 (+dog 3, -red 1)": (linear_rule("negative_000", positive=("dog",), negative=("red",),
-                                                       w_pos=3.0, w_neg=1.0), red_dog, "red_dog"),
-        "compose (red dog 1, blue dog 1)": (linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")],
-                                                        weights=[1.0, 1.0]), purple, "purple_band"),
+        "negative_001 (+dog, -red, g=3)": (rules.get("negative_prompt_001", guidance_scale=3.0), dog_not_red,
+                                           red_dog, "red_dog"),
+        "negative_000 (+dog 3, -red 1)": (rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0), dog_not_red,
+                                          red_dog, "red_dog"),
+        "compose (red dog 1, blue dog 1)": (rules.get("compose", weights=[1.0, 1.0]),
+                                            {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}, purple,
+                                            "purple_band"),
     }
     out = {}
-    for label, (rule, region, region_name) in cases.items():
-        x_net, x_an = _paired(LinearGuidedDenoiser(den, rule), LinearGuidedDenoiser(exact, rule), world, ("dog",),
-                              n, config.seed + 29, "ddim")
+    for label, (rule, conditions, region, region_name) in cases.items():
+        x_net, x_an = paired_guided_samples(rule, conditions, den, exact, world, ("dog",), n, config.seed + 29,
+                              first_sampler_by_limit()["ode"])
         in_net, in_an = region(x_net).double(), region(x_an).double()
         out[label] = {f"network_{region_name}_fraction": float(in_net.mean()),
                       f"analytic_{region_name}_fraction": float(in_an.mean()),
@@ -246,8 +253,9 @@ def guided_eps_error(den: NeuralDenoiser, config: RunConfig, w: float = 3.0) -> 
         cell_e, cell_s = [], []
         for c in world.class_conditions()[:4]:
             x = exact.noised_law(t, c).sample(n, gen)
-            truth = CFGDenoiser(exact, c, w=w).eps(x, t, c)
-            cell_e.append((CFGDenoiser(den, c, w=w).eps(x, t, c) - truth).pow(2).sum(1))
+            rule = rules.get("cfg", w=w)
+            truth = rule.guide(exact, {"cond": c}).eps(x, t)
+            cell_e.append((rule.guide(den, {"cond": c}).eps(x, t) - truth).pow(2).sum(1))
             cell_s.append(truth.pow(2).sum(1))
         by_t.append(relative_error(cell_e, cell_s)[0])
         errors += cell_e
@@ -270,14 +278,15 @@ def guided_quality(den: NeuralDenoiser, config: RunConfig, classifier: bool = Fa
     world = get_world("ring2d")
     clean = world.law(None)
     n = 500 if config.quick else 2000
-    grad = exact_noisy_classifier(world, den.schedule)
+    exact_classifier = ExactNoisyClassifier(world, den.schedule)
 
     out = {}
     for g in (1.0, 4.0) if config.quick else (1.0, 2.0, 4.0, 8.0):  # guidance_scale g: CFG w = g - 1, classifier s = g
         gen = torch.Generator().manual_seed(config.seed + 41 + int(10 * g))
-        model = (ClassifierGuidedDenoiser(den, grad, g) if classifier else CFGDenoiser(den, 0, guidance_scale=g))
-        x = sample("ddim", model, world.law(0).noised(*_alpha_sigma(den, 1.0)).sample(n, gen), time_grid(STEPS),
-                   condition=0, generator=gen)
+        rule = (rules.get("classifier", scale=g, classifier=exact_classifier) if classifier
+                else rules.get("cfg", guidance_scale=g))
+        x = sample(first_sampler_by_limit()["ode"], rule.guide(den, {"cond": 0}),
+                   world.law(0).noised(*_alpha_sigma(den, 1.0)).sample(n, gen), time_grid(STEPS), generator=gen)
         pr = precision_recall(x, world.law(0), n_reference=20000, generator=gen)
         fd, fd_se = frechet_with_se(x, world.law(0), gen)
         out[f"{g:g}"] = {"precision": pr.precision, "precision_se": pr.precision_se, "frechet_to_p(x|c)": fd,

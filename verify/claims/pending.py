@@ -50,10 +50,11 @@ _PENDING = (
     ("L-INTERVAL", "Kynkaanniemi et al. 2024, 'Applying guidance in a limited interval improves sample and "
                    "distribution quality'",
      "guidance applied only at middle noise levels keeps quality and recovers diversity",
-     "samples with verify.guidance's interval option against full guidance: Frechet distance, precision, recall"),
+     "samples with verify.rules' interval rule (noise levels sigma/alpha in an interval) against full "
+     "guidance: Frechet distance, precision, recall"),
     ("L-RESCALE", "Lin et al. 2023, 'Common diffusion noise schedules and sample steps are flawed', section 3.4",
      "rescaling the guided prediction's standard deviation to the conditional one's fixes overexposure at high scales",
-     "the sampled law with and without verify.guidance.rescale against w (the sampling issue)"),
+     "the sampled law with and without verify.rules' rescale rule against w (the sampling issue)"),
 )
 
 

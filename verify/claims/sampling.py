@@ -22,6 +22,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from toy_models import AnalyticDenoiser, GaussianMixture, World, get_schedule, get_world
+from verify import rules
 from verify.exact_law import (
     discrete_sampler_law,
     exact_gaussian_cfg_law,
@@ -29,36 +30,38 @@ from verify.exact_law import (
     pf_ode_law_1d,
     reverse_sde_law_1d,
 )
-from verify.guidance import (
-    CFGDenoiser,
-    ClassifierGuidedDenoiser,
-    LinearGuidedDenoiser,
-    WrappedDenoiser,
-    dynamic_threshold,
-    linear_rule,
-)
 from verify.metrics import frechet_distance, precision_recall
-from verify.samplers import SAMPLERS, count_evaluations, sample, time_grid
+from verify.rules.classifier import CleanClassifier, ExactNoisyClassifier
+from verify.samplers import SAMPLERS, count_evaluations, get_sampler, sample, time_grid
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
-from ._common import exact_noisy_classifier
+from ._common import first_sampler_by_limit
 
 F64 = torch.float64
 W_LAWS = ("0", "1", "3", "7")
 SCHEDULE = "vp-linear"
 
 
-def _start(law: GaussianMixture, n: int, generator: torch.Generator) -> torch.Tensor:
+def _noised_at_t1(law: GaussianMixture, n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` draws of ``law`` noised to t = 1 on vp-linear (``start="marginal"`` of :mod:`verify.exact_law`)."""
     a, s = (float(v) for v in get_schedule(SCHEDULE).alpha_sigma(1.0))
     return law.noised(a, s).sample(n, generator)
 
 
-def _run(denoiser, law_at_start: GaussianMixture, n: int, steps: int, seed: int, name: str = "ddim",
-         condition=None, **kw) -> torch.Tensor:
+def _sample_from_marginal(denoiser, law_at_start: GaussianMixture, n: int, steps: int, seed: int,
+                          name: str | None = None, **kw) -> torch.Tensor:
+    """``n`` outputs of sampler ``name`` (default: the first registered sampler whose limit is the probability-flow
+    ODE, DDIM) on ``denoiser`` over ``steps`` uniform steps from t = 1 to 0, started from ``law_at_start`` noised to
+    t = 1; one generator seeded with ``seed`` draws the start and then the sampler's noise."""
     gen = torch.Generator().manual_seed(seed)
-    x = _start(law_at_start, n, gen)
-    return sample(name, denoiser, x, time_grid(steps), condition=condition, generator=gen, **kw)
+    x = _noised_at_t1(law_at_start, n, gen)
+    return sample(name or first_sampler_by_limit()["ode"], denoiser, x, time_grid(steps), generator=gen, **kw)
+
+
+def _cfg(denoiser, condition, w: float):
+    """CFG of ``denoiser`` towards ``condition`` at Ho-Salimans strength ``w`` (a :mod:`verify.rules` rule)."""
+    return rules.get("cfg", w=w).guide(denoiser, {"cond": condition})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -71,7 +74,7 @@ def _gaussian_laws(world: World, w: float) -> dict:
         mean, cov = exact_gaussian_cfg_law(cond, uncond, w, kind, start="marginal")
         m, v = float(mean[0]), float(cov[0, 0])
         out[kind] = {"mean": m, "var": v, "mass_below_0": float(stats.norm.cdf(-m / math.sqrt(v)))}
-    tq = tilted_law(world, linear_rule("cfg", condition=1, w=w))
+    tq = tilted_law(world, rules.get("cfg", w=w), {"cond": 1})
     tm, tcov, _ = tq.gaussian()
     m, v = float(tm[0]), float(tcov[0, 0])
     out["tilted"] = {"mean": m, "var": v, "mass_below_0": float(stats.norm.cdf(-m / math.sqrt(v)))}
@@ -79,11 +82,11 @@ def _gaussian_laws(world: World, w: float) -> dict:
 
 
 def _mixture_laws(world: World, w: float, quick: bool) -> dict:
-    cond, uncond = world.law(1), world.law(None)
+    rule, laws = rules.get("cfg", w=w), {"cond": world.law(1), "uncond": world.law(None)}
     size = {"n_cells": 800, "n_steps": 800} if quick else {}
-    ode = pf_ode_law_1d(cond, uncond, w, start="marginal", n_nodes=1001 if quick else 4001).as_dict()
-    sde = reverse_sde_law_1d(cond, uncond, w, start="marginal", **size).as_dict()
-    tq = tilted_law(world, linear_rule("cfg", condition=1, w=w))
+    ode = pf_ode_law_1d(rule, laws, start="marginal", n_nodes=1001 if quick else 4001).as_dict()
+    sde = reverse_sde_law_1d(rule, laws, start="marginal", **size).as_dict()
+    tq = tilted_law(world, rule, {"cond": 1})
     summ = tq.summary()
     below, below_err = tq.probability(lambda x: x[:, 0] < 0)
     tilted = {"mean": float(summ.mean[0]), "var": float(summ.cov[0, 0]), "mass_below_0": below,
@@ -95,7 +98,7 @@ def _mixture_laws(world: World, w: float, quick: bool) -> dict:
 def _discrete_laws(world: World, w: float, steps: tuple[int, ...]) -> dict:
     """Every sampler's exact discrete law on gauss1d at the given step counts (no sampling)."""
     cond = world.law(1)
-    den = CFGDenoiser(AnalyticDenoiser(world), 1, w=w)
+    den = _cfg(AnalyticDenoiser(world), 1, w)
     a, s = (float(v) for v in get_schedule(SCHEDULE).alpha_sigma(1.0))
     m0 = torch.tensor([a * 1.0], dtype=F64)
     c0 = torch.tensor([[a * a * float(cond.covariances[0, 0, 0]) + s * s]], dtype=F64)
@@ -109,12 +112,13 @@ def _discrete_laws(world: World, w: float, steps: tuple[int, ...]) -> dict:
 
 
 def _mixture_monte_carlo(world: World, w: float, refs: dict, n: int, steps: int, seed: int) -> dict:
-    """Each sampler on bimodal1d: sample moments with standard errors, and z against the continuous reference."""
-    den = CFGDenoiser(AnalyticDenoiser(world), 1, w=w)
+    """Each registered sampler on bimodal1d: sample moments with standard errors, and z against the reference of
+    its continuous-time limit (the probability-flow ODE or the reverse SDE)."""
+    den = _cfg(AnalyticDenoiser(world), 1, w)
     out = {}
     for i, name in enumerate(SAMPLERS):
-        x = _run(den, world.law(1), n, steps, seed + i, name, condition=1)[:, 0]
-        kind = "sde" if name in ("ddpm", "euler_maruyama") else "ode"
+        x = _sample_from_marginal(den, world.law(1), n, steps, seed + i, name)[:, 0]
+        kind = get_sampler(name).continuous_limit(0.0)
         mean, var = float(x.mean()), float(x.var())
         se_mean = math.sqrt(var / n)
         out[name] = {"reference": kind, "mean": mean, "se_mean": se_mean, "var": var,
@@ -135,7 +139,8 @@ def _laws_evidence(config: RunConfig) -> dict:
         for kind, value in res.items():
             laws[name][kind][w] = value
     extra_w = ("15",) if config.quick else ("15", "30")
-    winf = {w: {"ode": pf_ode_law_1d(bimodal.law(1), bimodal.law(None), float(w), start="marginal",
+    bimodal_laws = {"cond": bimodal.law(1), "uncond": bimodal.law(None)}
+    winf = {w: {"ode": pf_ode_law_1d(rules.get("cfg", w=float(w)), bimodal_laws, start="marginal",
                                      n_nodes=1001).as_dict()} for w in extra_w}
     discrete = {w: _discrete_laws(gauss, float(w), (25, 100)) for w in ("1", "3")}
     ring = _ring2d_reference(config)
@@ -147,25 +152,27 @@ def _laws_evidence(config: RunConfig) -> dict:
 
 
 def _ring2d_reference(config: RunConfig) -> dict:
-    """ring2d class 0, w = 3: fine-step ODE and SDE references with their measured error, and 100-step DDIM/DDPM
-    against them. DDIM starts from the same points as the ODE reference, so its moment differences are its
-    discretisation bias; DDPM uses its own noise, so its differences carry sampling error too (standard errors)."""
+    """ring2d class 0, w = 3: fine-step ODE and SDE references with their measured error, and 100 steps of the first
+    registered sampler of each limit (DDIM, DDPM) against them. The deterministic one starts from the same points as
+    the ODE reference, so its moment differences are its discretisation bias; the stochastic one uses its own noise,
+    so its differences carry sampling error too (standard errors)."""
     world = get_world("ring2d")
-    den = CFGDenoiser(AnalyticDenoiser(world), 0, w=3.0)
+    den = _cfg(AnalyticDenoiser(world), 0, 3.0)
     n, steps = (1000, 200) if config.quick else (8000, 800)
     gen = torch.Generator().manual_seed(config.seed + 11)
-    x1 = _start(world.law(0), n, gen)
+    x1 = _noised_at_t1(world.law(0), n, gen)
     out = {}
-    for kind, sampler in (("ode", "ddim"), ("sde", "ddpm")):
-        ref = fine_step_reference(den, x1, kind, steps=steps, condition=0, generator=gen)
-        x = sample(sampler, den, x1, time_grid(100), condition=0, generator=gen)
+    for kind, sampler in first_sampler_by_limit().items():
+        ref = fine_step_reference(den, x1, kind, steps=steps, generator=gen)
+        x = sample(sampler, den, x1, time_grid(100), generator=gen)
         se = float((ref.samples.std(0).max() ** 2 + x.std(0).max() ** 2).sqrt() / math.sqrt(n))
         out[kind] = {"reference_mean": ref.mean.tolist(), "reference_cov": ref.cov.tolist(),
                      "reference_moment_error": ref.moment_error, "reference_path_error": ref.path_error,
                      "method": ref.method, f"{sampler}_100_steps_mean": x.mean(0).tolist(),
                      f"{sampler}_mean_minus_reference": (x.mean(0) - ref.mean).tolist(),
-                     "sampling_standard_error_of_that_difference": 0.0 if sampler == "ddim" else se}
-    tq = tilted_law(world, linear_rule("cfg", condition=0, w=3.0)).summary()
+                     "sampling_standard_error_of_that_difference":
+                         se if get_sampler(sampler).is_stochastic(0.0) else 0.0}
+    tq = tilted_law(world, rules.get("cfg", w=3.0), {"cond": 0}).summary()
     out["tilted"] = {"mean": tq.mean.tolist(), "cov": tq.cov.tolist(), "method": tq.method}
     return out
 
@@ -176,8 +183,8 @@ def _ring_overshoot(config: RunConfig) -> dict:
     n = 4000 if config.quick else 20000
     out = {}
     for w in (0.0, 1.0, 3.0, 7.0):
-        for name in ("ddim", "ddpm"):
-            x = _run(CFGDenoiser(den, 0, w=w), world.law(0), n, 100, config.seed, name, condition=0)
+        for name in first_sampler_by_limit().values():
+            x = _sample_from_marginal(_cfg(den, 0, w), world.law(0), n, 100, config.seed, name)
             radial = x[:, 0]  # class 0 sits at (3, 0): its direction is e_1
             own_class = world.law(None).class_posterior(x)[:, 0]
             out[f"{name} w={w:g}"] = {"mean_along_class_direction": float(radial.mean()),
@@ -195,19 +202,21 @@ def _attributes_sampled(config: RunConfig) -> dict:
     n = 4000 if config.quick else 20000
     red_dog = lambda x: (x[:, 0] < 0) & (x[:, 1] > 0)  # noqa: E731
     purple = lambda x: x[:, 0].abs() < 1.0  # noqa: E731
+    dog_not_red = {"cond": ("dog",), "negative": ("red",)}
     cases = {
-        "negative_001 (+dog, -red, g=3)": (linear_rule("negative_001", positive=("dog",), negative=("red",),
-                                                        guidance_scale=3.0), ("dog",), red_dog, "red_dog"),
-        "negative_000 (+dog 3, -red 1)": (linear_rule("negative_000", positive=("dog",), negative=("red",),
-                                                       w_pos=3.0, w_neg=1.0), ("dog",), red_dog, "red_dog"),
-        "compose (red dog 1, blue dog 1)": (linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")],
-                                                        weights=[1.0, 1.0]), ("dog",), purple, "purple_band"),
+        "negative_001 (+dog, -red, g=3)": (rules.get("negative_prompt_001", guidance_scale=3.0), dog_not_red,
+                                           red_dog, "red_dog"),
+        "negative_000 (+dog 3, -red 1)": (rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0), dog_not_red,
+                                          red_dog, "red_dog"),
+        "compose (red dog 1, blue dog 1)": (rules.get("compose", weights=[1.0, 1.0]),
+                                            {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}, purple,
+                                            "purple_band"),
     }
     out = {}
-    for label, (rule, start_cond, region, region_name) in cases.items():
-        x = _run(LinearGuidedDenoiser(den, rule), world.law(start_cond), n, 100, config.seed)
+    for label, (rule, conditions, region, region_name) in cases.items():
+        x = _sample_from_marginal(rule.guide(den, conditions), world.law(("dog",)), n, 100, config.seed)
         frac = float(region(x).double().mean())
-        target_mass, target_err = tilted_law(world, rule).probability(region)
+        target_mass, target_err = tilted_law(world, rule, conditions).probability(region)
         out[label] = {f"sampled_{region_name}_fraction": frac, "se": math.sqrt(max(frac * (1 - frac), 1e-12) / n),
                       f"target_{region_name}_mass": target_mass, "target_quadrature_error": target_err,
                       "sampled_mean": x.mean(0).tolist()}
@@ -219,11 +228,11 @@ def _narrow_negative_sampled(config: RunConfig) -> dict:
     pos = GaussianMixture([1.0], [[0.0]], [[[1.0]]], labels=[1])
     neg = GaussianMixture([1.0], [[1.0]], [[[0.25]]], labels=[2])
     world = World("narrow-negative", pos, "N(0,1) positive, N(1,0.25) negative", {1: pos, 2: neg})
-    rule = linear_rule("negative_001", positive=1, negative=2, guidance_scale=3.0)
-    den = LinearGuidedDenoiser(AnalyticDenoiser(world), rule)
+    den = rules.get("negative_prompt_001", guidance_scale=3.0).guide(AnalyticDenoiser(world),
+                                                                     {"cond": 1, "negative": 2})
     out = {}
     for steps in (50, 100, 200):
-        x = _run(den, pos, 2000, steps, config.seed)[:, 0]
+        x = _sample_from_marginal(den, pos, 2000, steps, config.seed)[:, 0]
         out[f"{steps} steps"] = {"finite": bool(torch.isfinite(x).all()), "mean": float(x.mean()),
                                  "std": float(x.std()), "min": float(x.min())}
     return out
@@ -237,12 +246,11 @@ def _clean_classifier_sampled(config: RunConfig) -> dict:
     den = AnalyticDenoiser(world)
     n = 4000 if config.quick else 20000
     clean = world.law(None)
-    noisy = exact_noisy_classifier(world, SCHEDULE)
-
     out = {}
-    for label, grad in (("noisy classifier p_t(c|x)", noisy),
-                        ("clean classifier p_0(c|.) at x_t", lambda x, t, c: clean.grad_log_posterior(x, c))):
-        x = _run(ClassifierGuidedDenoiser(den, grad, 1.0), world.law(0), n, 100, config.seed, condition=0)
+    for label, classifier in (("noisy classifier p_t(c|x)", ExactNoisyClassifier(world, SCHEDULE)),
+                              ("clean classifier p_0(c|.) at x_t", CleanClassifier(world))):
+        guided = rules.get("classifier", scale=1.0, classifier=classifier).guide(den, {"cond": 0})
+        x = _sample_from_marginal(guided, world.law(0), n, 100, config.seed)
         out[label] = {"frechet_to_p(x|c)": frechet_distance(x, world.law(0)),
                       "fraction_classified_as_c": float((clean.class_posterior(x).argmax(1) == 0).double().mean())}
     return out
@@ -266,7 +274,7 @@ def _quality_diversity(config: RunConfig) -> dict:
     n = 4000 if config.quick else 20000
     sampled = {}
     for w in (0.0, 1.0, 3.0, 7.0):
-        x = _run(CFGDenoiser(den, 0, w=w), ring.law(0), n, 100, config.seed, condition=0)
+        x = _sample_from_marginal(_cfg(den, 0, w), ring.law(0), n, 100, config.seed)
         pr = precision_recall(x, ring.law(0), n_reference=20000, generator=gen)
         sampled[f"{w:g}"] = {"precision": pr.precision, "frechet_to_p(x|c)": frechet_distance(x, ring.law(0)),
                              "generalised_variance_ratio": float(torch.linalg.det(torch.cov(x.T))
@@ -274,30 +282,24 @@ def _quality_diversity(config: RunConfig) -> dict:
     return {"gauss1d_exact_laws": exact, "ring2d_ddim_100_steps": sampled}
 
 
-class _OutOfRangeX0(WrappedDenoiser):
-    """Passes the guided eps through unchanged, recording per call the fraction of points whose x0-prediction
-    (x - sigma eps) / alpha leaves ``[-limit, limit]`` in some coordinate."""
+def _x0_out_of_range_fractions(guided, x_start: torch.Tensor, timesteps: torch.Tensor, limit: float
+                               ) -> list[float]:
+    r"""DDIM on ``guided`` from ``x_start`` over ``timesteps``, measured through the sampler's callback: per step,
+    the fraction of points whose x0-prediction :math:`(x_t - \sigma_t\hat\varepsilon)/\alpha_t` (the sampler's
+    own :math:`\hat\varepsilon`, at the state it stepped from) leaves ``[-limit, limit]`` in some coordinate. A
+    measurement, not a rule: the sampled path is DDIM's on ``guided``, unchanged."""
+    schedule = guided.schedule
+    fractions: list[float] = []
+    stepped_from = [x_start]
 
-    def __init__(self, denoiser, limit: float):
-        self.denoiser, self.limit, self.fractions = denoiser, limit, []
+    def measure(i: int, t: float, x: torch.Tensor, eps: torch.Tensor) -> None:
+        a, s = (float(v) for v in schedule.alpha_sigma(float(timesteps[i])))
+        x0 = (stepped_from[0] - s * eps) / a
+        fractions.append(float((x0.abs() > limit).any(dim=1).double().mean()))
+        stepped_from[0] = x
 
-    def eps(self, x, t, condition=None):
-        eps = self.denoiser.eps(x, t, condition)
-        a, s = (float(v) for v in self.schedule.alpha_sigma(t))
-        self.fractions.append(float((((x - s * eps) / a).abs() > self.limit).any(dim=1).double().mean()))
-        return eps
-
-
-class _DynamicallyThresholded(WrappedDenoiser):
-    """The denoiser's eps after Imagen's dynamic thresholding of its x0-prediction (percentile 0.995)."""
-
-    def __init__(self, denoiser, limit: float):
-        self.denoiser, self.limit = denoiser, limit
-
-    def eps(self, x, t, condition=None):
-        a, s = (float(v) for v in self.schedule.alpha_sigma(t))
-        return dynamic_threshold(self.denoiser.eps(x, t, condition), x=x, alpha=a, sigma=s, percentile=0.995,
-                                 limit=self.limit)
+    sample(first_sampler_by_limit()["ode"], guided, x_start, timesteps, callback=measure)
+    return fractions
 
 
 def _thresholding(config: RunConfig) -> dict:
@@ -311,31 +313,52 @@ def _thresholding(config: RunConfig) -> dict:
     n = 2000 if config.quick else 10000
     fractions = {}
     for w in (0.0, 1.0, 3.0, 7.0, 10.0, 15.0, 20.0):
-        recorder = _OutOfRangeX0(CFGDenoiser(den, 0, w=w), limit)
-        sample("ddim", recorder, _start(world.law(0), n, gen), time_grid(50), condition=0)
-        fractions[f"{w:g}"] = {"mean_fraction_of_x0_predictions_out_of_range": sum(recorder.fractions)
-                               / len(recorder.fractions), "max_over_steps": max(recorder.fractions)}
-    # dynamic thresholding's bias at w = 15: final sampled mean with and without it
-    guided = CFGDenoiser(den, 0, w=15.0)
-    clipped_model = _DynamicallyThresholded(guided, limit)
-    plain = _run(guided, world.law(0), n, 50, config.seed, condition=0)
-    clipped = _run(clipped_model, world.law(0), n, 50, config.seed, condition=0)
+        by_step = _x0_out_of_range_fractions(_cfg(den, 0, w), _noised_at_t1(world.law(0), n, gen), time_grid(50),
+                                             limit)
+        fractions[f"{w:g}"] = {"mean_fraction_of_x0_predictions_out_of_range": sum(by_step) / len(by_step),
+                               "max_over_steps": max(by_step)}
+    # dynamic thresholding's bias at w = 15: final sampled mean with and without it (Imagen's percentile 0.995,
+    # the data range as the limit)
+    thresholded = rules.get("dynamic_threshold", w=15.0, limit=limit, percentile=0.995).guide(den, {"cond": 0})
+    plain = _sample_from_marginal(_cfg(den, 0, 15.0), world.law(0), n, 50, config.seed)
+    clipped = _sample_from_marginal(thresholded, world.law(0), n, 50, config.seed)
     return {"data_range": limit, "x0_out_of_range_by_w": fractions,
             "dynamic_thresholding_w15": {"mean_without": plain.mean(0).tolist(), "mean_with": clipped.mean(0).tolist(),
                                          "frechet_to_p(x|c)_without": frechet_distance(plain, world.law(0)),
                                          "frechet_to_p(x|c)_with": frechet_distance(clipped, world.law(0))}}
 
 
+#: L-INTERVAL's guidance interval as first chosen, in vp-linear's sigma_t (closed)
+INTERVAL_SIGMA_T = (0.4, 0.95)
+
+
+def interval_noise_to_signal(sigma_t: float) -> float:
+    r"""A vp-linear noise level :math:`\sigma_t` as the EDM noise level of Kynkaanniemi et al. (the unit of the
+    ``interval`` rule): :math:`\sigma_t/\alpha_t = \sigma_t/\sqrt{1 - \sigma_t^2}` (variance preserving:
+    :math:`\alpha_t^2 + \sigma_t^2 = 1`); increasing in :math:`\sigma_t`, so an interval maps to an interval."""
+    return sigma_t / math.sqrt(1.0 - sigma_t * sigma_t)
+
+
+def _interval_label() -> str:
+    lo, hi = (interval_noise_to_signal(v) for v in INTERVAL_SIGMA_T)
+    return (f"guidance w=3 for sigma/alpha in ({lo:.3g}, {hi:.3g}] (sigma_t in [{INTERVAL_SIGMA_T[0]:g}, "
+            f"{INTERVAL_SIGMA_T[1]:g}])")
+
+
 def _interval(config: RunConfig) -> dict:
+    """ring2d class 0, DDIM 100 steps: no guidance, CFG w = 3 throughout, and CFG w = 3 only inside the interval
+    (:data:`INTERVAL_SIGMA_T` converted to sigma/alpha, open below and closed above as the rule takes it)."""
     world = get_world("ring2d")
     den = AnalyticDenoiser(world)
     n = 4000 if config.quick else 20000
     gen = torch.Generator().manual_seed(config.seed + 7)
+    lo, hi = (interval_noise_to_signal(v) for v in INTERVAL_SIGMA_T)
+    limited = rules.get("interval", rule=rules.get("cfg", w=3.0), sigma_lo=lo, sigma_hi=hi)
     out = {}
-    for label, model in (("unguided (w=0)", CFGDenoiser(den, 0, w=0.0)),
-                         ("full guidance w=3", CFGDenoiser(den, 0, w=3.0)),
-                         ("guidance w=3 for sigma in [0.4, 0.95]", CFGDenoiser(den, 0, w=3.0, interval=(0.4, 0.95)))):
-        x = _run(model, world.law(0), n, 100, config.seed, condition=0)
+    for label, model in (("unguided (w=0)", _cfg(den, 0, 0.0)),
+                         ("full guidance w=3", _cfg(den, 0, 3.0)),
+                         (_interval_label(), limited.guide(den, {"cond": 0}))):
+        x = _sample_from_marginal(model, world.law(0), n, 100, config.seed)
         pr = precision_recall(x, world.law(0), n_reference=20000, generator=gen)
         out[label] = {"precision": pr.precision, "frechet_to_p(x|c)": frechet_distance(x, world.law(0)),
                       "generalised_variance_ratio": float(torch.linalg.det(torch.cov(x.T))
@@ -351,7 +374,7 @@ def _cost() -> dict:
         ts = time_grid(50)
         gen = torch.Generator().manual_seed(1)
         guided = count_evaluations(name, AnalyticDenoiser(world), x, ts, condition=("red", "dog"),
-                                   guide=lambda m: CFGDenoiser(m, ("red", "dog"), w=3.0), generator=gen)
+                                   guide=lambda m: _cfg(m, ("red", "dog"), 3.0), generator=gen)
         plain = count_evaluations(name, AnalyticDenoiser(world), x, ts, condition=("red", "dog"), generator=gen)
         out[name] = {"model_calls_cfg": guided.model_calls, "model_calls_conditional": plain.model_calls,
                      "model_rows_cfg": guided.model_points, "model_rows_conditional": plain.model_points}
@@ -533,11 +556,13 @@ def augment(records: dict[str, ClaimRecord], config: RunConfig) -> None:
     interval = _interval(config)
     steps.update()
     rec = records["L-INTERVAL"]
-    full, limited, plain = (interval["full guidance w=3"], interval["guidance w=3 for sigma in [0.4, 0.95]"],
-                            interval["unguided (w=0)"])
+    full, limited, plain = (interval["full guidance w=3"], interval[_interval_label()], interval["unguided (w=0)"])
     better = limited["frechet_to_p(x|c)"] < full["frechet_to_p(x|c)"] and limited["precision"] >= plain["precision"]
     rec.evidence = {"ring2d_class0_ddim_100_steps": interval, "decided_by": rec.evidence.get("decided_by")}
-    rec.procedure = ("ring2d class 0, DDIM 100 steps: unguided, full w = 3, and w = 3 only for sigma in [0.4, 0.95]; "
+    lo, hi = (interval_noise_to_signal(v) for v in INTERVAL_SIGMA_T)
+    rec.procedure = ("ring2d class 0, DDIM 100 steps: unguided, full w = 3, and w = 3 only for noise levels "
+                     f"sigma/alpha in ({lo:.4g}, {hi:.4g}] (verify.rules' interval rule, in the paper's EDM noise "
+                     "level; this is vp-linear's sigma_t in [0.4, 0.95], converted by sigma_t / sqrt(1 - sigma_t^2)); "
                      "precision (exact densities), Frechet distance to p(x|c), covariance volume")
     rec.verdict = "holds" if better else "fails"
     rec.headline = (f"Frechet to p(x|c): full {full['frechet_to_p(x|c)']:.3f}, interval "

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 from toy_models import World, get_world
-from verify.guidance import linear_rule
+from verify import rules
 from verify.tilted import TiltedLaw, tilted_law
 
 from . import ClaimRecord, RunConfig
@@ -25,7 +25,7 @@ W_GRID = (0.0, 1.0, 3.0, 7.0, 30.0, 100.0)
 
 
 def _moments(world: World, w: float) -> dict:
-    q = tilted_law(world, linear_rule("cfg", condition=world.class_conditions()[-1], w=w))
+    q = tilted_law(world, rules.get("cfg", w=w), {"cond": world.class_conditions()[-1]})
     s = q.summary()
     return {"mean": float(s.mean[0]), "var": float(s.cov[0, 0]), "method": s.method,
             "error": max(s.moment_error, 0.0)}
@@ -79,7 +79,8 @@ def _negative_prompts(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("attributes2d")
     pos, neg = ("dog",), ("red",)
     w_pos, w_neg = 3.0, 1.0
-    correct = tilted_law(world, linear_rule("negative_000", positive=pos, negative=neg, w_pos=w_pos, w_neg=w_neg))
+    correct = tilted_law(world, rules.get("negative_prompt_000", w_pos=w_pos, w_neg=w_neg),
+                         {"cond": pos, "negative": neg})
     written = TiltedLaw(((world.law(pos), w_pos), (world.law(neg), -w_neg), (world.law(None), 1 - w_pos - w_neg)),
                         "source 000's written density")
     lo_c, hi_c = correct.tail_bounds()
@@ -106,7 +107,7 @@ def _negative_prompts(config: RunConfig) -> list[ClaimRecord]:
         tests=["tests/test_claims.py::test_target_records", "tests/test_proofs.py"])
     rows = {}
     for g in (1.0, 3.0, 7.5):
-        q = tilted_law(world, linear_rule("negative_001", positive=pos, negative=neg, guidance_scale=g))
+        q = tilted_law(world, rules.get("negative_prompt_001", guidance_scale=g), {"cond": pos, "negative": neg})
         rows[f"{g:g}"] = {"red_dog_mass": q.probability(red_dog)}
     narrow = _narrow_negative_counterexample()
     proof1 = proof_status("S1-NEGPROMPT")
@@ -142,7 +143,8 @@ def _narrow_negative_counterexample() -> dict:
 
 def _composition(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("attributes2d")
-    q = tilted_law(world, linear_rule("compose", conditions=[("red", "dog"), ("blue", "dog")], weights=[1.0, 1.0]))
+    q = tilted_law(world, rules.get("compose", weights=[1.0, 1.0]),
+                   {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")})
     purple = lambda x: x[:, 0].abs() < 1.0  # noqa: E731 - between red (x1 = -2) and blue (x1 = +2)
     mass, err = q.probability(purple)
     summary = q.summary()
