@@ -15,8 +15,9 @@ from toy_models.gaussian_mixture import Condition
 from toy_models.scenarios import WORLDS
 from verify.samplers import SAMPLERS
 
-S0 = "000_7b33d4deec361bc5.txt"
-S1 = "001_f3d00070d6a11d28.txt"
+#: the two source texts, cited by number, title and date
+S0 = "source 000, 'Classifier Guidance에서 Negative Prompt까지, 조건부 생성의 수학' (2026-05-03)"
+S1 = "source 001, 'Classifier-Free Guidance 논문 리뷰: 조건부 생성 모델의 핵심 기법 완전 정리' (2026-02-06)"
 TIMES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 QUICK_TIMES = (0.01, 0.5, 1.0)
 SCHEDULE = "vp-linear"

@@ -1,6 +1,7 @@
 r"""S0-BAYES: the Bayes decomposition of the score at every noise level.
 
-Source 000 (``000_7b33d4deec361bc5.txt``, section "출발점: Bayes' rule과 score 분해"):
+Source 000 ("Classifier Guidance에서 Negative Prompt까지, 조건부 생성의 수학", 2026-05-03, section "출발점: Bayes'
+rule과 score 분해"):
 
 .. math::  \nabla_{x_t} \log p(x_t \mid y) = \nabla_{x_t} \log p(x_t) + \nabla_{x_t} \log p(y \mid x_t).
 
@@ -29,9 +30,9 @@ from toy_models.scenarios import WORLDS
 from verify.tolerances import bayes_identity_tolerance, score_bounds
 
 from . import ClaimRecord, RunConfig
-from ._common import alpha_sigma, check_points, proof_status
+from ._common import S0, alpha_sigma, check_points, proof_status
 
-SOURCE = "000_7b33d4deec361bc5.txt, section '출발점: Bayes' rule과 score 분해' (first display)"
+SOURCE = f"{S0}, section '출발점: Bayes' rule과 score 분해' (first display)"
 STATEMENT = "grad log p_t(x|y) = grad log p_t(x) + grad log p_t(y|x) at every noise level t"
 TIMES = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 QUICK_TIMES = (0.01, 0.3, 0.7, 1.0)
