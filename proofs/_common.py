@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import sympy
 
+#: the two source texts, cited by number, title and date
+SOURCE_000 = "source 000, 'Classifier Guidance에서 Negative Prompt까지, 조건부 생성의 수학' (2026-05-03)"
+SOURCE_001 = "source 001, 'Classifier-Free Guidance 논문 리뷰: 조건부 생성 모델의 핵심 기법 완전 정리' (2026-02-06)"
+
 x = sympy.Symbol("x", real=True)
 """The (one coordinate of the) state :math:`x_t`."""
 

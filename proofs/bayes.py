@@ -1,6 +1,6 @@
 r"""Bayes' rule in score space.
 
-Source 000 (``000_7b33d4deec361bc5.txt``, section "출발점: Bayes' rule과 score 분해", first display):
+Source 000 (section "출발점: Bayes' rule과 score 분해", first display):
 
 .. math::  \nabla_{x_t} \log p(x_t \mid y) = \nabla_{x_t} \log p(x_t) + \nabla_{x_t} \log p(y \mid x_t).
 
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import density, prior_c, score, tidy
+from ._common import SOURCE_000, density, prior_c, score, tidy
 
 NAME = "bayes"
 CLAIM_IDS = ("S0-BAYES",)
-SOURCE = "000_7b33d4deec361bc5.txt, section '출발점: Bayes' rule과 score 분해' (first display)"
+SOURCE = f"{SOURCE_000}, section '출발점: Bayes' rule과 score 분해' (first display)"
 STATEMENT = "grad log p(x_t|y) = grad log p(x_t) + grad log p(y|x_t)."
 EXPECTED = "zero"
 COUNTEREXAMPLE = ""

@@ -1,6 +1,6 @@
 r"""The CFG formula of source 001 and its end points; the clash of conventions with source 000.
 
-Source 001 (``001_f3d00070d6a11d28.txt``, section "추론 단계"):
+Source 001 (section "추론 단계"):
 :math:`\hat\epsilon = \epsilon(x_t, \varnothing) + w\,[\epsilon(x_t, y) - \epsilon(x_t, \varnothing)]`, "w = 1 is
 ordinary conditional generation, w = 0 fully unconditional generation". Proved here (:func:`residual`, zero): the
 sum of squares of :math:`\hat\epsilon|_{w=0} - \epsilon(\varnothing)` and :math:`\hat\epsilon|_{w=1} - \epsilon(y)`
@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import guidance_scale, tidy, w
+from ._common import SOURCE_001, guidance_scale, tidy, w
 
 NAME = "cfg_form_001"
 CLAIM_IDS = ("S1-CFG-FORM",)
-SOURCE = "001_f3d00070d6a11d28.txt, section '추론 단계' (display and the sentence after the list)"
+SOURCE = f"{SOURCE_001}, section '추론 단계' (display and the sentence after the list)"
 STATEMENT = ("In eps^ = eps(null) + w (eps(y) - eps(null)), w = 0 gives the unconditional prediction eps(null) and "
              "w = 1 the conditional prediction eps(y) exactly.")
 EXPECTED = "zero"

@@ -1,8 +1,8 @@
 r"""Classifier guidance in noise-prediction form (source 001) is the augmented score of source 000.
 
-Source 001 (``001_f3d00070d6a11d28.txt``, section "기존 Classifier Guidance 방식"):
+Source 001 (section "기존 Classifier Guidance 방식"):
 :math:`\hat\epsilon(x_t, y) = \epsilon(x_t) - s\,\sigma_t \nabla_{x_t} \log p_\phi(y \mid x_t)`.
-Source 000 (``000_7b33d4deec361bc5.txt``, section "출발점", second display): the augmented score
+Source 000 (section "출발점", second display): the augmented score
 :math:`\tilde s = s_\theta(x_t) + s \nabla_{x_t} \log p_\phi(y \mid x_t)`.
 
 Proved here (:func:`residual`, zero): with :math:`\epsilon = -\sigma_t s`, :math:`\hat\epsilon = -\sigma_t \tilde s`,
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import classifier_scale, density, eps_from_score, score, sigma, tidy
+from ._common import SOURCE_000, SOURCE_001, classifier_scale, density, eps_from_score, score, sigma, tidy
 
 NAME = "cg_eps_001"
 CLAIM_IDS = ("S1-CG-EPS", "S0-CG-SCORE")
-SOURCE = ("001_f3d00070d6a11d28.txt, section '기존 Classifier Guidance 방식' (display); "
-          "000_7b33d4deec361bc5.txt, section '출발점' (second display)")
+SOURCE = (f"{SOURCE_001}, section '기존 Classifier Guidance 방식' (display); "
+          f"{SOURCE_000}, section '출발점' (second display)")
 STATEMENT = ("Classifier guidance eps^ = eps(x_t) - s sigma_t grad log p_phi(y|x_t) is -sigma_t times the augmented "
              "score grad log p(x_t) + s grad log p_phi(y|x_t).")
 EXPECTED = "zero"

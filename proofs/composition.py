@@ -1,6 +1,6 @@
 r"""Composition of conditions (Liu et al. 2022) as written in source 000.
 
-Source 000 (``000_7b33d4deec361bc5.txt``, section "Negative Prompt", third display):
+Source 000 (section "Negative Prompt", third display):
 
 .. math::  \tilde\epsilon = \sum_{k=1}^{K} w_k\, \epsilon(x, c_k) + \Big(1 - \sum_k w_k\Big) \epsilon(x, \varnothing),
 
@@ -22,11 +22,11 @@ from collections.abc import Sequence
 
 import sympy
 
-from ._common import density, eps_from_score, score, score_from_eps, tidy
+from ._common import SOURCE_000, density, eps_from_score, score, score_from_eps, tidy
 
 NAME = "composition"
 CLAIM_IDS = ("S0-COMPOSITION", "S0-PURPLE-DOG")
-SOURCE = "000_7b33d4deec361bc5.txt, section 'Negative Prompt: Score의 반대 부호 활용', third display (Liu et al. 2022)"
+SOURCE = f"{SOURCE_000}, section 'Negative Prompt: Score의 반대 부호 활용', third display (Liu et al. 2022)"
 STATEMENT = ("eps~ = sum_k w_k eps(x, c_k) + (1 - sum_k w_k) eps(x, null) has, at each noise level, the score of "
              "prod_k p(x|c_k)^(w_k) p(x)^(1 - sum_k w_k) (signed weights).")
 EXPECTED = "zero"

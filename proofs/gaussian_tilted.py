@@ -25,11 +25,11 @@ from collections.abc import Sequence
 
 import sympy
 
-from ._common import log_normal, tidy, x
+from ._common import SOURCE_000, log_normal, tidy, x
 
 NAME = "gaussian_tilted"
 CLAIM_IDS = ("S0-PROP2-SCORE", "S0-TEMPERATURE", "S0-NEGPROMPT-DENSITY")
-SOURCE = "closed form used to evaluate 000_7b33d4deec361bc5.txt, 명제 2 and the negative-prompt density (derived here)"
+SOURCE = f"closed form used to evaluate {SOURCE_000}, 명제 2 and the negative-prompt density (derived here)"
 STATEMENT = ("prod_i N(x; mu_i, v_i)^(e_i) is proportional to N(x; m, V) with 1/V = sum_i e_i/v_i and "
              "m = V sum_i e_i mu_i/v_i, whenever sum_i e_i/v_i > 0.")
 EXPECTED = "zero"

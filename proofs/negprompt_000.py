@@ -1,6 +1,6 @@
 r"""Negative prompt of source 000: the stated density has the wrong exponent on p(x).
 
-Source 000 (``000_7b33d4deec361bc5.txt``, section "Negative Prompt: Score의 반대 부호 활용"): the rule
+Source 000 (section "Negative Prompt: Score의 반대 부호 활용"): the rule
 
 .. math::  \tilde\epsilon = \epsilon(x,\varnothing) + w_+[\epsilon(x,y_+) - \epsilon(x,\varnothing)]
            - w_-[\epsilon(x,y_-) - \epsilon(x,\varnothing)]
@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import density, eps_from_score, log_normal, score, score_from_eps, tidy, x
+from ._common import SOURCE_000, density, eps_from_score, log_normal, score, score_from_eps, tidy, x
 
 NAME = "negprompt_000"
 CLAIM_IDS = ("S0-NEGPROMPT-DENSITY",)
-SOURCE = "000_7b33d4deec361bc5.txt, section 'Negative Prompt: Score의 반대 부호 활용', first and second displays"
+SOURCE = f"{SOURCE_000}, section 'Negative Prompt: Score의 반대 부호 활용', first and second displays"
 STATEMENT = ("eps~ = eps(null) + w+ (eps(y+) - eps(null)) - w- (eps(y-) - eps(null)) generates a density "
              "proportional to p(x|y+)^(w+) p(x|y-)^(-w-) p(x)^(1 - w+ - w-).")
 EXPECTED = "nonzero"

@@ -1,6 +1,6 @@
 r"""Negative prompt of source 001: the negative prompt replaces the null prompt.
 
-Source 001 (``001_f3d00070d6a11d28.txt``, section "Negative Prompt와의 관계"):
+Source 001 (section "Negative Prompt와의 관계"):
 
 .. math::  \hat\epsilon = \epsilon(x_t, y_\text{neg}) + g\,[\epsilon(x_t, y_\text{pos}) - \epsilon(x_t, y_\text{neg})]
 
@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import density, eps_from_score, guidance_scale, score, score_from_eps, tidy
+from ._common import SOURCE_001, density, eps_from_score, guidance_scale, score, score_from_eps, tidy
 
 NAME = "negprompt_001"
 CLAIM_IDS = ("S1-NEGPROMPT",)
-SOURCE = "001_f3d00070d6a11d28.txt, section 'Negative Prompt와의 관계' (display)"
+SOURCE = f"{SOURCE_001}, section 'Negative Prompt와의 관계' (display)"
 STATEMENT = ("With a negative prompt in place of the null prompt, eps^ = eps(y_neg) + g (eps(y_pos) - eps(y_neg)); "
              "its score is that of p(x|pos)^g p(x|neg)^(1-g) at each noise level.")
 EXPECTED = "zero"

@@ -1,13 +1,13 @@
 r"""Proposition 1 of source 000: CFG is classifier guidance with the implicit classifier.
 
-Source 000 (``000_7b33d4deec361bc5.txt``, 명제 1 · CFG = Implicit Classifier Guidance): with
+Source 000 (명제 1 · CFG = Implicit Classifier Guidance): with
 :math:`s_c = \nabla \log p(x_t \mid c)`, :math:`s_\varnothing = \nabla \log p(x_t)` and the implicit classifier
 :math:`p(c \mid x_t) = p(x_t \mid c) p(c) / p(x_t)`,
 
 .. math::  (1+w) s_c - w s_\varnothing = s_\varnothing + (1+w) \nabla \log p(c \mid x_t),
 
 i.e. CFG with strength ``w`` is classifier guidance with classifier scale :math:`s = 1 + w`. Source 001
-(``001_f3d00070d6a11d28.txt``, "수학적 직관") writes the same statement in the ``guidance_scale`` convention:
+("수학적 직관") writes the same statement in the ``guidance_scale`` convention:
 :math:`\nabla \log p_g(x_t \mid y) = \nabla \log p(x_t) + g \nabla \log p(y \mid x_t)` where the guided score is
 :math:`s_\varnothing + g (s_c - s_\varnothing)`, i.e. :math:`s = g`.
 
@@ -29,6 +29,8 @@ from __future__ import annotations
 import sympy
 
 from ._common import (
+    SOURCE_000,
+    SOURCE_001,
     classifier_scale,
     density,
     eps_from_score,
@@ -43,8 +45,8 @@ from ._common import (
 
 NAME = "prop1_cfg_is_classifier_guidance"
 CLAIM_IDS = ("S0-PROP1", "S1-SCORE-FORM")
-SOURCE = ("000_7b33d4deec361bc5.txt, 명제 1 (Proposition 1); "
-          "001_f3d00070d6a11d28.txt, section '수학적 직관: 왜 작동하는가'")
+SOURCE = (f"{SOURCE_000}, 명제 1 (Proposition 1); "
+          f"{SOURCE_001}, section '수학적 직관: 왜 작동하는가'")
 STATEMENT = ("CFG with strength w, (1+w) eps(x,c) - w eps(x,null), is classifier guidance with the implicit classifier "
              "p(c|x) at scale s = 1 + w (equivalently s = g in the guidance_scale convention).")
 EXPECTED = "zero"

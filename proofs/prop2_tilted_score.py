@@ -1,6 +1,6 @@
 r"""The CFG score is the score of the tilted density (per noise level t).
 
-Source 000 (``000_7b33d4deec361bc5.txt``, 명제 2 · CFG의 Distribution Sharpening), the displayed formula and the
+Source 000 (명제 2 · CFG의 Distribution Sharpening), the displayed formula and the
 first line of its proof:
 
 .. math::  p^{(w)}(x \mid c) \propto p(x \mid c)^{1+w} p(x)^{-w}, \qquad
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import density, gaussian_from_log_quadratic, log_normal, score, tidy, w, x
+from ._common import SOURCE_000, density, gaussian_from_log_quadratic, log_normal, score, tidy, w, x
 
 NAME = "prop2_tilted_score"
 CLAIM_IDS = ("S0-PROP2-SCORE",)
-SOURCE = "000_7b33d4deec361bc5.txt, 명제 2 (Proposition 2), displayed formula and first line of its proof"
+SOURCE = f"{SOURCE_000}, 명제 2 (Proposition 2), displayed formula and first line of its proof"
 STATEMENT = ("The CFG score (1+w) grad log p(x|c) - w grad log p(x) is the score of p(x|c)^(1+w) p(x)^(-w) "
              "(at each noise level t).")
 EXPECTED = "zero"

@@ -1,6 +1,6 @@
 r""""CFG sharpens the conditional distribution with temperature tau = 1/(1+w)": false as written.
 
-Source 000 (``000_7b33d4deec361bc5.txt``, 명제 2 · CFG의 Distribution Sharpening, and the summary "정리"):
+Source 000 (명제 2 · CFG의 Distribution Sharpening, and the summary "정리"):
 "CFG scale :math:`w > 0` sharpens the conditional distribution with temperature :math:`\tau = 1/(1+w)`", followed
 by :math:`p^{(w)}(x \mid c) \propto p(x \mid c)^{1+w} p(x)^{-w}` and "as :math:`w \to \infty`, :math:`\tau \to 0`
 and it concentrates near the argmax".
@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import sympy
 
-from ._common import density, gaussian_from_log_quadratic, log_normal, prior_c, score, tidy, w, x
+from ._common import SOURCE_000, density, gaussian_from_log_quadratic, log_normal, prior_c, score, tidy, w, x
 
 NAME = "temperature"
 CLAIM_IDS = ("S0-TEMPERATURE",)
-SOURCE = "000_7b33d4deec361bc5.txt, 명제 2 (Proposition 2), statement; and summary '정리', fourth bullet"
+SOURCE = f"{SOURCE_000}, 명제 2 (Proposition 2), statement; and summary '정리', fourth bullet"
 STATEMENT = ("CFG scale w > 0 sharpens the conditional distribution with temperature tau = 1/(1+w), i.e. "
              "p(x|c)^(1+w) p(x)^(-w) is the conditional p(x|c) at temperature tau, p(x|c)^(1/tau).")
 EXPECTED = "nonzero"

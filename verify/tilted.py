@@ -42,7 +42,7 @@ from toy_models._checks import as_scalar
 from toy_models.gaussian_mixture import Condition, GaussianMixture
 
 from .rules import Rule
-from .rules._base import _bind_conditions
+from .rules._base import bind_conditions
 
 __all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law", "linear_terms"]
 
@@ -468,7 +468,7 @@ def linear_terms(rule: Rule, conditions: Mapping[str, Condition] | Condition = N
                          f"does not follow the guided score and no tilted law describes it")
     if "weak" in weights:
         raise ValueError(f"rule: {rule.describe()} reads a weaker model (branch 'weak'), whose law is not the world's")
-    bound = _bind_conditions(rule, conditions)
+    bound = bind_conditions(rule, conditions)
     merged: dict[Hashable, float] = {}
     for branch, weight in weights.items():
         key = bound[branch]

@@ -39,7 +39,7 @@ from toy_models.schedules import Schedule
 from toy_models.world import World
 
 __all__ = ["SPACES", "Rule", "LinearRule", "GuidanceState", "StepContext", "Prediction", "GuidedDenoiser",
-           "check_branch_name"]
+           "check_branch_name", "bind_conditions"]
 
 Tensor = torch.Tensor
 #: the prediction spaces a rule's formula can be written in
@@ -245,7 +245,9 @@ def _scalar_time(t) -> float:
     return float(tt.reshape(()))
 
 
-def _bind_conditions(rule: Rule, conditions) -> dict[str, Condition]:
+def bind_conditions(rule: Rule, conditions) -> dict[str, Condition]:
+    """The condition of every branch ``rule`` reads, from a mapping or a bare condition (``{"cond": c}``);
+    ``uncond`` defaults to the null condition (what :meth:`Rule.guide` and :func:`verify.tilted.tilted_law` bind)."""
     if conditions is None or not isinstance(conditions, Mapping):
         conditions = {"cond": conditions} if "cond" in rule.condition_keys else {}
     bound: dict[str, Condition] = {}
@@ -275,7 +277,7 @@ class GuidedDenoiser(WrappedDenoiser):
         if not callable(getattr(denoiser, "eps", None)) or not hasattr(denoiser, "schedule"):
             raise TypeError(f"denoiser: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
         self.rule, self.denoiser = rule, denoiser
-        self.conditions = _bind_conditions(rule, conditions)
+        self.conditions = bind_conditions(rule, conditions)
         if "weak" in rule.branches:
             if weak is None or not callable(getattr(weak, "eps", None)):
                 raise ValueError(f"weak: rule {rule.name!r} reads a weaker model of the same condition; pass it as "
