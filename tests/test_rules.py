@@ -249,6 +249,14 @@ def test_every_published_rule_is_registered():
     assert rules.names() == sorted(rules.names())
 
 
+def test_the_rules_page_is_generated_from_the_registry():
+    """docs/rules.md is ``python -m verify.rules``'s output: regenerate it after adding a rule."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "rules.md").read_text(encoding="utf-8")
+    assert page == rules.page(), "docs/rules.md is stale: python -m verify.rules > docs/rules.md"
+
+
 def test_registry_refusals():
     with pytest.raises(ValueError, match="^name"):
         rules.get("nosuch")

@@ -10,7 +10,7 @@ from toy_models._checks import as_scalar
 from toy_models.schedules import Schedule
 
 from . import register
-from ._base import GuidanceState, Rule, StepContext
+from ._base import SPACES, GuidanceState, Rule, StepContext
 
 Tensor = torch.Tensor
 
@@ -32,6 +32,7 @@ class GuidanceInterval(Rule):
     weights holds at every t. A stateful inner rule keeps its state (updated only inside the interval)."""
 
     name = "interval"
+    spaces = SPACES  # the inner rule's space is used
     reference = ("Kynkaanniemi et al. 2024, 'Applying Guidance in a Limited Interval Improves Sample and "
                  "Distribution Quality in Diffusion Models', eq. 2")
 
