@@ -33,6 +33,7 @@ from verify.metrics import holm_reject
 from verify.samplers import ddim, time_grid
 
 from . import ClaimRecord, RunConfig
+from ._common import on_one_thread
 
 ALPHA = 0.01
 MARGIN = 0.01  # non-inferiority margin on the fraction classified as the class
@@ -86,18 +87,8 @@ def _run(rule, den, x1, lo, hi):
     return x, torch.stack(recorder.outside).mean(0)  # per path: fraction of steps out of range
 
 
+@on_one_thread
 def evaluate(config: RunConfig) -> list[ClaimRecord]:
-    # one intra-op thread: the tensors are tiny, and on the 2-core machine the ledger runs on two threads made the
-    # per-step Cholesky factorisations of the noised laws an order of magnitude slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _evaluate(config)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _evaluate(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("ring2d")
     den = AnalyticDenoiser(world, SCHEDULE)
     gen = torch.Generator().manual_seed(config.seed + 2410)

@@ -33,7 +33,7 @@ from verify.metrics import frechet_distance, holm_reject, two_sided_p
 from verify.samplers import euler, time_grid
 
 from . import ClaimRecord, RunConfig
-from ._common import PerturbedDenoiser
+from ._common import PerturbedDenoiser, on_one_thread
 
 ALPHA = 0.01
 SCHEDULE = "rectified-flow"
@@ -74,18 +74,8 @@ def _paired(e_a: torch.Tensor, e_b: torch.Tensor) -> dict:
     return {"mean_difference": mean, "se": se, "p": p, "power_against_10pct_of_larger_error": power}
 
 
+@on_one_thread
 def evaluate(config: RunConfig) -> list[ClaimRecord]:
-    # one intra-op thread: the tensors are tiny and, on the 2-core machine the ledger runs on, two threads made the
-    # 2 x 2 Cholesky factorisations of every noised law about 14x slower (44 s against 3 s for the quick run)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _evaluate(config)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _evaluate(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("ring2d")
     exact = AnalyticDenoiser(world, SCHEDULE)
     gen = torch.Generator().manual_seed(config.seed + 2503)

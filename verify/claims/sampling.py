@@ -36,7 +36,7 @@ from verify.samplers import SAMPLERS, count_evaluations, get_sampler, sample, ti
 from verify.tilted import tilted_law
 
 from . import ClaimRecord, RunConfig
-from ._common import first_sampler_by_limit
+from ._common import attribute_cases, first_sampler_by_limit
 
 F64 = torch.float64
 W_LAWS = ("0", "1", "3", "7")
@@ -200,18 +200,7 @@ def _attributes_sampled(config: RunConfig) -> dict:
     world = get_world("attributes2d")
     den = AnalyticDenoiser(world)
     n = 4000 if config.quick else 20000
-    red_dog = lambda x: (x[:, 0] < 0) & (x[:, 1] > 0)  # noqa: E731
-    purple = lambda x: x[:, 0].abs() < 1.0  # noqa: E731
-    dog_not_red = {"cond": ("dog",), "negative": ("red",)}
-    cases = {
-        "negative_001 (+dog, -red, g=3)": (rules.get("negative_prompt_001", guidance_scale=3.0), dog_not_red,
-                                           red_dog, "red_dog"),
-        "negative_000 (+dog 3, -red 1)": (rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0), dog_not_red,
-                                          red_dog, "red_dog"),
-        "compose (red dog 1, blue dog 1)": (rules.get("compose", weights=[1.0, 1.0]),
-                                            {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}, purple,
-                                            "purple_band"),
-    }
+    cases = attribute_cases()
     out = {}
     for label, (rule, conditions, region, region_name) in cases.items():
         x = _sample_from_marginal(rule.guide(den, conditions), world.law(("dog",)), n, 100, config.seed)
