@@ -1,4 +1,4 @@
-"""Figures: ``plot_all`` writes eight valid PNGs, and the numbers the figures print agree with verify.tilted,
+"""Figures: ``plot_all`` writes nine valid PNGs, and the numbers the figures print agree with verify.tilted,
 verify.exact_law and the samplers."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from verify.tilted import tilted_law
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["worlds.png", "guided_score_fields.png", "tilted_densities.png", "negative_and_composition.png",
          "cfg_law_vs_tilted.png", "quality_diversity.png", "trajectories_ring2d.png",
-         "negative_composition_samples.png"]
+         "negative_composition_samples.png", "rule_gallery.png"]
 
 
 def test_plot_all_writes_every_png(tmp_path):

@@ -366,13 +366,11 @@ def _replace_between_markers(path: pathlib.Path, name: str, text: str) -> None:
 def _cmd_figures(args: argparse.Namespace) -> int:
     from verify.figures import plot_all
     from verify.figures_network import plot_network_all
-    from verify.figures_rules import plot_rule_gallery
 
     checkpoints = _checkpoint_folder(args.checkpoints)
     staging = _Staging(pathlib.Path(args.out), "--out")
     with _interruptible(staging.left), staging:
         plot_all(staging.path)
-        plot_rule_gallery(staging.path / "rule_gallery.png")
         plot_network_all(staging.path, checkpoints)
         paths = staging.commit()
     for path in paths:

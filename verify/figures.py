@@ -41,6 +41,7 @@ from toy_models.world import World
 
 from . import rules
 from .exact_law import exact_gaussian_cfg_law, guided_score_1d, reverse_sde_law_1d
+from .figures_rules import plot_rule_gallery
 from .metrics import frechet_distance, precision_recall
 from .rules import Rule, StepContext
 from .samplers import ddim, ddpm, euler_maruyama, time_grid
@@ -1325,9 +1326,9 @@ def plot_negative_composition_samples(path: str | pathlib.Path, *, n: int = 5000
 
 
 def plot_all(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
-    """Write the eight figures: worlds.png, guided_score_fields.png, tilted_densities.png,
-    negative_and_composition.png, cfg_law_vs_tilted.png, quality_diversity.png, trajectories_ring2d.png and
-    negative_composition_samples.png.
+    """Write the nine figures: worlds.png, guided_score_fields.png, tilted_densities.png,
+    negative_and_composition.png, cfg_law_vs_tilted.png, quality_diversity.png, trajectories_ring2d.png,
+    negative_composition_samples.png and rule_gallery.png (:mod:`verify.figures_rules`).
 
     Parameters
     ----------
@@ -1337,7 +1338,7 @@ def plot_all(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
     Returns
     -------
     list of pathlib.Path
-        The eight paths written, in that order.
+        The nine paths written, in that order.
     """
     out = pathlib.Path(out_dir)
     return [plot_worlds(out / "worlds.png"), plot_guided_score_fields(out / "guided_score_fields.png"),
@@ -1346,4 +1347,5 @@ def plot_all(out_dir: str | pathlib.Path) -> list[pathlib.Path]:
             plot_cfg_law_vs_tilted(out / "cfg_law_vs_tilted.png"),
             plot_quality_diversity(out / "quality_diversity.png"),
             plot_trajectories_ring2d(out / "trajectories_ring2d.png"),
-            plot_negative_composition_samples(out / "negative_composition_samples.png")]
+            plot_negative_composition_samples(out / "negative_composition_samples.png"),
+            plot_rule_gallery(out / "rule_gallery.png")]
