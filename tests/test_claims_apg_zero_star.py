@@ -132,13 +132,27 @@ def test_paired_comparison_of_a_diverged_run():
 
 
 @pytest.mark.parametrize("module", [rule_apg, rule_cfg_zero_star])
-def test_one_thread_inside_and_threads_restored(module, monkeypatch):
+def test_one_thread_inside_and_threads_restored(module):
+    """Both evaluate() run under verify.claims._common.on_one_thread: one intra-op thread inside (checked on a
+    function decorated the same way), the caller's setting restored after, also when the body raises."""
+    from verify.claims._common import on_one_thread
+
+    assert getattr(module.evaluate, "__wrapped__", None) is not None  # decorated
     seen = []
-    monkeypatch.setattr(module, "_evaluate", lambda config: seen.append(torch.get_num_threads()) or [])
+
+    @on_one_thread
+    def probe(fail: bool):
+        seen.append(torch.get_num_threads())
+        if fail:
+            raise RuntimeError("inside")
+        return []
+
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        assert module.evaluate(RunConfig(quick=True)) == [] and seen == [1]
-        assert torch.get_num_threads() == 2
+        assert probe(False) == [] and seen == [1] and torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError, match="inside"):
+            probe(True)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(threads)
