@@ -133,14 +133,14 @@ def test_paired_comparison_of_a_diverged_run():
 
 @pytest.mark.parametrize("module", [rule_apg, rule_cfg_zero_star])
 def test_one_thread_inside_and_threads_restored(module):
-    """Both evaluate() run under verify.claims._common.on_one_thread: one intra-op thread inside (checked on a
+    """Both evaluate() run under verify.claims._common.one_thread: one intra-op thread inside (checked on a
     function decorated the same way), the caller's setting restored after, also when the body raises."""
-    from verify.claims._common import on_one_thread
+    from verify.claims._common import one_thread
 
     assert getattr(module.evaluate, "__wrapped__", None) is not None  # decorated
     seen = []
 
-    @on_one_thread
+    @one_thread()
     def probe(fail: bool):
         seen.append(torch.get_num_threads())
         if fail:

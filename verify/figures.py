@@ -17,7 +17,6 @@ space), which :func:`purple_dog_mass` and the tests check against the quadrature
 
 from __future__ import annotations
 
-import contextlib
 import math
 import pathlib
 import textwrap
@@ -40,6 +39,7 @@ from toy_models.schedules import get_schedule
 from toy_models.world import World
 
 from . import rules
+from .claims._common import one_thread
 from .exact_law import exact_gaussian_cfg_law, guided_score_1d, reverse_sde_law_1d
 from .figures_rules import plot_rule_gallery
 from .metrics import frechet_distance, precision_recall
@@ -620,18 +620,6 @@ def plot_negative_and_composition(path: str | pathlib.Path, *, guidance_scale: f
 _ODE_COLOUR, _SDE_COLOUR, _TILTED_COLOUR = "#1f77b4", "#ff7f0e", "k"
 
 
-@contextlib.contextmanager
-def _one_thread():
-    """Run torch on one thread, restoring the previous count after (the figures' tensors are small: threads cost
-    more than they save, far more on a busy machine). A context manager, and a decorator as ``@_one_thread()``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _w_colours(ws: Sequence[float]) -> np.ndarray:
     """One viridis colour per guidance strength, as in :func:`plot_tilted_densities`."""
     return mpl.colormaps["viridis"](np.linspace(0, 0.9, len(ws)))
@@ -655,7 +643,7 @@ _CURVE_WS = (0.0, 0.5, 1.0, 2.0, 3.0, 5.0, 7.0)
 #: guidance strengths of the moment curves (panel c)
 
 
-@_one_thread()
+@one_thread()
 def gauss1d_cfg_moments(w: float, *, rtol: float = 1e-9) -> dict[str, tuple[float, float]]:
     r"""Mean and variance of gauss1d's CFG laws (condition 1): the continuous-time guided ``"ode"`` and ``"sde"`` run
     from the marginal start (:func:`verify.exact_law.exact_gaussian_cfg_law`, Gaussian) and the ``"tilted"`` target
@@ -670,7 +658,7 @@ def gauss1d_cfg_moments(w: float, *, rtol: float = 1e-9) -> dict[str, tuple[floa
     return out
 
 
-@_one_thread()
+@one_thread()
 def pf_ode_density_1d(world: World, condition: Hashable, w: float, *, n_nodes: int = 2001, rtol: float = 1e-9
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""The density of the guided probability-flow ODE's output in 1-D (vp-linear, marginal start), by the flow map.
@@ -734,7 +722,7 @@ class _RowwiseCFG(Rule):
         return torch.lerp(preds["uncond"], preds["cond"], self.guidance_scale)
 
 
-@_one_thread()
+@one_thread()
 def sde_samples_1d(world: World, condition: Hashable, ws: Sequence[float], *, n: int = 20_000, n_steps: int = 400,
                    seed: int = 0) -> np.ndarray:
     """``n`` outputs per w of Euler-Maruyama (``n_steps`` uniform steps, t = 1 to 0, marginal start) on CFG of the
@@ -746,7 +734,7 @@ def sde_samples_1d(world: World, condition: Hashable, ws: Sequence[float], *, n:
     return euler_maruyama(guided, x, time_grid(n_steps), generator=gen)[:, 0].numpy().reshape(len(ws), n)
 
 
-@_one_thread()
+@one_thread()
 def bimodal1d_cfg_laws(ws: Sequence[float], *, n_nodes: int = 1201, n_cells: int = 400) -> dict[float, dict]:
     r"""bimodal1d's CFG laws (condition 1, marginal start) for each w: ``"ode"``, ``"sde"`` and ``"tilted"`` map to
     ``(mean, variance)`` and ``"flow"`` to the ODE's ``(x0, density)``.
@@ -818,7 +806,7 @@ def plot_cfg_law_vs_tilted(path: str | pathlib.Path, *, ws: Sequence[float] = _L
         The path written.
     """
     gauss, bimodal = get_world("gauss1d"), get_world("bimodal1d")
-    with _one_thread():
+    with one_thread():
         laws = {"gauss1d": {w: gauss1d_cfg_moments(w) for w in curve_ws}, "bimodal1d": bimodal1d_cfg_laws(curve_ws)}
         sampled = [w for w in ws if w != 0]
         sde = dict(zip(sampled, sde_samples_1d(bimodal, 1, sampled, n=n_sde, n_steps=n_steps, seed=seed), strict=True))
@@ -915,7 +903,7 @@ def _kde_on_grid(x: np.ndarray, x1: np.ndarray = _QD_X1, x2: np.ndarray = _QD_X2
     return kde, kde[i2, i1]
 
 
-@_one_thread()
+@one_thread()
 def quality_diversity_curves(ws: Sequence[float] = _QD_WS, *, n: int = 20_000, n_steps: int = 50, seed: int = 0,
                              condition: int = 0, level: float = 0.95, n_reference: int = 100_000) -> dict:
     r"""Precision, recall and Frechet distance to :math:`p(x|c)` of CFG samples on ring2d, against w.
@@ -1001,7 +989,7 @@ def plot_quality_diversity(path: str | pathlib.Path, *, ws: Sequence[float] = _Q
     pathlib.Path
         The path written.
     """
-    with _one_thread():
+    with one_thread():
         data = quality_diversity_curves(ws, n=n, n_steps=n_steps, seed=seed, condition=condition)
     world = get_world("ring2d")
     ws_arr = data["ws"]
@@ -1080,7 +1068,7 @@ def plot_quality_diversity(path: str | pathlib.Path, *, ws: Sequence[float] = _Q
 # --------------------------------------------------------------------------------------------------------------
 # Figure 7: sample trajectories on ring2d
 # --------------------------------------------------------------------------------------------------------------
-@_one_thread()
+@one_thread()
 def ring2d_trajectories(ws: Sequence[float] = (0.0, 3.0, 7.0), *, n: int = 40, n_steps: int = 100, seed: int = 0,
                         condition: int = 0) -> dict[tuple[str, float], np.ndarray]:
     r"""Trajectories of CFG sampling on ring2d from t = 1 to 0: ``{(sampler, w): [n_steps + 1, n, 2]}`` for
@@ -1125,7 +1113,7 @@ def plot_trajectories_ring2d(path: str | pathlib.Path, *, ws: Sequence[float] = 
     pathlib.Path
         The path written.
     """
-    with _one_thread():
+    with one_thread():
         paths = ring2d_trajectories(ws, n=n, n_steps=n_steps, seed=seed, condition=condition)
     world = get_world("ring2d")
     gm = world.unconditional
@@ -1215,7 +1203,7 @@ def _fmt_mass(value: float) -> str:
     return f"{value:.0e}" if 0 < value < 1e-4 else f"{value:.4f}"
 
 
-@_one_thread()
+@one_thread()
 def negative_composition_samples(*, n: int = 5000, n_steps: int = 100, seed: int = 0, guidance_scale: float = 3.0,
                                  w_pos: float = 3.0, w_neg: float = 1.0) -> dict[str, dict]:
     r"""DDIM samples (``n_steps`` uniform steps, ``n`` starts from N(0, I), the same for every rule) of four rules on
@@ -1271,7 +1259,7 @@ def plot_negative_composition_samples(path: str | pathlib.Path, *, n: int = 5000
     pathlib.Path
         The path written.
     """
-    with _one_thread():
+    with one_thread():
         data = negative_composition_samples(n=n, n_steps=n_steps, seed=seed, guidance_scale=guidance_scale,
                                             w_pos=w_pos, w_neg=w_neg)
     world = get_world("attributes2d")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -130,23 +130,13 @@ def attribute_cases() -> dict[str, tuple]:
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """Run the block on one intra-op thread and restore the caller's setting. The claims' tensors are tiny: on the
-    2-core machine the ledger runs on, two threads made the per-step 2 x 2 Cholesky factorisations of the noised
-    laws an order of magnitude slower (the APG/CFG-Zero* quick runs: 44 s against 3 s)."""
+    """Run the block on one intra-op thread and restore the caller's setting, also on an exception; a context
+    manager, and a decorator as ``@one_thread()``. The claims' and figures' tensors are tiny: on the 2-core machine
+    the ledger runs on, two threads made the per-step 2 x 2 Cholesky factorisations of the noised laws an order of
+    magnitude slower (the APG/CFG-Zero* quick runs: 44 s against 3 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def on_one_thread(evaluate: Callable) -> Callable:
-    """Decorator: ``evaluate(config)`` under :func:`one_thread`."""
-
-    @functools.wraps(evaluate)
-    def wrapped(*args, **kw):
-        with one_thread():
-            return evaluate(*args, **kw)
-
-    return wrapped

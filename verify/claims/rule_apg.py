@@ -33,7 +33,7 @@ from verify.metrics import holm_reject
 from verify.samplers import ddim, time_grid
 
 from . import ClaimRecord, RunConfig
-from ._common import on_one_thread
+from ._common import one_thread
 
 ALPHA = 0.01
 MARGIN = 0.01  # non-inferiority margin on the fraction classified as the class
@@ -87,7 +87,7 @@ def _run(rule, den, x1, lo, hi):
     return x, torch.stack(recorder.outside).mean(0)  # per path: fraction of steps out of range
 
 
-@on_one_thread
+@one_thread()
 def evaluate(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("ring2d")
     den = AnalyticDenoiser(world, SCHEDULE)

@@ -33,7 +33,7 @@ from verify.metrics import frechet_distance, holm_reject, two_sided_p
 from verify.samplers import euler, time_grid
 
 from . import ClaimRecord, RunConfig
-from ._common import PerturbedDenoiser, on_one_thread
+from ._common import PerturbedDenoiser, one_thread
 
 ALPHA = 0.01
 SCHEDULE = "rectified-flow"
@@ -74,7 +74,7 @@ def _paired(e_a: torch.Tensor, e_b: torch.Tensor) -> dict:
     return {"mean_difference": mean, "se": se, "p": p, "power_against_10pct_of_larger_error": power}
 
 
-@on_one_thread
+@one_thread()
 def evaluate(config: RunConfig) -> list[ClaimRecord]:
     world = get_world("ring2d")
     exact = AnalyticDenoiser(world, SCHEDULE)
