@@ -12,8 +12,8 @@ import pytest
 from toy_models.neural import config_from_preset, save_checkpoint, train
 from toy_models.neural.training import card_facts
 from verify.claims import RunConfig
+from verify.claims._common import one_thread
 from verify.claims.network import attention_mass, load_models, score_errors
-from verify.figures import _one_thread
 from verify.figures_network import (
     NETWORK_FIGURES,
     dropout_ablation_rows,
@@ -38,7 +38,7 @@ def _train_and_save(path, world: str, **overrides) -> None:
 def checkpoints(tmp_path_factory):
     """A folder laid out like checkpoints/: the three main networks and the five p_uncond ablation networks."""
     folder = tmp_path_factory.mktemp("checkpoints")
-    with _one_thread():
+    with one_thread():
         for world in ("ring2d", "attributes2d", "tokens16d"):
             _train_and_save(folder / world, world)
         for p in ("0.00", "0.05", "0.10", "0.20", "0.50"):
@@ -82,7 +82,7 @@ def test_figures_draw_given_results_without_a_network(checkpoints, tmp_path):
     """The score-error, attention and ablation figures read measured results; no network needed to draw them."""
     config = RunConfig(quick=True, show_progress=False)
     models = load_models(checkpoints)
-    with _one_thread():
+    with one_thread():
         tables = {"ring2d": score_errors(models["main"]["ring2d"], config)}
         attention = attention_mass(models["main"]["tokens16d"], config)
     rows = dropout_ablation_rows(models["ablation"], config)

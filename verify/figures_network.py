@@ -40,7 +40,7 @@ from toy_models import AnalyticDenoiser, get_world
 from toy_models.schedules import get_schedule
 
 from .claims import RunConfig
-from .claims._common import first_sampler_by_limit
+from .claims._common import first_sampler_by_limit, one_thread
 from .claims.network import (
     MAIN,
     P_UNCOND,
@@ -52,7 +52,7 @@ from .claims.network import (
     paired_guided_samples,
     score_errors,
 )
-from .figures import _STYLE, _mesh, _one_thread, _save, _w_colours
+from .figures import _STYLE, _mesh, _save, _w_colours
 from .rules import get as get_rule
 
 __all__ = ["plot_network_score_error", "plot_network_cfg_samples", "plot_network_attention", "plot_dropout_ablation",
@@ -171,7 +171,7 @@ def plot_network_score_error(path: str | pathlib.Path, models: dict, config: Run
     """
     main = {w: d for w, d in models["main"].items() if d is not None}
     if tables is None:
-        with _one_thread():
+        with one_thread():
             tables = {w: score_errors(d, config) for w, d in main.items()}
     names = [w for w in MAIN if w in tables]
     if not names:
@@ -214,7 +214,7 @@ def network_cfg_samples(den, config: RunConfig, ws: Sequence[float] = _CFG_WS, *
     exact = AnalyticDenoiser(world, den.schedule)
     n = n if n is not None else (500 if config.quick else 2000)
     out = {}
-    with _one_thread():
+    with one_thread():
         for w in ws:
             x_net, x_an = paired_guided_samples(get_rule("cfg", w=w), {"cond": condition}, den, exact, world,
                                                 condition, n, config.seed + 23, first_sampler_by_limit()["ode"])
@@ -346,7 +346,7 @@ def plot_network_attention(path: str | pathlib.Path, models: dict, config: RunCo
     if attention is None:
         if den is None:
             raise ValueError("models: no tokens16d network (and no attention result given)")
-        with _one_thread():
+        with one_thread():
             attention = attention_mass(den, config)
     ts = list(attention)
     depth = len(attention[ts[0]]["map_by_layer"])
@@ -398,7 +398,7 @@ def plot_network_attention(path: str | pathlib.Path, models: dict, config: RunCo
 def dropout_ablation_rows(ablation: dict, config: RunConfig, w: float = 3.0) -> dict[str, dict]:
     """:func:`verify.claims.network.dropout_rows` (the rows ``S1-DROPOUT`` reads, with their curves by t), measured
     on one thread."""
-    with _one_thread():
+    with one_thread():
         return dropout_rows(ablation, config, w=w)
 
 
