@@ -62,7 +62,8 @@ ORDER = ("S0-BAYES", "S0-CG-SCORE", "S0-CLEAN-CLASSIFIER", "S0-PROP1", "S0-CFG-C
          "S0-PROP2-SCORE", "S0-PROP2-SAMPLES", "S0-TEMPERATURE", "S0-WINF", "S0-QUALITY-DIVERSITY", "S0-THRESHOLDING",
          "S0-NEGPROMPT-DENSITY", "S0-COMPOSITION", "S0-PURPLE-DOG", "S1-CG-EPS", "S1-DROPOUT", "S1-CFG-FORM",
          "S1-SCORE-FORM", "S1-SCALE-TABLE", "S1-NEGPROMPT", "S1-FID-IS", "L-DDIM-DDPM", "L-OVERSHOOT", "L-INTERVAL",
-         "L-RESCALE", "L-APG", "L-CFGPP", "L-CFG-ZERO-STAR", "L-AUTOGUIDANCE")
+         "L-RESCALE", "L-APG", "L-CFGPP", "L-CFG-ZERO-STAR", "L-AUTOGUIDANCE",
+         "L-CFG-SCHEDULE")
 
 
 def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
@@ -75,6 +76,7 @@ def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
         pending,
         rule_apg,
         rule_autoguidance,
+        rule_cfg_schedule,
         rule_cfg_zero_star,
         rule_cfgpp,
         sampling,
@@ -82,7 +84,7 @@ def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
     )
 
     families = (bayes, algebra, classifier, targets, pending, rule_apg, rule_cfgpp, rule_cfg_zero_star,
-                rule_autoguidance)
+                rule_autoguidance, rule_cfg_schedule)
     records = [r for family in families for r in family.evaluate(config)]
     by_id = {r.id: r for r in records}
     missing = set(ORDER) - set(by_id)
