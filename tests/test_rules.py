@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from toy_models import AnalyticDenoiser, get_schedule, get_world
 from toy_models.denoiser import CountingDenoiser
 from verify import rules
+from verify.claims.rule_autoguidance import inflated
 from verify.rules import GuidedDenoiser, Rule
 from verify.rules.classifier import CleanClassifier, ExactNoisyClassifier
 from verify.samplers import SAMPLERS, sample, time_grid
@@ -319,22 +320,11 @@ def _all_examples():
             yield pytest.param(name, params, id=f"{name}-{sorted(params)}")
 
 
-def _weak_model():
-    """A weaker model of the same world: every covariance inflated by 1.5 (an underfit network), for rules that read
-    a ``weak`` branch."""
-    from toy_models import GaussianMixture, World
-
-    def inflate(law):
-        return GaussianMixture(law.weights, law.means, 1.5 * law.covariances, law.labels)
-
-    world = World("ring2d-weak", inflate(RING.law(None)))
-    return AnalyticDenoiser(world, "vp-linear")
-
-
 def _guided(name: str, params: dict):
     rule = rules.get(name, **params)
     conditions = {key: (None if key == "uncond" else k) for k, key in enumerate(rule.condition_keys)}
-    weak = _weak_model() if "weak" in rule.branches else None
+    # a weaker model of the same world: every covariance inflated by 1.5 (an underfit network)
+    weak = AnalyticDenoiser(inflated(RING, 1.5), "vp-linear") if "weak" in rule.branches else None
     return rule, rule.guide(DEN, conditions, weak=weak)
 
 

@@ -175,14 +175,10 @@ class CountingDenoiser(WrappedDenoiser):
         return self.denoiser.eps(x, t, condition, **kw)
 
     def predict(self, x: torch.Tensor, t: Tensorish, condition: Condition = None, **kw):
+        """The wrapped guided denoiser's ``predict`` (samplers call it only when ``renoises`` is true, i.e. when
+        the wrapped denoiser has one), counted as one call."""
         self._count(int(x.shape[0]))
-        predict = getattr(self.denoiser, "predict", None)
-        if predict is None:
-            from types import SimpleNamespace
-
-            eps = self.denoiser.eps(x, t, condition, **kw)
-            return SimpleNamespace(eps=eps, renoise=eps)
-        return predict(x, t, condition, **kw)
+        return self.denoiser.predict(x, t, condition, **kw)
 
     def eps_multi(self, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
         self._count(int(x.shape[0]) * len(conditions))

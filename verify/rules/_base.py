@@ -24,6 +24,7 @@ claims, figures and the network checks all use it; it accepts the analytic groun
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from toy_models.denoiser import Denoiser, WrappedDenoiser, predict_many
 from toy_models.gaussian_mixture import Condition, normalize_condition
 from toy_models.schedules import Schedule
 from toy_models.world import World
+
+from ._math import predictions, weighted_sum
 
 __all__ = ["SPACES", "Rule", "LinearRule", "GuidanceState", "StepContext", "Prediction", "GuidedDenoiser",
            "check_branch_name", "bind_conditions"]
@@ -69,16 +72,32 @@ class GuidanceState:
 @dataclass(frozen=True)
 class StepContext:
     """Where a rule is evaluated: the points, the time and the schedule's coefficients there, the conditions of
-    the branches, and the run's state (``None`` for a stateless rule)."""
+    the branches, and the run's state (``None`` for a stateless rule). The forward SDE's ``drift`` and
+    ``diffusion_squared``, which only the velocity space needs, are derived from ``schedule`` on first use."""
 
     x: Tensor
     t: float
     alpha: float
     sigma: float
-    drift: float
-    diffusion_squared: float
+    schedule: Schedule
     conditions: Mapping[str, Condition]
     state: GuidanceState | None = None
+
+    @functools.cached_property
+    def drift(self) -> float:
+        """:math:`f(t)`; NaN at t = 1 where alpha vanishes (singular: only the eps space is usable there)."""
+        return self._sde_coefficients[0]
+
+    @functools.cached_property
+    def diffusion_squared(self) -> float:
+        """:math:`g(t)^2`; NaN where :attr:`drift` is."""
+        return self._sde_coefficients[1]
+
+    @functools.cached_property
+    def _sde_coefficients(self) -> tuple[float, float]:
+        if self.schedule.alpha_vanishes_at_one and self.t == 1.0:
+            return float("nan"), float("nan")
+        return float(self.schedule.drift(self.t)), float(self.schedule.diffusion_squared(self.t))
 
     @property
     def noise_to_signal(self) -> float:
@@ -228,8 +247,6 @@ class LinearRule(Rule):
                              f"must equal the model's when every branch agrees)")
 
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
-        from ._math import predictions, weighted_sum
-
         names = list(self._weights)
         tensors = predictions({f"preds[{b!r}]": preds[b] for b in names})
         return weighted_sum([self._weights[b] for b in names], tensors, "preds")
@@ -305,13 +322,8 @@ class GuidedDenoiser(WrappedDenoiser):
     def context(self, x: Tensor, t, state: GuidanceState | None = None) -> StepContext:
         """The :class:`StepContext` of one evaluation at ``(x, t)``."""
         tt = _scalar_time(t)
-        schedule = self.schedule
-        alpha, sigma = (float(v) for v in schedule.alpha_sigma(tt))
-        if schedule.alpha_vanishes_at_one and tt == 1.0:
-            drift, g2 = float("nan"), float("nan")  # singular at t = 1: only the eps space is usable there
-        else:
-            drift, g2 = float(schedule.drift(tt)), float(schedule.diffusion_squared(tt))
-        return StepContext(x, tt, alpha, sigma, drift, g2, self.conditions, state)
+        alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(tt))
+        return StepContext(x, tt, alpha, sigma, self.schedule, self.conditions, state)
 
     def branch_eps(self, x: Tensor, t) -> dict[str, Tensor]:
         """Every branch's eps at ``(x, t)``: one batched call of the base model (``eps_multi``), one of the weak."""
