@@ -16,39 +16,18 @@ which exits 1 when some result is not ``as_expected``.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import time
 from dataclasses import dataclass
 from types import ModuleType
 
 import sympy
 
-from . import (
-    bayes,
-    cfg_form_001,
-    cfgpp_ddim,
-    cg_eps_001,
-    composition,
-    gaussian_tilted,
-    negprompt_000,
-    negprompt_001,
-    prop1_cfg_is_classifier_guidance,
-    prop2_tilted_score,
-    temperature,
-)
-
-PROOFS: tuple[ModuleType, ...] = (
-    bayes,
-    prop1_cfg_is_classifier_guidance,
-    prop2_tilted_score,
-    temperature,
-    negprompt_000,
-    negprompt_001,
-    composition,
-    cg_eps_001,
-    cfg_form_001,
-    gaussian_tilted,
-    cfgpp_ddim,
-)
+#: every proof module of this package (name not starting with ``_``), sorted by name: a new proof is one file
+PROOFS: tuple[ModuleType, ...] = tuple(
+    importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+    if not m.name.startswith("_"))
 
 
 @dataclass(frozen=True)

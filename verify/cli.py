@@ -2,10 +2,12 @@
 
 Commands
 --------
-``cfgtruth run [--out DIR] [--quick] [--seed N] [--checkpoints DIR] [--update-readme PATH]``
-    Evaluate every claim, write ``DIR/ledger.json``, ``DIR/ledger.md`` and ``DIR/figures/``.
-``cfgtruth figures [--out DIR] [--checkpoints DIR]``
-    Regenerate the committed figures (default ``figures/``), the network figures from the shipped checkpoints.
+``cfgtruth run [--out DIR] [--quick] [--seed N] [--claim ID ...] [--checkpoints DIR] [--update-readme PATH]``
+    Evaluate every claim (or only the ``--claim`` ones, with just the evidence they need), write
+    ``DIR/ledger.json``, ``DIR/ledger.md`` and, in ``DIR/figures/``, the figures the records name, drawn from the
+    same evidence.
+``cfgtruth figures [--out DIR] [--seed N] [--checkpoints DIR]``
+    Regenerate every registered figure (default ``figures/``) from one run of the evidence providers.
 ``cfgtruth proofs``
     Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
 ``cfgtruth train --world NAME [--preset default|ablation|imperfect|small] [--steps N] [--p-uncond P] [--out PATH] ...``
@@ -174,7 +176,7 @@ def _checkpoint_folder(text: str | None, option: str = "--checkpoints") -> str |
     returns ``text`` unchanged.
     """
     from toy_models.neural import load_checkpoint
-    from verify.claims.network import MAIN, P_UNCOND, default_checkpoints
+    from verify.evidence.network import MAIN, P_UNCOND, default_checkpoints
 
     folder = pathlib.Path(text) if text is not None else default_checkpoints()
     label = option if text is not None else f"the default checkpoints (no {option})"
@@ -304,11 +306,29 @@ def _interruptible(what_is_left: Callable[[], str]) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------------------------
 # commands
 # --------------------------------------------------------------------------------------------------------------
+def _claim_ids(given: list[str] | None) -> list[str] | None:
+    """``--claim ID`` (repeatable): declared claim ids, or None for every claim."""
+    if not given:
+        return None
+    from verify.claims import get_claim
+
+    for claim_id in given:
+        try:
+            get_claim(claim_id)
+        except ValueError as err:
+            raise UsageError(f"--claim: {_one_line(err).removeprefix('claim_id: ')}") from err
+    return list(dict.fromkeys(given))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from verify.claims import RunConfig, evaluate_all
-    from verify.figures import plot_worlds
+    from verify.claims import RunConfig, evaluate
+    from verify.evidence import Evidence
+    from verify.figures import plot
     from verify.report import ledger_table, write_ledger
 
+    ids = _claim_ids(args.claim)
+    if ids is not None and args.update_readme:
+        raise UsageError("--update-readme: the README's table needs every claim; drop --claim")
     checkpoints = _checkpoint_folder(args.checkpoints)
     readme = _readme(args.update_readme) if args.update_readme else None
     config = RunConfig(quick=args.quick, seed=args.seed, show_progress=not args.no_progress, checkpoints=checkpoints)
@@ -316,15 +336,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     staging = _Staging(pathlib.Path(args.out), "--out")
     with _interruptible(staging.left), staging:
-        records = evaluate_all(config)
+        evidence = Evidence(config)  # one run's providers, shared by the claims and their figures
+        records = evaluate(config, ids, evidence)
         write_ledger(records, staging.path, config)
-        plot_worlds(staging.path / "figures" / "worlds.png", seed=args.seed)
+        names = list(dict.fromkeys(f for r in records for f in r.figures))
+        figures = plot(names, staging.path / "figures", evidence)
         table = ledger_table(records)
         extra = {readme[0]: _replace_between_markers_text(readme[1], "ledger", table)} if readme else None
         staging.commit(last="ledger.json", extra=extra)
     print(table)
     out = pathlib.Path(args.out)
-    print(f"\nwrote {out / 'ledger.json'}, {out / 'ledger.md'} and {out / 'figures' / 'worlds.png'}"
+    print(f"\nwrote {out / 'ledger.json'}, {out / 'ledger.md'} and {len(figures)} figures in {out / 'figures'}"
           + (f", updated {readme[0]}" if readme else "") + f" in {time.perf_counter() - start:.1f} s")
     return EXIT_OK
 
@@ -364,14 +386,14 @@ def _replace_between_markers(path: pathlib.Path, name: str, text: str) -> None:
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
+    from verify.claims import RunConfig
     from verify.figures import plot_all
-    from verify.figures_network import plot_network_all
 
     checkpoints = _checkpoint_folder(args.checkpoints)
+    config = RunConfig(seed=args.seed, show_progress=not args.no_progress, checkpoints=checkpoints)
     staging = _Staging(pathlib.Path(args.out), "--out")
     with _interruptible(staging.left), staging:
-        plot_all(staging.path)
-        plot_network_all(staging.path, checkpoints)
+        plot_all(staging.path, config=config)
         paths = staging.commit()
     for path in paths:
         print(f"wrote {path}")
@@ -478,12 +500,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (default: 0)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--checkpoints", metavar="DIR", help="trained networks to check (default: checkpoints/)")
+    run.add_argument("--claim", action="append", metavar="ID",
+                     help="evaluate only this claim and the evidence it needs (repeatable)")
     run.add_argument("--update-readme", metavar="PATH", help="also write the ledger table into PATH between "
                      "<!-- ledger --> markers (how README.md's table is kept true)")
     run.set_defaults(func=_cmd_run)
     figs = command("figures", help="regenerate the committed figures")
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")
     figs.add_argument("--checkpoints", metavar="DIR", help="trained networks to draw (default: checkpoints/)")
+    figs.add_argument("--seed", type=_seed, default=0, help="seed of every random draw (default: 0)")
+    figs.add_argument("--no-progress", action="store_true", help="no progress bars")
     figs.set_defaults(func=_cmd_figures)
     command("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
     tr = command("train", help="train the cross-attention network on a world and write a checkpoint")

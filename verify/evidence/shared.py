@@ -1,10 +1,9 @@
-"""Shared pieces of the claim checks: source locations, time grids, check points, the samplers a quick run keeps,
-proof status, perturbed models."""
+"""Pieces the evidence providers share: time grids, check points, the samplers that stand for each continuous
+limit, perturbed models, the attribute cases, one-thread execution. No provider lives here."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import zlib
 from collections.abc import Iterator
 
@@ -16,9 +15,6 @@ from toy_models.gaussian_mixture import Condition
 from toy_models.scenarios import WORLDS
 from verify.samplers import SAMPLERS
 
-#: the two source texts, cited by number, title and date
-S0 = "source 000, 'Classifier Guidance에서 Negative Prompt까지, 조건부 생성의 수학' (2026-05-03)"
-S1 = "source 001, 'Classifier-Free Guidance 논문 리뷰: 조건부 생성 모델의 핵심 기법 완전 정리' (2026-02-06)"
 TIMES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 QUICK_TIMES = (0.01, 0.5, 1.0)
 SCHEDULE = "vp-linear"
@@ -64,23 +60,6 @@ def first_sampler_by_limit() -> dict[str, str]:
     if missing:
         raise RuntimeError(f"samplers: no registered sampler has the continuous limit {sorted(missing)}")
     return {"ode": first["ode"], "sde": first["sde"]}
-
-
-@functools.lru_cache(maxsize=1)
-def _proof_results():
-    import proofs
-
-    return tuple(proofs.run_all())
-
-
-def proof_status(claim_id: str) -> dict:
-    """The sympy proofs that bear on ``claim_id``: names, whether each came out as expected, residuals."""
-    results = [r for r in _proof_results() if claim_id in r.claim_ids]
-    return {"proofs": [{"module": f"proofs/{r.name}.py", "residual": r.residual, "holds": r.holds,
-                        "as_expected": r.as_expected, "corrected_residual": r.corrected_residual or None}
-                       for r in results],
-            "all_hold": bool(results) and all(r.holds for r in results),
-            "all_as_expected": all(r.as_expected for r in results)}
 
 
 class PerturbedDenoiser(WrappedDenoiser):
