@@ -39,3 +39,24 @@ def quick_run(tmp_path_factory):
     assert main(["run", "--quick", "--out", str(out), "--no-progress"]) == 0
     payload = json.loads((out / "ledger.json").read_text(encoding="utf-8"))
     return [ClaimRecord(**r) for r in payload["records"]], out
+
+
+@pytest.fixture(scope="session")
+def quick_evidence():
+    """One quick run's evidence providers, shared by every test of the session that reads ledger records."""
+    from verify.claims import RunConfig
+    from verify.evidence import Evidence
+
+    return Evidence(RunConfig(quick=True, show_progress=False))
+
+
+@pytest.fixture(scope="session")
+def ledger(quick_evidence):
+    """``ledger("S0-BAYES", ...)`` -> ``{id: record}``: the quick records of those claims, built from the session's
+    shared evidence (each provider computed once per test session, whichever test asks first)."""
+    from verify.claims import evaluate
+
+    def records(*ids: str) -> dict:
+        return {r.id: r for r in evaluate(quick_evidence.config, ids, quick_evidence)}
+
+    return records
