@@ -26,8 +26,8 @@ import sympy
 
 #: every proof module of this package (name not starting with ``_``), sorted by name: a new proof is one file
 PROOFS: tuple[ModuleType, ...] = tuple(
-    importlib.import_module(f"{__name__}.{m.name}") for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
-    if not m.name.startswith("_"))
+    importlib.import_module(f"{__name__}.{m.name}")
+    for m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name) if not m.name.startswith("_"))
 
 
 @dataclass(frozen=True)

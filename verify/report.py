@@ -72,8 +72,10 @@ def ledger_markdown(records: Sequence[ClaimRecord], config: RunConfig) -> str:
                   json.dumps(_json_safe(r.evidence), indent=2, ensure_ascii=False), "```", ""]
         if r.tests:
             parts += ["**Tests.** " + ", ".join(f"`{t}`" for t in r.tests), ""]
-        if r.figure:
-            parts += [f"**Figure.** `{r.figure}`", ""]
+        shown = list(r.figures) or ([r.figure] if r.figure else [])
+        if shown:
+            parts += [("**Figures.** " if len(shown) > 1 else "**Figure.** ") + ", ".join(f"`{f}`" for f in shown),
+                      ""]
     return "\n".join(parts)
 
 
