@@ -39,6 +39,7 @@ from verify.samplers import sample, time_grid
 
 from . import provider
 from .network import default_checkpoints
+from .shared import one_thread
 
 __all__ = ["G", "STRONG", "WEAK", "METHODS", "inflated", "MethodResult", "AutoguidanceLevel", "NetworkPair",
            "AutoguidanceEvidence", "autoguidance_comparison"]
@@ -210,6 +211,7 @@ def _networks(config: RunConfig) -> NetworkPair:
 
 
 @provider
+@one_thread()
 def autoguidance_comparison(config: RunConfig) -> AutoguidanceEvidence:
     """Unguided, CFG and autoguidance against the exact model: gauss1d exactly, ring2d sampled, and the shipped
     networks (see the module docstring)."""

@@ -36,6 +36,7 @@ from verify.samplers import sample, time_grid
 from verify.tolerances import gamma
 
 from . import provider
+from .shared import one_thread
 
 __all__ = ["CLASS", "LEVEL", "LAMS", "N_REFERENCE", "N_REFERENCE_QUICK", "IdentityCheck", "StepLaw", "ExactLaws",
            "SDScales", "Excursion", "CFGPPCell", "ExcursionRow", "CFGPPRelation", "identity_check", "exact_laws",
@@ -307,6 +308,7 @@ class CFGPPRelation:
 
 
 @provider
+@one_thread()
 def cfgpp_relation(config: RunConfig) -> CFGPPRelation:
     """The float64 identity check, the exact gauss1d laws over step counts, the Stable Diffusion scales and the
     ring2d excursions (see the module docstring)."""
