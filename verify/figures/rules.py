@@ -14,7 +14,7 @@ from toy_models import get_world
 from verify.evidence.rule_gallery import CONDITIONS, RuleGallery
 
 from . import figure
-from .style import box, new_figure
+from .style import new_figure
 
 __all__ = ["draw_rule_gallery"]
 
@@ -56,7 +56,7 @@ def draw_rule_gallery(rule_gallery: RuleGallery) -> Figure:
     target = get_world("ring2d").law(CONDITIONS["cond"])  # the region's density, drawn at the provider's level
     level = data.hdr99_level
     rows = math.ceil(len(order) / COLS)
-    fig = new_figure(3.0 * COLS, 3.3 * rows, layout="constrained")
+    fig = new_figure(3.0 * COLS, 3.6 * rows, layout="constrained")
     for k, name in enumerate(order):
         entry = data.entries[name]
         x = entry.samples
@@ -69,8 +69,10 @@ def draw_rule_gallery(rule_gallery: RuleGallery) -> Figure:
         ax.contour(gx, gy, log_p, levels=[level], colors=[REGION_EDGE], linewidths=0.8)
         ax.scatter(x[:, 0], x[:, 1], s=2, c=UNGUIDED_COLOUR if name == "unguided" else GUIDED_COLOUR, alpha=0.3,
                    linewidths=0, rasterized=True)
-        box(ax, f"in 99% region {entry.in_hdr99:.3f} ± {entry.in_hdr99_se:.3f}\n"
-                f"overshoot {entry.overshoot:+.2f}, spread {entry.spread_ratio:.2f}x")
+        # the summaries under the panel, where they never cover samples that left the class's neighbourhood
+        ax.set_xlabel(f"in 99% region {entry.in_hdr99:.3f} ± {entry.in_hdr99_se:.3f}\n"
+                      f"overshoot {entry.overshoot:+.2f}, spread {entry.spread_ratio:.2f}x", fontsize=8,
+                      family="monospace")
         ax.set_title(_title(name, entry.rule), fontsize=8)
         ax.set_xlim(x_lo, x_hi)
         ax.set_ylim(y_lo, y_hi)
