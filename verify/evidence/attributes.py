@@ -83,7 +83,7 @@ def cases() -> dict[str, tuple[str, rules.Rule, dict, Callable[[torch.Tensor], t
     """``{key: (description, rule, conditions, region, region_name)}``: the three cases of
     :func:`~verify.evidence.shared.attribute_cases` (``negative_001``, ``negative_000``, ``compose``) and the
     control ``dog`` (plain p(x|dog): CFG at w = 0, which any sampler should reach)."""
-    out = {"dog": ("+dog, no guidance (control)", rules.get("cfg", w=0.0), {"cond": POSITIVE}, red_dog, "red_dog")}
+    out = {"dog": ("+dog alone", rules.get("cfg", w=0.0), {"cond": POSITIVE}, red_dog, "red_dog")}
     for label, (rule, conditions, region, region_name) in attribute_cases().items():
         key, description = _split_label(label)
         out[key] = (description, rule, conditions, region, region_name)
