@@ -155,7 +155,8 @@ def network_models(config: RunConfig) -> NetworkModels:
 @dataclass(frozen=True)
 class NetworkBlock:
     """The network's evidence on a claim decided from the exact scores: ``evidence`` (JSON data, the record's
-    ``evidence["network"]``), a fragment for its headline and one for its conditions (``""``: none)."""
+    ``evidence["network"]``), a fragment for its headline (appended after ``"; "``) and one for its conditions
+    (appended after ``". "``); ``""``: none. A missing checkpoint gives ``evidence == {"skipped": reason}``."""
 
     evidence: dict
     headline: str = ""
