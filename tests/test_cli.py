@@ -1,7 +1,7 @@
 """The command line as a user meets it: one-line usage errors with exit 2, bugs with their traceback, atomic
 outputs, Ctrl-C with exit 130 and nothing half-written.
 
-The long commands are never run here: their work (``evaluate_all``, the figures, ``train``) is replaced by fakes
+The long commands are never run here: their work (``evaluate``, the figures, ``train``) is replaced by fakes
 that write a file or raise, because what is under test is what the command line does around the work. Two tests
 start a real process (``python -m verify.cli``): the entry point's one-line error, and a real SIGINT during
 ``cfgtruth run --quick``.
@@ -59,7 +59,7 @@ def no_long_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the long work started although the input was bad")
 
-    monkeypatch.setattr(verify.claims, "evaluate_all", refuse)
+    monkeypatch.setattr(verify.claims, "evaluate", refuse)
     monkeypatch.setattr(toy_models.neural, "train", refuse)
 
 
@@ -242,9 +242,13 @@ def test_audit_exit_statuses(capsys):
 # --------------------------------------------------------------------------------------------------------------
 # outputs: atomic, and Ctrl-C leaves nothing that looks complete
 # --------------------------------------------------------------------------------------------------------------
-def tiny_records(config):
+def tiny_records(config, ids=None, evidence=None):
     return [ClaimRecord(id="S0-BAYES", source="s", statement="a claim", procedure="p", verdict="proved",
-                        headline=f"seed {config.seed}")]
+                        headline=f"seed {config.seed}", figure="figures/worlds.png", figures=("figures/worlds.png",))]
+
+
+def fake_plot(names, out_dir, evidence):
+    return [fake_png(pathlib.Path(out_dir) / pathlib.Path(n).name) for n in names]
 
 
 def fake_png(path, **kwargs):
@@ -264,8 +268,8 @@ def fast_run(monkeypatch):
     import verify.claims
     import verify.figures
 
-    monkeypatch.setattr(verify.claims, "evaluate_all", tiny_records)
-    monkeypatch.setattr(verify.figures, "plot_worlds", fake_png)
+    monkeypatch.setattr(verify.claims, "evaluate", tiny_records)
+    monkeypatch.setattr(verify.figures, "plot", fake_plot)
     return monkeypatch
 
 
@@ -298,7 +302,7 @@ def test_interrupted_run_removes_its_partial_outputs(fast_run, tmp_path, capsys)
     for name, data in (("ledger.json", b'{"old": 1}'), ("ledger.md", b"old"), ("figures/worlds.png", b"old")):
         (out / name).write_bytes(data)
     before = files_under(out)
-    fast_run.setattr(verify.figures, "plot_worlds", interrupt)
+    fast_run.setattr(verify.figures, "plot", interrupt)
     assert run_main(["run", "--out", str(out), "--no-progress"]) == 130
     one_line(capsys, "cfgtruth run: interrupted; partial outputs removed")
     assert files_under(out) == before
@@ -308,7 +312,7 @@ def test_interrupted_run_removes_its_partial_outputs(fast_run, tmp_path, capsys)
 def test_interrupted_run_in_a_new_folder_leaves_no_folder(fast_run, tmp_path, capsys):
     import verify.claims
 
-    fast_run.setattr(verify.claims, "evaluate_all", interrupt)
+    fast_run.setattr(verify.claims, "evaluate", interrupt)
     assert run_main(["run", "--out", str(tmp_path / "new" / "results"), "--no-progress"]) == 130
     one_line(capsys, "cfgtruth run: interrupted; nothing written")
     assert list(tmp_path.iterdir()) == []
@@ -335,9 +339,8 @@ def test_ctrl_c_during_the_commit_waits_for_it(fast_run, tmp_path, capsys):
 
 def test_interrupted_figures_write_nothing(monkeypatch, tmp_path, capsys):
     import verify.figures
-    import verify.figures_network
 
-    def some_then_interrupt(out_dir):
+    def some_then_interrupt(out_dir, evidence=None, config=None):
         fake_png(pathlib.Path(out_dir) / "worlds.png")
         raise KeyboardInterrupt
 
@@ -349,9 +352,8 @@ def test_interrupted_figures_write_nothing(monkeypatch, tmp_path, capsys):
     one_line(capsys, "cfgtruth figures: interrupted; partial outputs removed")
     assert files_under(out) == {"worlds.png": b"old"} and len(list(out.iterdir())) == 1
 
-    monkeypatch.setattr(verify.figures, "plot_all", lambda out_dir: [fake_png(pathlib.Path(out_dir) / "a.png")])
-    monkeypatch.setattr(verify.figures_network, "plot_network_all",
-                        lambda out_dir, checkpoints: [fake_png(pathlib.Path(out_dir) / "b.png")])
+    monkeypatch.setattr(verify.figures, "plot_all", lambda out_dir, evidence=None, config=None: [
+        fake_png(pathlib.Path(out_dir) / "a.png"), fake_png(pathlib.Path(out_dir) / "b.png")])
     assert run_main(["figures", "--out", str(out)]) == 0
     assert sorted(files_under(out)) == ["a.png", "b.png", "worlds.png"] and len(list(out.iterdir())) == 3
     assert capsys.readouterr().out.splitlines() == [f"wrote {out / 'a.png'}", f"wrote {out / 'b.png'}"]
