@@ -98,6 +98,21 @@ class Decision:
         if not isinstance(self.evidence, dict):
             raise TypeError(f"evidence: expected a dict, got {type(self.evidence).__name__}")
 
+    def with_block(self, key: str, block: Any) -> Decision:
+        """This decision with a second evidence block: ``block.evidence`` under ``evidence[key]``, ``block.headline``
+        appended to the headline after ``"; "`` and ``block.conditions`` to the conditions after ``". "`` (each
+        when non-empty). The verdict is unchanged: the block reports how a trained model fares on the same claim
+        (for example :class:`verify.evidence.network.NetworkBlock`)."""
+        if key in self.evidence:
+            raise ValueError(f"key: the evidence already has a {key!r} block")
+        headline = f"{self.headline}; {block.headline}" if block.headline else self.headline
+        if block.conditions:
+            conditions = f"{self.conditions.rstrip('. ')}. {block.conditions}" if self.conditions else block.conditions
+        else:
+            conditions = self.conditions
+        return dataclasses.replace(self, evidence={**self.evidence, key: block.evidence}, headline=headline,
+                                   conditions=conditions)
+
     @classmethod
     def pending(cls, decided_by: str) -> Decision:
         """A claim this code does not decide: the record names what would decide it."""

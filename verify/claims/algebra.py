@@ -15,6 +15,7 @@ holds; ``holds`` when the check passes and no proof bears on the claim; ``fails`
 from __future__ import annotations
 
 from verify.evidence.algebra import CFGCost, CFGEndpoints, GuidanceIdentities, GuidedScoreFields, ModelErrorDegradation
+from verify.evidence.network import ImplicitClassifier
 from verify.evidence.proofs import ProofResults
 
 from . import Decision, Verdict, claim
@@ -74,13 +75,13 @@ def cg_eps(guidance_identities: GuidanceIdentities, proof_results: ProofResults)
               "tests/test_claims_analytic.py::test_algebra_records",
               "tests/test_claims_analytic.py::test_algebra_records_fail_for_a_wrong_combiner"))
 def prop1(guidance_identities: GuidanceIdentities, model_error_degradation: ModelErrorDegradation,
-          proof_results: ProofResults) -> Decision:
+          proof_results: ProofResults, network_implicit_classifier: ImplicitClassifier) -> Decision:
     """CFG eps against classifier-guided eps with the exact (or implicit) noisy classifier; the degradation of the
     identity with model error is reported beside it."""
     ev, deg = guidance_identities, model_error_degradation
     worst = ev.worst("cfg_vs_classifier")
     proof = proof_results.status("S0-PROP1")
-    return Decision(
+    decision = Decision(
         verdict=proof_verdict(proof, worst <= 1.0),
         headline=f"max error / derived bound {worst:.2g}; sympy residual 0 in both conventions",
         procedure=(f"CFG eps against classifier-guided eps with the exact noisy classifier grad log p_t(c|x) at "
@@ -98,6 +99,7 @@ def prop1(guidance_identities: GuidanceIdentities, model_error_degradation: Mode
                     "given as two separate laws (gauss1d) the implicit classifier is a density ratio, a proper "
                     "posterior only if p(c) <= 0.26 (S0-BAYES)"),
     )
+    return decision.with_block("network", network_implicit_classifier.block())
 
 
 @claim("S1-SCORE-FORM", order=206, source=f"{S1}, '수학적 직관: 왜 작동하는가', display",

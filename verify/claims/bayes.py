@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from verify.evidence.bayes import BayesIdentity
+from verify.evidence.network import ImplicitClassifier
 from verify.evidence.proofs import ProofResults
 
 from . import Decision, claim
@@ -19,7 +20,8 @@ NOT_JOINT = ("p(x|c) and p(x) are given separately: the classifier is the implic
        tests=("tests/test_gaussian_mixture.py::test_bayes_identity_at_every_noise_level",
               "tests/test_claims.py::test_bayes_record", "tests/test_proofs.py"),
        figure="figures/worlds.png")
-def bayes(bayes_identity: BayesIdentity, proof_results: ProofResults) -> Decision:
+def bayes(bayes_identity: BayesIdentity, proof_results: ProofResults,
+          network_implicit_classifier: ImplicitClassifier) -> Decision:
     """Proved when every joint world stays within its rounding bound and the sympy proof holds; fails otherwise."""
     ev = bayes_identity
     worst = ev.max_error_over_bound
@@ -35,7 +37,7 @@ def bayes(bayes_identity: BayesIdentity, proof_results: ProofResults) -> Decisio
         else:
             worlds[w.name] = {"joint_law": False, "note": NOT_JOINT,
                               "largest_p_c_admitting_a_joint_law": w.largest_p_c_admitting_a_joint_law}
-    return Decision(
+    decision = Decision(
         verdict=verdict,
         headline=f"max error / derived bound {worst:.2g} on {len(ev.checked)} joint worlds"
                  + ("; sympy residual 0" if verdict == "proved" else ""),
@@ -50,3 +52,4 @@ def bayes(bayes_identity: BayesIdentity, proof_results: ProofResults) -> Decisio
         uncertainty=(f"deterministic float64 check; the largest error is {worst:.3g} of the derived rounding bound "
                      f"(1.0 would be a failure)" if math.isfinite(worst) else "n/a"),
     )
+    return decision.with_block("network", network_implicit_classifier.block())

@@ -19,6 +19,7 @@ from verify.evidence.attributes import (
     NegativePromptLaws,
     SampledCase,
 )
+from verify.evidence.network import AttributeSampling
 from verify.evidence.proofs import ProofResults
 
 from . import Decision, claim
@@ -62,7 +63,7 @@ NOT_REACHED = ("; the sampler does not reach the implied law: a fraction of samp
                   "p(x|y+)^(w+) p(x|y-)^(-w-) p(x)^(1 - w+ - w-)"),
        tests=(*TESTS, "tests/test_proofs.py"), figure=FIGURES)
 def negprompt_density(negative_prompt_laws: NegativePromptLaws, attribute_samples: AttributeSamples,
-                      proof_results: ProofResults) -> Decision:
+                      proof_results: ProofResults, network_attribute_sampling: AttributeSampling) -> Decision:
     """Fails: the sympy residual of the written density's score, and its tails (not normalisable for w- > 1/2)."""
     laws = negative_prompt_laws
     case = attribute_samples.cases["negative_000"]
@@ -70,7 +71,7 @@ def negprompt_density(negative_prompt_laws: NegativePromptLaws, attribute_sample
     conditions = ("the exponent of p(x) must be 1 - w+ + w- (exponents summing to 1); as written they sum to "
                   "1 - 2 w-, the score is off by -2 w- grad log p(x), and on attributes2d the written density is "
                   "not normalisable for w- > 1/2 (its log grows like +r^2 along every direction)")
-    return Decision(
+    decision = Decision(
         verdict="fails",
         headline=("exponent of p(x) should be 1 - w+ + w-: score off by 2 w- grad log p(x); as written not "
                   "normalisable for w- > 1/2" + sampled_headline(case, attribute_samples)),
@@ -88,13 +89,15 @@ def negprompt_density(negative_prompt_laws: NegativePromptLaws, attribute_sample
                   **proof, "sampling": {"ddim_100_steps": sampled_evidence("negative_000", case, attribute_samples)}},
         conditions=conditions + (NOT_REACHED if stays_on_negative(case) else ""),
     )
+    return decision.with_block("network", network_attribute_sampling.block())
 
 
 @claim("S1-NEGPROMPT", order=210, source=f"{S1}, 'Negative Prompt와의 관계'",
        statement="putting the negative prompt's prediction in place of the null one actively avoids its features",
        tests=TESTS, figure=FIGURES)
 def negprompt_001(negative_prompt_laws: NegativePromptLaws, attribute_samples: AttributeSamples,
-                  narrow_negative_sampled: NarrowNegativeSampled, proof_results: ProofResults) -> Decision:
+                  narrow_negative_sampled: NarrowNegativeSampled, proof_results: ProofResults,
+                  network_attribute_sampling: AttributeSampling) -> Decision:
     """Conditional: the implied law avoids the negative's region, but exists only while the negative is not
     narrower than the positive at large g; the sampler's output is reported beside it."""
     laws, narrow = negative_prompt_laws, narrow_negative_sampled
@@ -113,7 +116,7 @@ def negprompt_001(negative_prompt_laws: NegativePromptLaws, attribute_samples: A
     conditions += NOT_REACHED if stays_on_negative(case) else ""
     conditions += ("; where no target law exists the sampler still returns finite samples (evidence): the output "
                    "then depends on the step count, not on any law")
-    return Decision(
+    decision = Decision(
         verdict="conditional" if proof["all_hold"] else "fails",
         headline=(f"red-dog mass 0.5 at g = 1, {laws.red_dog_mass_by_guidance_scale['7.5'][0]:.2g} at g = 7.5; no "
                   "law when the negative is narrower than the positive" + sampled_headline(case, attribute_samples)),
@@ -129,18 +132,19 @@ def negprompt_001(negative_prompt_laws: NegativePromptLaws, attribute_samples: A
                                                                    "n": narrow.n, "by_steps": narrow_rows}}},
         conditions=conditions,
     )
+    return decision.with_block("network", network_attribute_sampling.block())
 
 
 @claim("S0-COMPOSITION", order=128, source=f"{S0}, 'Negative Prompt' section, Liu et al. display",
        statement="sum_k w_k eps(c_k) + (1 - sum_k w_k) eps(null) composes K conditions; w_k < 0 negates",
        tests=("tests/test_proofs.py", *TESTS), figure=FIGURES)
 def composition(composition_law: CompositionLaw, attribute_samples: AttributeSamples,
-                proof_results: ProofResults) -> Decision:
+                proof_results: ProofResults, network_attribute_sampling: AttributeSampling) -> Decision:
     """Proved by the sympy residual (K = 3, signed weights); the composed law and its samples are reported."""
     law = composition_law
     proof = proof_results.status("S0-COMPOSITION")
     case = attribute_samples.cases["compose"]
-    return Decision(
+    decision = Decision(
         verdict="proved" if proof["all_hold"] else "fails",
         headline="sympy residual 0 (K = 3, signed weights); per-t only",
         procedure=("sympy: the rule's per-t score is that of prod_k p(x|c_k)^(w_k) p(x)^(1 - sum w_k); the composed "
@@ -154,13 +158,15 @@ def composition(composition_law: CompositionLaw, attribute_samples: AttributeSam
                     "DENSITY); the sampler's output law is a separate question (S0-PROP2-SAMPLES; the composed "
                     "samples here: evidence)"),
     )
+    return decision.with_block("network", network_attribute_sampling.block())
 
 
 @claim("S0-PURPLE-DOG", order=130, source=f"{S0}, 'Negative Prompt' section, last sentences",
        statement="composing 'a red dog' and 'a blue dog' can give a purple dog",
        tests=(*TESTS, "tests/test_figures_analytic.py::test_purple_dog_mass_on_the_grid_matches_the_quadrature"),
        figure=FIGURES)
-def purple_dog(composition_law: CompositionLaw, attribute_samples: AttributeSamples) -> Decision:
+def purple_dog(composition_law: CompositionLaw, attribute_samples: AttributeSamples,
+               network_attribute_sampling: AttributeSampling) -> Decision:
     """Holds when the composed law puts most of its mass between red and blue; conditional when the sampler does
     not follow it there; fails when the law itself does not."""
     law = composition_law
@@ -173,7 +179,7 @@ def purple_dog(composition_law: CompositionLaw, attribute_samples: AttributeSamp
         verdict, conditions = "conditional", "the implied law puts its mass there, but the sampler does not"
     else:
         verdict, conditions = "holds", "at the level of the implied law (t = 0) and as sampled (evidence)"
-    return Decision(
+    decision = Decision(
         verdict=verdict,
         headline=(f"{law.purple_mass:.4f} of the composed mass between red and blue, {law.mass_under_red_dog_alone:.3f}"
                   f" under red dog alone; DDIM samples: {sampled:.3f}"),
@@ -187,3 +193,4 @@ def purple_dog(composition_law: CompositionLaw, attribute_samples: AttributeSamp
                   "sampling": {"ddim_100_steps": sampled_evidence("compose", case, attribute_samples)}},
         conditions=conditions,
     )
+    return decision.with_block("network", network_attribute_sampling.block())

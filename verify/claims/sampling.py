@@ -24,6 +24,7 @@ from verify.evidence.laws import (
     OvershootRow,
     RingReference,
 )
+from verify.evidence.network import CFGSampling, NetworkQuality
 from verify.evidence.quality import QualityDiversity
 from verify.evidence.thresholding import Thresholding
 
@@ -67,7 +68,7 @@ def _zero_is_the_conditional(worlds: tuple[CFGLaws1D, ...]) -> bool:
 @claim("S0-PROP2-SAMPLES", order=116, source=f"{S0}, 명제 2 (Proposition 2), proof",
        statement="the trajectory following the augmented score converges to p(x|c)^(1+w) p(x)^(-w)",
        tests=("tests/test_exact_law.py", TESTS), figure="figures/cfg_law_vs_tilted.png")
-def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D) -> Decision:
+def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, network_cfg_sampling: CFGSampling) -> Decision:
     """Fails when, for every w > 0, neither the ODE's nor the SDE's law is the tilted target (beyond 10x their
     error estimates) while at w = 0 all three agree; conditional otherwise. (That discrete samplers reach these
     continuous-time laws, not the target, is L-DDIM-DDPM's evidence.)"""
@@ -76,7 +77,7 @@ def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D) -> Decisio
     all_mismatch = all(v for world in mismatch.values() for row in world.values() for v in row.values())
     at_zero_ok = _zero_is_the_conditional(worlds)
     g = gauss1d_laws
-    return Decision(
+    decision = Decision(
         verdict="fails" if all_mismatch and at_zero_ok else "conditional",
         headline=(f"gauss1d w = 3: ODE N({g.law('ode', '3').mean:.3g}, {g.law('ode', '3').var:.3g}), SDE "
                   f"N({g.law('sde', '3').mean:.3g}, {g.law('sde', '3').var:.3g}), tilted "
@@ -93,6 +94,7 @@ def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D) -> Decisio
                                               "sampler on bimodal1d, ring2d fine-step references",
                                "S0-WINF": "the bimodal1d ODE law at w = 15 and 30"}},
         uncertainty="deterministic references with halving error estimates (in evidence)")
+    return decision.with_block("network", network_cfg_sampling.block())
 
 
 @claim("L-DDIM-DDPM", order=300, source="Bradley & Nakkiran 2024, 'Classifier-Free Guidance is a Predictor-Corrector'",
@@ -160,8 +162,8 @@ def overshoot(bimodal1d_laws: CFGLaws1D, ring2d_overshoot: tuple[OvershootRow, .
        tests=(f"{TESTS}::test_sampling_verdicts_follow_from_the_evidence",
               "tests/test_figures_laws.py::test_quality_diversity_at_w0_and_its_trade_off"),
        figure="figures/quality_diversity.png")
-def quality_diversity(quality_diversity: QualityDiversity, ring2d_overshoot: tuple[OvershootRow, ...]
-                      ) -> Decision:
+def quality_diversity(quality_diversity: QualityDiversity, ring2d_overshoot: tuple[OvershootRow, ...],
+                      network_quality: NetworkQuality) -> Decision:
     """Conditional when recall falls with w (exact laws on gauss1d) while the classifier confidence p(c|x) of
     ring2d's DDIM samples rises; fails otherwise."""
     qd = quality_diversity
@@ -183,7 +185,7 @@ def quality_diversity(quality_diversity: QualityDiversity, ring2d_overshoot: tup
     confidence_up = all(c > confidence[0] for c in confidence[1:])  # guided samples are more confidently class c
     gauss = {w: {k: {"precision": v.precision, "recall": v.recall, "frechet_to_p(x|c)": v.frechet_to_p_x_given_c}
                  for k, v in row.items()} for w, row in ex.items()}
-    return Decision(
+    decision = Decision(
         verdict="conditional" if rec_down and confidence_up else "fails",
         headline=(f"w 0 -> 7: gauss1d ODE recall {ex['0']['ode'].recall:.2f} -> {ex['7']['ode'].recall:.2f} and "
                   f"precision {ex['0']['ode'].precision:.2f} -> {ex['7']['ode'].precision:.2f}; ring2d p(c|x) "
@@ -201,6 +203,7 @@ def quality_diversity(quality_diversity: QualityDiversity, ring2d_overshoot: tup
                   "precision_decreases": prec_down, "recall_decreases": rec_down, "frechet_grows_with_w": fid_worse,
                   "ring2d_classifier_confidence_by_w": dict(zip(fd_ws, confidence, strict=True))},
         uncertainty="exact laws; precision/recall thresholds from 20000 reference draws (binomial SE ~ 0.002)")
+    return decision.with_block("network", network_quality.block_for("S0-QUALITY-DIVERSITY"))
 
 
 @claim("S0-THRESHOLDING", order=124, source=f"{S0}, '트레이드오프 요약', third bullet",
@@ -235,7 +238,7 @@ def thresholding(thresholding: Thresholding) -> Decision:
                   "20+ oversaturation and artifacts"),
        tests=(TESTS, "tests/test_exact_law.py"))
 def scale_table(thresholding: Thresholding, gauss1d_discrete_laws: DiscreteLaws,
-                gauss1d_discrete_laws_unguided: DiscreteLaws) -> Decision:
+                gauss1d_discrete_laws_unguided: DiscreteLaws, network_quality: NetworkQuality) -> Decision:
     """Conditional: scales 0 and 1 are exact for an exact model (S1-CFG-FORM), but only a converged sampler
     reproduces the training law at scale 1, and the out-of-range fraction grows with the scale without a
     threshold."""
@@ -243,7 +246,7 @@ def scale_table(thresholding: Thresholding, gauss1d_discrete_laws: DiscreteLaws,
                   for n in gauss1d_discrete_laws_unguided.steps}
     worst = {n: max(abs(v) for v in errors.values()) for n, errors in at_scale_1.items()}
     coarse, fine = min(worst), max(worst)
-    return Decision(
+    decision = Decision(
         verdict="conditional",
         headline="0 and 1 exact for an exact model; out-of-range x0 grows with the scale (no 'artifacts' threshold)",
         procedure=("the S0-THRESHOLDING measurements by guidance_scale = 1 + w; S1-CFG-FORM for scales 0 and 1; "
@@ -258,6 +261,7 @@ def scale_table(thresholding: Thresholding, gauss1d_discrete_laws: DiscreteLaws,
                   "gauss1d_scale_1_relative_variance_error": {str(n): e for n, e in at_scale_1.items()},
                   "gauss1d_discrete_samplers": gauss1d_discrete_laws.laws},
         uncertainty="see S0-THRESHOLDING; discrete laws exact (no sampling)")
+    return decision.with_block("network", network_quality.block_for("S1-SCALE-TABLE"))
 
 
 def _interval_json(row: IntervalRow) -> dict:

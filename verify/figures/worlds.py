@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from verify.evidence.bayes import BayesIdentity
 from verify.evidence.worlds import (
     LinePortrait,
     MeansPortrait,
@@ -24,9 +25,10 @@ GAUSS_COLOURS = {None: "0.35", 1: "#d62728"}
 ATTRIBUTE_PALETTE, ATTRIBUTE_MARKERS = {"red": "#d62728", "blue": "#1f77b4"}, {"dog": "o", "cat": "^"}
 
 
-def _title(ax: Axes, world: WorldPortrait) -> None:
-    """Name in bold, then the world's description wrapped to the panel width."""
-    ax.set_title(f"$\\bf{{{world.name}}}$\n" + textwrap.fill(world.description, 52), loc="left")
+def _title(ax: Axes, world: WorldPortrait, note: str = "") -> None:
+    """Name in bold, then the world's description wrapped to the panel width, then ``note``."""
+    ax.set_title(f"$\\bf{{{world.name}}}$\n" + textwrap.fill(world.description, 52)
+                 + (f"\n{note}" if note else ""), loc="left")
 
 
 def _line(ax: Axes, p: LinePortrait) -> None:
@@ -99,9 +101,20 @@ def _projection(ax: Axes, p: ProjectionPortrait) -> None:
            ylabel=f"PC 2 ({100 * p.variance_ratio[1]:.1f}% of variance)")
 
 
+def _bayes_line(bayes: BayesIdentity, name: str) -> str:
+    """S0-BAYES's result on this world: the largest error over its rounding bound, or why it is not checked."""
+    entry = {w.name: w for w in bayes.worlds}.get(name)
+    if entry is None:
+        return ""
+    if not entry.joint_law:
+        return "S0-BAYES: holds by definition (no joint law)"
+    return f"S0-BAYES: max error {entry.max_error_over_bound:.2g} of its rounding bound"
+
+
 @figure("worlds.png")
-def worlds(world_portraits: WorldPortraits) -> Figure:
-    """The six worlds in a 2 x 3 grid: exact densities and samples of each world's own law."""
+def worlds(world_portraits: WorldPortraits, bayes_identity: BayesIdentity) -> Figure:
+    """The six worlds in a 2 x 3 grid: exact densities and samples of each world's own law, each panel with its
+    S0-BAYES result (largest error of the score decomposition over its derived rounding bound)."""
     fig = new_figure(15, 9.5, layout="constrained")
     axes = fig.subplots(2, 3)
     for ax, world in zip(axes.ravel(), world_portraits.worlds, strict=True):
@@ -114,7 +127,7 @@ def worlds(world_portraits: WorldPortraits) -> Figure:
             _means(ax, p)
         else:
             _projection(ax, p)
-        _title(ax, world)
+        _title(ax, world, _bayes_line(bayes_identity, world.name))
     fig.suptitle(f"cfgtruth worlds: the six ground-truth Gaussian-mixture worlds ({world_portraits.n_samples} samples "
                  "per scatter panel)", fontsize=14, weight="bold")
     return fig
