@@ -21,24 +21,8 @@ settings.load_profile(os.environ.get("CFGTRUTH_HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
-import json  # noqa: E402
 
 import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """One real ``cfgtruth run --quick`` per test session: its records (rebuilt from ledger.json) and its folder.
-
-    Every ledger test reads this run, so the whole ledger is evaluated once in CI.
-    """
-    from verify.claims import ClaimRecord
-    from verify.cli import main
-
-    out = tmp_path_factory.mktemp("quick-run")
-    assert main(["run", "--quick", "--out", str(out), "--no-progress"]) == 0
-    payload = json.loads((out / "ledger.json").read_text(encoding="utf-8"))
-    return [ClaimRecord(**r) for r in payload["records"]], out
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,8 @@ NOT_JOINT = ("p(x|c) and p(x) are given separately: the classifier is the implic
 @claim("S0-BAYES", order=100, source=f"{S0}, section '출발점: Bayes' rule과 score 분해' (first display)",
        statement="grad log p_t(x|y) = grad log p_t(x) + grad log p_t(y|x) at every noise level t",
        tests=("tests/test_gaussian_mixture.py::test_bayes_identity_at_every_noise_level",
-              "tests/test_claims.py::test_bayes_record", "tests/test_proofs.py"),
+              "tests/test_bayes_claim.py::test_bayes_record",
+              "tests/test_bayes_claim.py::test_bayes_record_fails_when_the_score_is_wrong", "tests/test_proofs.py"),
        figure="figures/worlds.png")
 def bayes(bayes_identity: BayesIdentity, proof_results: ProofResults,
           network_implicit_classifier: ImplicitClassifier) -> Decision:
