@@ -15,6 +15,7 @@ from verify.claims import RunConfig, get_claim, negative_prompts
 from verify.claims import algebra as algebra_claims
 from verify.evidence import algebra as algebra_evidence
 from verify.evidence.attributes import AttributeSamples, CompositionLaw, RegionMass, SampledCase
+from verify.evidence.network import AttributeSampling
 from verify.figures import get_figure
 
 QUICK = RunConfig(quick=True, show_progress=False)
@@ -49,7 +50,8 @@ def test_algebra_records_fail_for_a_wrong_combiner(monkeypatch, quick_evidence):
     monkeypatch.setattr(algebra_evidence, "cfg", lambda u, c, **kw: original(u, c, **kw) * (1 + 1e-9))
     wrong = algebra_evidence.guidance_identities(QUICK)
     decision = algebra_claims.prop1(wrong, quick_evidence.get("model_error_degradation"),
-                                    quick_evidence.get("proof_results"))
+                                    quick_evidence.get("proof_results"),
+                                    quick_evidence.get("network_implicit_classifier"))
     assert decision.verdict == "fails" and decision.evidence["max_error_over_bound"] > 1
     assert algebra_claims.prop2_score(wrong, quick_evidence.get("guided_score_fields"),
                                       quick_evidence.get("proof_results")).verdict == "fails"
@@ -134,7 +136,8 @@ def _case(fraction: float) -> SampledCase:
 def test_purple_dog_verdict_follows_the_law_and_the_samples(law_mass, sampled, verdict):
     law = CompositionLaw(law_mass, 1e-6, (0.0, 2.0), ((0.03, 0.0), (0.0, 0.25)), "grid", 0.023)
     samples = AttributeSamples("ddim", 100, 4000, 0, {"compose": _case(sampled)})
-    assert negative_prompts.purple_dog(law, samples).verdict == verdict
+    no_network = AttributeSampling({}, 0, 0, None, "not read by this test")
+    assert negative_prompts.purple_dog(law, samples, no_network).verdict == verdict
 
 
 def test_stays_on_negative_needs_more_than_sampling_noise():

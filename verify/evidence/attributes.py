@@ -35,7 +35,7 @@ from verify.tilted import TiltedLaw, linear_terms, tilted_law
 
 from . import provider
 from .laws import sample_from_marginal
-from .shared import attribute_cases, first_sampler_by_limit, one_thread
+from .shared import attribute_cases, first_sampler_by_limit, one_thread, purple_band, red_dog
 from .targets import normalise_on_grid, trapezoid_weights
 
 __all__ = ["CASES",
@@ -47,16 +47,6 @@ F64 = torch.float64
 POSITIVE, NEGATIVE = ("dog",), ("red",)
 #: source 000's strengths and source 001's scale, as in :func:`~verify.evidence.shared.attribute_cases`
 W_POS, W_NEG = 3.0, 1.0
-
-
-def red_dog(x: torch.Tensor) -> torch.Tensor:
-    """The red-dog quadrant x_1 < 0 < x_2, ``[N]`` bool."""
-    return (x[:, 0] < 0) & (x[:, 1] > 0)
-
-
-def purple_band(x: torch.Tensor) -> torch.Tensor:
-    """The band |x_1| < 1 between red (x_1 = -2) and blue (x_1 = +2), ``[N]`` bool."""
-    return x[:, 0].abs() < 1.0
 
 
 #: regions whose sampled fraction and target mass ``negative_composition_samples.png`` reports beside each case's
@@ -71,22 +61,13 @@ REGIONS: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
 # --------------------------------------------------------------------------------------------------------------
 # The cases
 # --------------------------------------------------------------------------------------------------------------
-def _split_label(label: str) -> tuple[str, str]:
-    """``"negative_001 (+dog, -red, g=3)"`` -> ``("negative_001", "+dog, -red, g=3")``."""
-    key, sep, rest = label.partition(" (")
-    if not sep or not rest.endswith(")") or not key.isidentifier():
-        raise ValueError(f"label: expected 'identifier (description)', got {label!r}")
-    return key, rest[:-1]
-
-
 def cases() -> dict[str, tuple[str, rules.Rule, dict, Callable[[torch.Tensor], torch.Tensor], str]]:
     """``{key: (description, rule, conditions, region, region_name)}``: the three cases of
     :func:`~verify.evidence.shared.attribute_cases` (``negative_001``, ``negative_000``, ``compose``) and the
     control ``dog`` (plain p(x|dog): CFG at w = 0, which any sampler should reach)."""
     out = {"dog": ("+dog alone", rules.get("cfg", w=0.0), {"cond": POSITIVE}, red_dog, "red_dog")}
-    for label, (rule, conditions, region, region_name) in attribute_cases().items():
-        key, description = _split_label(label)
-        out[key] = (description, rule, conditions, region, region_name)
+    for key, case in attribute_cases().items():
+        out[key] = (case.description, case.rule, case.conditions, case.region, case.region_name)
     return out
 
 

@@ -555,12 +555,6 @@ class AttributeCase:
     analytic_mean: tuple[float, ...]
 
 
-def _case_id(label: str) -> tuple[str, str]:
-    """``("negative_001", "+dog, -red, g=3")`` from ``"negative_001 (+dog, -red, g=3)"``."""
-    head, _, tail = label.partition(" (")
-    return head, tail.removesuffix(")")
-
-
 @dataclass(frozen=True)
 class AttributeSampling:
     """attributes2d by case id (``negative_001``, ``negative_000``, ``compose``), DDIM ``steps`` steps, ``n`` samples
@@ -588,12 +582,11 @@ def attributes_sampling(den: Any, config: RunConfig, n: int | None = None) -> At
     exact = AnalyticDenoiser(world, den.schedule)
     n = n if n is not None else (500 if config.quick else 2000)
     out = {}
-    for label, (rule, conditions, region, region_name) in attribute_cases().items():
-        x_net, x_an = paired_guided_samples(rule, conditions, den, exact, world, ("dog",), n, config.seed + 29,
-                                            first_sampler_by_limit()["ode"])
-        in_net, in_an = region(x_net).double(), region(x_an).double()
-        key, description = _case_id(label)
-        out[key] = AttributeCase(description, region_name, float(in_net.mean()), float(in_an.mean()),
+    for key, case in attribute_cases().items():
+        x_net, x_an = paired_guided_samples(case.rule, case.conditions, den, exact, world, ("dog",), n,
+                                            config.seed + 29, first_sampler_by_limit()["ode"])
+        in_net, in_an = case.region(x_net).double(), case.region(x_an).double()
+        out[key] = AttributeCase(case.description, case.region_name, float(in_net.mean()), float(in_an.mean()),
                                  float((in_net - in_an).std() / math.sqrt(n)), tuple(x_net.mean(0).tolist()),
                                  tuple(x_an.mean(0).tolist()))
     return AttributeSampling(out, n, STEPS, Card.of(den) if hasattr(den, "card") else None)

@@ -4,8 +4,9 @@ limit, perturbed models, the attribute cases, one-thread execution. No provider 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -83,27 +84,42 @@ class PerturbedDenoiser(WrappedDenoiser):
         return eps + self.relative_error * rms * torch.tanh(x @ mat.T + bias)
 
 
-def attribute_cases() -> dict[str, tuple]:
-    """attributes2d's negative-prompt and composition cases, sampled by the analytic and the network claims alike:
-    ``{label: (rule, conditions, region(x) -> bool [N], region_name)}`` (red dog: x_1 < 0 < x_2; purple band:
-    |x_1| < 1, between the red and blue halves)."""
+@dataclasses.dataclass(frozen=True)
+class AttributeCase:
+    """One guided case on attributes2d: what it is (``description``), the rule and its conditions, and the region
+    its record reads (``region(x) -> bool [N]``, named ``region_name``)."""
+
+    description: str
+    rule: object
+    conditions: dict
+    region: Callable[[torch.Tensor], torch.Tensor]
+    region_name: str
+
+
+def red_dog(x: torch.Tensor) -> torch.Tensor:
+    """The red dog's quadrant of attributes2d: x_1 < 0 < x_2."""
+    return (x[:, 0] < 0) & (x[:, 1] > 0)
+
+
+def purple_band(x: torch.Tensor) -> torch.Tensor:
+    """The band between the red and the blue halves of attributes2d: |x_1| < 1."""
+    return x[:, 0].abs() < 1.0
+
+
+def attribute_cases() -> dict[str, AttributeCase]:
+    """attributes2d's negative-prompt and composition cases, sampled by the analytic and the network claims alike,
+    by identifier: ``negative_001`` (source 001's form, +dog -red at guidance_scale 3), ``negative_000`` (source
+    000's form, +dog at strength 3, -red at 1) and ``compose`` (red dog and blue dog, weights 1 and 1)."""
     from verify import rules
-
-    def red_dog(x: torch.Tensor) -> torch.Tensor:
-        return (x[:, 0] < 0) & (x[:, 1] > 0)
-
-    def purple(x: torch.Tensor) -> torch.Tensor:
-        return x[:, 0].abs() < 1.0
 
     dog_not_red = {"cond": ("dog",), "negative": ("red",)}
     return {
-        "negative_001 (+dog, -red, g=3)": (rules.get("negative_prompt_001", guidance_scale=3.0), dog_not_red,
-                                           red_dog, "red_dog"),
-        "negative_000 (+dog 3, -red 1)": (rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0), dog_not_red,
-                                          red_dog, "red_dog"),
-        "compose (red dog 1, blue dog 1)": (rules.get("compose", weights=[1.0, 1.0]),
-                                            {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}, purple,
-                                            "purple_band"),
+        "negative_001": AttributeCase("+dog, -red, g=3", rules.get("negative_prompt_001", guidance_scale=3.0),
+                                      dog_not_red, red_dog, "red_dog"),
+        "negative_000": AttributeCase("+dog 3, -red 1", rules.get("negative_prompt_000", w_pos=3.0, w_neg=1.0),
+                                      dog_not_red, red_dog, "red_dog"),
+        "compose": AttributeCase("red dog 1, blue dog 1", rules.get("compose", weights=[1.0, 1.0]),
+                                 {"cond_1": ("red", "dog"), "cond_2": ("blue", "dog")}, purple_band, "purple_band"),
     }
 
 
