@@ -67,7 +67,8 @@ def _zero_is_the_conditional(worlds: tuple[CFGLaws1D, ...]) -> bool:
 
 @claim("S0-PROP2-SAMPLES", order=116, source=f"{S0}, 명제 2 (Proposition 2), proof",
        statement="the trajectory following the augmented score converges to p(x|c)^(1+w) p(x)^(-w)",
-       tests=("tests/test_exact_law.py", TESTS), figure="figures/cfg_law_vs_tilted.png")
+       tests=("tests/test_exact_law.py", TESTS),
+       figure=("figures/cfg_law_vs_tilted.png", "figures/network_cfg_samples.png"))
 def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, network_cfg_sampling: CFGSampling) -> Decision:
     """Fails when, for every w > 0, neither the ODE's nor the SDE's law is the tilted target (beyond 10x their
     error estimates) while at w = 0 all three agree; conditional otherwise. (That discrete samplers reach these
