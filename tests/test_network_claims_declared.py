@@ -67,6 +67,21 @@ def test_implicit_classifier_of_the_exact_denoiser_matches(ring_exact):
     assert max(rows.conditional_score_relative_error) < EXACT
 
 
+def test_cfg_sampling_runs_of_disjoint_samplers_merge_into_one_call(ring_exact):
+    """S0-PROP2-SAMPLES reads DDIM and DDPM alone, L-DDIM-DDPM every sampler: the second provider adds the other
+    samplers' runs to the first's, which must give exactly what one call with all of them gives (same seed per
+    sampler, registry order)."""
+    both = net.cfg_sampling(ring_exact, QUICK, ("ddim", "ddpm", "euler"))
+    merged = net.cfg_sampling(ring_exact, QUICK, ("ddpm", "ddim")).merged(net.cfg_sampling(ring_exact, QUICK,
+                                                                                           ("euler",)))
+    assert merged.by_w == both.by_w
+    assert list(merged.by_w["3"].samplers) == [s for s in net.SAMPLERS if s in ("ddim", "ddpm", "euler")]
+    for name in ("ddim", "ddpm", "euler"):
+        assert torch.equal(merged.samples["3"][name].network, both.samples["3"][name].network)
+    with pytest.raises(ValueError, match="^other: "):
+        merged.merged(dataclasses.replace(both, n=both.n + 1))
+
+
 def test_paired_cfg_sampling_of_the_exact_denoiser_has_no_deviation(ring_exact):
     res = net.cfg_sampling(ring_exact, QUICK)
     assert res.by_w and not res.skipped

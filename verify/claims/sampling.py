@@ -69,7 +69,8 @@ def _zero_is_the_conditional(worlds: tuple[CFGLaws1D, ...]) -> bool:
        statement="the trajectory following the augmented score converges to p(x|c)^(1+w) p(x)^(-w)",
        tests=("tests/test_exact_law.py", TESTS),
        figure=("figures/cfg_law_vs_tilted.png", "figures/network_cfg_samples.png"))
-def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, network_cfg_sampling: CFGSampling) -> Decision:
+def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D,
+                  network_cfg_sampling_by_limit: CFGSampling) -> Decision:
     """Fails when, for every w > 0, neither the ODE's nor the SDE's law is the tilted target (beyond 10x their
     error estimates) while at w = 0 all three agree; conditional otherwise. (That discrete samplers reach these
     continuous-time laws, not the target, is L-DDIM-DDPM's evidence.)"""
@@ -95,14 +96,15 @@ def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, network_cf
                                               "sampler on bimodal1d, ring2d fine-step references",
                                "S0-WINF": "the bimodal1d ODE law at w = 15 and 30"}},
         uncertainty="deterministic references with halving error estimates (in evidence)")
-    return decision.with_block("network", network_cfg_sampling.block())
+    return decision.with_block("network", network_cfg_sampling_by_limit.block())
 
 
 @claim("L-DDIM-DDPM", order=300, source="Bradley & Nakkiran 2024, 'Classifier-Free Guidance is a Predictor-Corrector'",
        statement="CFG with DDIM (ODE) and with DDPM (SDE) produce different laws, neither of them the tilted target",
        tests=("tests/test_exact_law.py", "tests/test_samplers.py", TESTS), figure="figures/cfg_law_vs_tilted.png")
 def ddim_ddpm(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, gauss1d_discrete_laws: DiscreteLaws,
-              bimodal1d_monte_carlo: MonteCarlo1D, ring2d_fine_step_reference: RingReference) -> Decision:
+              bimodal1d_monte_carlo: MonteCarlo1D, ring2d_fine_step_reference: RingReference,
+              network_cfg_sampling: CFGSampling) -> Decision:
     """Holds when, for every w > 0 on both 1-D worlds, the ODE's law differs from the SDE's and neither is the
     tilted target (each difference beyond 10x the error estimates); fails otherwise. The discrete samplers' exact
     laws, the Monte Carlo z-scores and the ring2d references show which of the two limits each sampler reaches."""
@@ -112,7 +114,7 @@ def ddim_ddpm(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, gauss1d_discre
     ode_vs_sde = {lw.world: {w: differs(lw.law("ode", w), lw.law("sde", w)) for w in GUIDED_WS} for lw in worlds}
     differ = all(v for world in ode_vs_sde.values() for v in world.values())
     ring, mc = ring2d_fine_step_reference, bimodal1d_monte_carlo
-    return Decision(
+    decision = Decision(
         verdict="holds" if differ and all_mismatch else "fails",
         headline="ODE (DDIM) and SDE (DDPM) laws differ from each other and from the tilted target for every w > 0",
         procedure=("the continuous-time laws of S0-PROP2-SAMPLES compared pairwise (difference > "
@@ -128,6 +130,7 @@ def ddim_ddpm(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D, gauss1d_discre
                       "mean": ring.tilted_mean, "cov": ring.tilted_cov, "method": ring.tilted_method}}},
         uncertainty=("deterministic references; Monte Carlo z-scores; ring2d: measured solver errors and standard "
                      "errors in evidence"))
+    return decision.with_block("network", network_cfg_sampling.block())
 
 
 @claim("L-OVERSHOOT", order=302,

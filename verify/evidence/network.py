@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import pathlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -59,7 +59,8 @@ __all__ = ["MAIN", "P_UNCOND", "STEPS", "Z", "CFG_W", "default_checkpoints", "lo
            "implicit_classifier_rows", "paired_guided_samples", "cfg_sampling", "attributes_sampling",
            "attention_mass", "guided_eps_error", "frechet_with_se", "guided_quality", "dropout_rows",
            "network_models", "network_score_errors", "ablation_null_pair", "ablation_score_errors",
-           "network_implicit_classifier", "network_cfg_sampling", "network_attribute_sampling", "network_attention",
+           "network_implicit_classifier", "network_cfg_sampling_by_limit", "network_cfg_sampling",
+           "network_attribute_sampling", "network_attention",
            "network_dropout", "imperfect_quality", "main_network_quality", "network_quality", "DensityView",
            "network_ring2d_view"]
 
@@ -477,9 +478,23 @@ class CFGSampling:
         return {w: {s: v.gap_exceeds_network_deviation for s, v in row.samplers.items()}
                 for w, row in self.by_w.items()}
 
+    def merged(self, other: CFGSampling) -> CFGSampling:
+        """These runs and ``other``'s (other samplers, same w grid, n and steps) in one result, samplers in the
+        registry's order."""
+        if (set(self.by_w), self.n, self.steps) != (set(other.by_w), other.n, other.steps):
+            raise ValueError("other: merge runs of the same w grid, sample size and steps")
+        order = list(SAMPLERS)
+        by_w, samples = {}, {}
+        for w, row in self.by_w.items():
+            rows = {**row.samplers, **other.by_w[w].samplers}
+            pairs = {**self.samples[w], **other.samples[w]}
+            by_w[w] = replace(row, samplers={k: rows[k] for k in sorted(rows, key=order.index)})
+            samples[w] = {k: pairs[k] for k in sorted(pairs, key=order.index)}
+        return replace(self, by_w=by_w, samples=samples)
+
     def block(self) -> NetworkBlock:
-        """S0-PROP2-SAMPLES's network block: does the analytic finding (no sampler reaches the tilted target) show
-        through the network's own deviation, per (w, sampler)?"""
+        """The network block of S0-PROP2-SAMPLES (DDIM and DDPM) and L-DDIM-DDPM (every sampler): does the analytic
+        finding (no sampler reaches the tilted target) show through the network's own deviation, per (w, sampler)?"""
         if self.skipped:
             return _skipped_block(self.skipped)
         cases = [(w, s, ok) for w, row in self.finding_transfers.items() for s, ok in row.items()]
@@ -492,15 +507,18 @@ class CFGSampling:
                                      "reading": PAIRED_READING}), headline=headline)
 
 
-def cfg_sampling(den: Any, config: RunConfig) -> CFGSampling:
-    """ring2d class 0: every sampler's CFG samples from ``den`` and from the exact scores (paired, seed
-    ``config.seed + 23``, 1000 samples; quick: 300, w = 3 only, the first sampler of each continuous limit), and the
-    tilted target, by w: mean along the class direction e_1."""
+def cfg_sampling(den: Any, config: RunConfig, samplers: tuple[str, ...] | None = None) -> CFGSampling:
+    """ring2d class 0: the CFG samples of ``samplers`` (default: every registered sampler; quick: the first sampler
+    of each continuous limit) from ``den`` and from the exact scores (paired, seed ``config.seed + 23`` for every
+    sampler, 1000 samples; quick: 300, w = 3 only), and the tilted target, by w: mean along the class direction
+    e_1. Each sampler's run depends only on its own name and the seed, so runs of disjoint sampler sets merge
+    (:meth:`CFGSampling.merged`) into exactly the result of one call."""
     world = get_world("ring2d")
     exact = AnalyticDenoiser(world, den.schedule)
     n = 300 if config.quick else 1000
     ws = (3.0,) if config.quick else (1.0, 3.0)
-    samplers = tuple(first_sampler_by_limit().values()) if config.quick else tuple(SAMPLERS)
+    if samplers is None:
+        samplers = tuple(first_sampler_by_limit().values()) if config.quick else tuple(SAMPLERS)
     by_w: dict[str, CFGSamplingAtW] = {}
     samples: dict[str, dict[str, PairedSamples]] = {}
     for w in ws:
@@ -528,13 +546,30 @@ def cfg_sampling(den: Any, config: RunConfig) -> CFGSampling:
 
 
 @provider
-def network_cfg_sampling(config: RunConfig, network_models: NetworkModels) -> CFGSampling:
-    """:func:`cfg_sampling` of the ring2d network."""
+def network_cfg_sampling_by_limit(config: RunConfig, network_models: NetworkModels) -> CFGSampling:
+    """:func:`cfg_sampling` of the ring2d network with the first sampler of each continuous limit (DDIM for the
+    probability-flow ODE, DDPM for the reverse SDE): S0-PROP2-SAMPLES's network block and its figure."""
     skipped = network_models.missing("ring2d")
     if skipped:
         return CFGSampling({}, 0, STEPS, 0, {}, None, skipped)
     with one_thread():
-        return cfg_sampling(network_models.main["ring2d"], config)
+        return cfg_sampling(network_models.main["ring2d"], config, tuple(first_sampler_by_limit().values()))
+
+
+@provider
+def network_cfg_sampling(config: RunConfig, network_models: NetworkModels,
+                         network_cfg_sampling_by_limit: CFGSampling) -> CFGSampling:
+    """:func:`cfg_sampling` of the ring2d network with every registered sampler (quick: the two of
+    :func:`network_cfg_sampling_by_limit`): that provider's runs plus the other samplers' (L-DDIM-DDPM's network
+    block)."""
+    first = network_cfg_sampling_by_limit
+    if first.skipped:
+        return first
+    rest = () if config.quick else tuple(s for s in SAMPLERS if s not in first_sampler_by_limit().values())
+    if not rest:
+        return first
+    with one_thread():
+        return first.merged(cfg_sampling(network_models.main["ring2d"], config, rest))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -950,10 +985,10 @@ class DensityView:
 
 
 @provider
-def network_ring2d_view(network_cfg_sampling: CFGSampling) -> DensityView:
-    """:class:`DensityView` of the class :func:`network_cfg_sampling` guides towards (201 x 201 grid)."""
+def network_ring2d_view(network_cfg_sampling_by_limit: CFGSampling) -> DensityView:
+    """:class:`DensityView` of the class :func:`network_cfg_sampling_by_limit` guides towards (201 x 201 grid)."""
     world = get_world("ring2d")
-    condition = network_cfg_sampling.condition
+    condition = network_cfg_sampling_by_limit.condition
     x1 = torch.linspace(*VIEW_X1, 201, dtype=torch.float64)
     x2 = torch.linspace(*VIEW_X2, 201, dtype=torch.float64)
     g2, g1 = torch.meshgrid(x2, x1, indexing="ij")

@@ -5,7 +5,7 @@ Each draws what its providers measured for the records (same seeds, same samples
 * ``network_score_error.png``: the :math:`\sigma_t^2`-weighted relative score error of each main network by t, null
   token against the conditional branches (:func:`~verify.evidence.network.network_score_errors`; S0-NULL-TOKEN);
 * ``network_cfg_samples.png``: ring2d class 0, CFG samples of the network beside the exact-score samples from the
-  same starts, by w and sampler (:func:`~verify.evidence.network.network_cfg_sampling`; S0-PROP2-SAMPLES);
+  same starts, by w and sampler (:func:`~verify.evidence.network.network_cfg_sampling_by_limit`; S0-PROP2-SAMPLES);
 * ``network_attention.png``: tokens16d cross-attention maps by layer and t
   (:func:`~verify.evidence.network.network_attention`; S0-XATTN);
 * ``network_dropout_ablation.png``: the p_uncond ablation (:func:`~verify.evidence.network.network_dropout`;
@@ -149,12 +149,12 @@ def _sample_lines(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> list[str]:
 
 
 @figure("network_cfg_samples.png")
-def draw_cfg_samples(network_cfg_sampling: CFGSampling, network_ring2d_view: DensityView) -> Figure:
+def draw_cfg_samples(network_cfg_sampling_by_limit: CFGSampling, network_ring2d_view: DensityView) -> Figure:
     r"""ring2d, class 0: the CFG samples of the network (top row) and of the exact scores from the same starts and
     sampler noise (bottom row) that S0-PROP2-SAMPLES's network block measures, one column per (w, sampler) for the
     first sampler of each continuous limit (DDIM: probability-flow ODE; DDPM: reverse SDE), over the exact density
     of :math:`p(x\mid c)`; the dashed line is the tilted target's mean along :math:`x_1`."""
-    ev, view = network_cfg_sampling, network_ring2d_view
+    ev, view = network_cfg_sampling_by_limit, network_ring2d_view
     if ev.skipped:
         return _missing(ev.skipped, "network CFG samples")
     limits = first_sampler_by_limit()
