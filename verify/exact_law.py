@@ -57,8 +57,8 @@ from toy_models.schedules import Schedule, get_schedule
 from .rules import Rule
 
 __all__ = ["exact_gaussian_law", "exact_gaussian_cfg_law", "closed_form_ode_variance_1d", "Law1D", "pf_ode_law_1d",
-           "reverse_sde_law_1d", "discrete_sampler_law", "FineStepReference", "fine_step_reference",
-           "guided_score_1d"]
+           "reverse_sde_law_1d", "reverse_sde_density_1d", "discrete_sampler_law", "FineStepReference",
+           "fine_step_reference", "guided_score_1d"]
 
 F64 = torch.float64
 CONTINUOUS = ("ode", "sde")
@@ -533,6 +533,82 @@ def pf_ode_law_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule: str
     return Law1D(*fine, error=err, method=f"PF-ODE flow map on {n_nodes} nodes (DOP853, rtol {rtol:g})")
 
 
+def _fokker_planck_1d(rule: Rule, checked: dict[str, GaussianMixture], sched: Schedule,
+                      pieces: list[tuple[float, float]], start_law: GaussianMixture, cells: int, steps: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    r"""``(edges, rho)``: the density at t = 0, as cell averages on ``cells`` equal cells (normalised to mass 1), of
+    the reverse SDE guided by ``rule`` and started from ``start_law`` at t = 1; the scheme of
+    :func:`reverse_sde_law_1d`. Walls 8 beyond the extreme means of the laws and the start law."""
+    from scipy.linalg import solve_banded
+
+    means = torch.cat([law.means[:, 0] for law in (*checked.values(), start_law)])
+    lo, hi = float(means.min()) - 8.0, float(means.max()) + 8.0
+    cuts = [lo_t for _, lo_t in pieces[:-1]]
+    edges = np.linspace(lo, hi, cells + 1)
+    h = edges[1] - edges[0]
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    rho = np.exp(start_law.log_prob(torch.as_tensor(centres[:, None])).numpy())
+    rho /= rho.sum() * h
+    ts = (1.0 - np.linspace(0.0, 1.0, steps + 1)) ** 2  # t from 1 to 0, uniform in sqrt(t)
+    ts = np.unique(np.concatenate([ts, cuts]))[::-1]  # the breakpoints as grid times, decreasing
+
+    def operator(t: float, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Tridiagonal L with d rho/d tau = L rho: lower, diagonal, upper bands."""
+        tt = torch.tensor(t, dtype=F64)
+        f, g2 = float(sched.drift(tt)), float(sched.diffusion_squared(tt))
+        faces = edges[1:-1]
+        b = -(f * faces - g2 * score(faces, t))  # drift in reverse time at interior faces
+        diff = 0.5 * g2
+        pe = b * h / diff
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            bern = np.where(np.abs(pe) < 1e-8, 1.0 - pe / 2, pe / np.expm1(pe))  # B(Pe) = Pe / (e^Pe - 1)
+            bern_neg = np.where(np.abs(pe) < 1e-8, 1.0 + pe / 2, -pe / np.expm1(-pe))  # B(-Pe)
+        # flux J_{i+1/2} = (D/h) [B(-Pe) rho_i - B(Pe) rho_{i+1}]
+        left, right = diff / h * bern_neg, diff / h * bern
+        diag = np.zeros(cells)
+        lower = np.zeros(cells)
+        upper = np.zeros(cells)
+        # d rho_i/d tau = (J_{i-1/2} - J_{i+1/2}) / h
+        diag[:-1] -= left / h
+        upper[1:] += right / h  # coefficient of rho_{i+1} in row i, stored at column i+1
+        diag[1:] -= right / h
+        lower[:-1] += left / h  # coefficient of rho_{i-1} in row i, stored at column i-1
+        return lower, diag, upper
+
+    def piece_of(t_hi: float, t_lo: float) -> tuple[float, float]:
+        mid = 0.5 * (t_hi + t_lo)
+        return next((p_hi, p_lo) for p_hi, p_lo in pieces if p_lo <= mid <= p_hi)
+
+    current, current_piece = None, None
+    for k in range(len(ts) - 1):
+        dtau = ts[k] - ts[k + 1]
+        piece = piece_of(ts[k], ts[k + 1])
+        score = _piece_score_1d(rule, checked, sched, *piece)
+        if current is None or piece != current_piece:  # a new piece: its weights at this step's start
+            current = operator(ts[k], score)
+        lo0, d0, up0 = current
+        current, current_piece = operator(ts[k + 1], score), piece
+        lo1, d1, up1 = current
+        # (L rho)_i = d_i rho_i + up_{i+1} rho_{i+1} + lo_{i-1} rho_{i-1} (bands stored by column)
+        l_rho = d0 * rho + np.concatenate([up0[1:] * rho[1:], [0.0]]) + np.concatenate([[0.0], lo0[:-1] * rho[:-1]])
+        bands = np.vstack([-0.5 * dtau * up1, 1.0 - 0.5 * dtau * d1, -0.5 * dtau * lo1])
+        rho = solve_banded((1, 1), bands, rho + 0.5 * dtau * l_rho)
+    return edges, rho / (rho.sum() * h)
+
+
+def reverse_sde_density_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule: str | Schedule = "vp-linear",
+                           start: str = "marginal", *, n_cells: int = 2000, n_steps: int = 2000
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """``(centres, density)``: the density at t = 0 of the reverse SDE of :func:`reverse_sde_law_1d` (same arguments,
+    same Fokker-Planck scheme) on its ``n_cells`` cell centres, normalised to mass 1 (no error estimate: compare with
+    a run at half the cells and steps)."""
+    rule, checked, sched, pieces = _setup_1d(rule, laws, schedule, start)
+    n_cells, n_steps = _check_int(n_cells, "n_cells", 4), _check_int(n_steps, "n_steps", 2)
+    edges, rho = _fokker_planck_1d(rule, checked, sched, pieces, _start_law_1d(checked, sched, start), n_cells,
+                                   n_steps)
+    return 0.5 * (edges[:-1] + edges[1:]), rho
+
+
 def reverse_sde_law_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule: str | Schedule = "vp-linear",
                        start: str = "marginal", *, n_cells: int = 2000, n_steps: int = 2000) -> Law1D:
     r"""The law at t = 0 of the reverse SDE guided by the linear ``rule`` over 1-D mixtures ``laws``
@@ -545,74 +621,20 @@ def reverse_sde_law_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule
     Crank-Nicolson in time on a grid uniform in :math:`\sqrt{t}` (finer where the diffusion is weak and the drift
     sharp) with the rule's breakpoints added as grid times (no step straddles a jump of the weights; each step reads
     its own piece's weights at both ends), zero flux at the walls. The error estimate is the difference from a run
-    with half the cells and steps.
+    with half the cells and steps. :func:`reverse_sde_density_1d` returns the density itself.
     """
-    from scipy.linalg import solve_banded
-
     rule, checked, sched, pieces = _setup_1d(rule, laws, schedule, start)
     n_cells, n_steps = _check_int(n_cells, "n_cells", 4), _check_int(n_steps, "n_steps", 2)
     start_law = _start_law_1d(checked, sched, start)
-    means = torch.cat([law.means[:, 0] for law in (*checked.values(), start_law)])
-    lo, hi = float(means.min()) - 8.0, float(means.max()) + 8.0
-    cuts = [lo_t for _, lo_t in pieces[:-1]]
 
     def run(cells: int, steps: int):
-        edges = np.linspace(lo, hi, cells + 1)
-        h = edges[1] - edges[0]
+        edges, rho = _fokker_planck_1d(rule, checked, sched, pieces, start_law, cells, steps)
         centres = 0.5 * (edges[:-1] + edges[1:])
-        rho = np.exp(start_law.log_prob(torch.as_tensor(centres[:, None])).numpy())
-        rho /= rho.sum() * h
-        ts = (1.0 - np.linspace(0.0, 1.0, steps + 1)) ** 2  # t from 1 to 0, uniform in sqrt(t)
-        ts = np.unique(np.concatenate([ts, cuts]))[::-1]  # the breakpoints as grid times, decreasing
-
-        def operator(t: float, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            """Tridiagonal L with d rho/d tau = L rho: lower, diagonal, upper bands."""
-            tt = torch.tensor(t, dtype=F64)
-            f, g2 = float(sched.drift(tt)), float(sched.diffusion_squared(tt))
-            faces = edges[1:-1]
-            b = -(f * faces - g2 * score(faces, t))  # drift in reverse time at interior faces
-            diff = 0.5 * g2
-            pe = b * h / diff
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                bern = np.where(np.abs(pe) < 1e-8, 1.0 - pe / 2, pe / np.expm1(pe))  # B(Pe) = Pe / (e^Pe - 1)
-                bern_neg = np.where(np.abs(pe) < 1e-8, 1.0 + pe / 2, -pe / np.expm1(-pe))  # B(-Pe)
-            # flux J_{i+1/2} = (D/h) [B(-Pe) rho_i - B(Pe) rho_{i+1}]
-            left, right = diff / h * bern_neg, diff / h * bern
-            n = cells
-            diag = np.zeros(n)
-            lower = np.zeros(n)
-            upper = np.zeros(n)
-            # d rho_i/d tau = (J_{i-1/2} - J_{i+1/2}) / h
-            diag[:-1] -= left / h
-            upper[1:] += right / h  # coefficient of rho_{i+1} in row i, stored at column i+1
-            diag[1:] -= right / h
-            lower[:-1] += left / h  # coefficient of rho_{i-1} in row i, stored at column i-1
-            return lower, diag, upper
-
-        def piece_of(t_hi: float, t_lo: float) -> tuple[float, float]:
-            mid = 0.5 * (t_hi + t_lo)
-            return next((p_hi, p_lo) for p_hi, p_lo in pieces if p_lo <= mid <= p_hi)
-
-        current, current_piece = None, None
-        for k in range(len(ts) - 1):
-            dtau = ts[k] - ts[k + 1]
-            piece = piece_of(ts[k], ts[k + 1])
-            score = _piece_score_1d(rule, checked, sched, *piece)
-            if current is None or piece != current_piece:  # a new piece: its weights at this step's start
-                current = operator(ts[k], score)
-            lo0, d0, up0 = current
-            current, current_piece = operator(ts[k + 1], score), piece
-            lo1, d1, up1 = current
-            # (L rho)_i = d_i rho_i + up_{i+1} rho_{i+1} + lo_{i-1} rho_{i-1} (bands stored by column)
-            l_rho = d0 * rho + np.concatenate([up0[1:] * rho[1:], [0.0]]) + np.concatenate([[0.0], lo0[:-1] * rho[:-1]])
-            bands = np.vstack([-0.5 * dtau * up1, 1.0 - 0.5 * dtau * d1, -0.5 * dtau * lo1])
-            rho = solve_banded((1, 1), bands, rho + 0.5 * dtau * l_rho)
-        mass = rho.sum() * h
-        p = rho * h / mass
+        p = rho * (edges[1] - edges[0])
         mean = float(p @ centres)
         var = float(p @ (centres - mean) ** 2)
         # cells wholly below 0, plus the part of the cell that 0 cuts (density taken constant across a cell)
-        inside = np.clip((0.0 - edges[:-1]) / h, 0.0, 1.0)
+        inside = np.clip((0.0 - edges[:-1]) / (edges[1] - edges[0]), 0.0, 1.0)
         below = float(p @ inside)
         return mean, var, below
 

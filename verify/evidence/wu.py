@@ -20,8 +20,8 @@ Measured here, exactly (no sampling):
   ODE by the flow map (the guided field :func:`verify.exact_law.guided_score_1d` integrated by DOP853 from nodes at
   equal-probability quantiles of the start law; :math:`E[h(Y)]` is the mean over the nodes, and the entropy follows
   from the change of variables :math:`H(Y) = H(X_1) + E[\ln \Phi'(X_1)]`); SDE by its Fokker-Planck equation
-  (:func:`fokker_planck_density`: the scheme of :func:`verify.exact_law.reverse_sde_law_1d`, Scharfetter-Gummel
-  fluxes and Crank-Nicolson steps uniform in :math:`\sqrt t`, here returning the density itself). Both start from the
+  (:func:`fokker_planck_density`: :func:`verify.exact_law.reverse_sde_density_1d`, the density behind
+  :func:`~verify.exact_law.reverse_sde_law_1d`). Both start from the
   noised class law at t = 1 (vp-linear). Errors: the difference from half the nodes (cells and steps) at 100x the
   integration tolerance.
 * **The splitting example** (:data:`THREE_CLASSES`: means -3, 0, 3, unit variances, weights 1/3, the centre class):
@@ -42,7 +42,7 @@ from toy_models.gaussian_mixture import GaussianMixture
 from toy_models.world import World
 from verify import rules
 from verify.config import RunConfig
-from verify.exact_law import exact_gaussian_law, guided_score_1d
+from verify.exact_law import exact_gaussian_law, guided_score_1d, reverse_sde_density_1d
 
 from . import provider
 from .shared import SCHEDULE, one_thread
@@ -173,52 +173,10 @@ def flow_map_nodes(law: GaussianMixture, label: int, w: float, nodes: int, rtol:
 
 def fokker_planck_density(law: GaussianMixture, label: int, w: float, n_cells: int, n_steps: int
                           ) -> tuple[np.ndarray, np.ndarray]:
-    r"""``(centres, density)`` at t = 0 of the CFG reverse SDE from the noised class law at t = 1: in reverse time
-    the density obeys :math:`\partial_\tau\rho = -\partial_x(b\rho) + D\partial_x^2\rho`, :math:`b = -(fx -
-    g^2\tilde s)`, :math:`D = g^2/2`; finite volumes with Scharfetter-Gummel fluxes (exact for a locally constant
-    drift), Crank-Nicolson steps uniform in :math:`\sqrt t`, zero flux at the walls 8 beyond the extreme means (the
-    scheme of :func:`verify.exact_law.reverse_sde_law_1d`)."""
-    from scipy.linalg import solve_banded
-
-    sched = get_schedule(SCHEDULE)
-    score = guided_score_1d(rules.get("cfg", w=w), {"cond": law.given(label), "uncond": law}, sched)
-    lo, hi = float(law.means.min()) - 8.0, float(law.means.max()) + 8.0
-    edges = np.linspace(lo, hi, n_cells + 1)
-    h = edges[1] - edges[0]
-    centres = 0.5 * (edges[:-1] + edges[1:])
-    m1, sd1 = _start_gaussian(law, label)
-    rho = np.exp(-0.5 * ((centres - m1) / sd1) ** 2)
-    rho /= rho.sum() * h
-    ts = (1.0 - np.linspace(0.0, 1.0, n_steps + 1)) ** 2
-    faces = edges[1:-1]
-
-    def operator(t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        tt = torch.tensor(t, dtype=F64)
-        f, g2 = float(sched.drift(tt)), float(sched.diffusion_squared(tt))
-        b = -(f * faces - g2 * score(faces, t))
-        diff = 0.5 * g2
-        pe = b * h / diff
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            bern = np.where(np.abs(pe) < 1e-8, 1.0 - pe / 2, pe / np.expm1(pe))
-            bern_neg = np.where(np.abs(pe) < 1e-8, 1.0 + pe / 2, -pe / np.expm1(-pe))
-        left, right = diff / h * bern_neg, diff / h * bern
-        diag, lower, upper = np.zeros(n_cells), np.zeros(n_cells), np.zeros(n_cells)
-        diag[:-1] -= left / h
-        upper[1:] += right / h
-        diag[1:] -= right / h
-        lower[:-1] += left / h
-        return lower, diag, upper
-
-    current = operator(ts[0])
-    for k in range(n_steps):
-        dtau = ts[k] - ts[k + 1]
-        lo0, d0, up0 = current
-        current = operator(ts[k + 1])
-        lo1, d1, up1 = current
-        l_rho = d0 * rho + np.concatenate([up0[1:] * rho[1:], [0.0]]) + np.concatenate([[0.0], lo0[:-1] * rho[:-1]])
-        bands = np.vstack([-0.5 * dtau * up1, 1.0 - 0.5 * dtau * d1, -0.5 * dtau * lo1])
-        rho = solve_banded((1, 1), bands, rho + 0.5 * dtau * l_rho)
-    return centres, rho / (rho.sum() * h)
+    """``(centres, density)`` at t = 0 of the CFG reverse SDE from the noised class law at t = 1:
+    :func:`verify.exact_law.reverse_sde_density_1d` for class ``label`` of ``law`` at strength ``w``."""
+    return reverse_sde_density_1d(rules.get("cfg", w=w), {"cond": law.given(label), "uncond": law}, SCHEDULE,
+                                  n_cells=n_cells, n_steps=n_steps)
 
 
 def _posterior(law: GaussianMixture, label: int, x: np.ndarray) -> np.ndarray:
