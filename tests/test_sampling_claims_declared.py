@@ -29,21 +29,6 @@ def records(ledger):
     return ledger(*IDS)
 
 
-def test_every_record_names_existing_tests_and_registered_figures(records):
-    import pathlib
-
-    from verify.figures import get_figure
-
-    root = pathlib.Path(__file__).resolve().parents[1]
-    for rec in records.values():
-        for test in rec.tests:
-            path, _, name = test.partition("::")
-            text = (root / path).read_text(encoding="utf-8")
-            assert not name or f"def {name}(" in text, (rec.id, test)
-        for fig in rec.figures:
-            get_figure(fig)  # raises on an unregistered figure
-
-
 def test_laws_have_the_specified_structure(records):
     laws = records["S0-PROP2-SAMPLES"].evidence["laws"]
     for world in ("gauss1d", "bimodal1d"):

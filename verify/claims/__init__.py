@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import pkgutil
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -41,7 +42,7 @@ from verify.config import RunConfig
 from verify.evidence import Evidence, check_needs, needs_of, resolve_call, to_json
 
 __all__ = ["ClaimRecord", "Claim", "Decision", "RunConfig", "VERDICTS", "claim", "claims", "get_claim", "order",
-           "build_record", "evaluate", "evaluate_all", "process_words"]
+           "build_record", "evaluate", "process_words"]
 
 VERDICTS = ("proved", "holds", "fails", "conditional", "pending")
 Verdict = Literal["proved", "holds", "fails", "conditional", "pending"]
@@ -193,8 +194,6 @@ def get_claim(claim_id: str) -> Claim:
 
 def process_words(record: ClaimRecord) -> list[str]:
     """The words of the work process (issue, session, TODO, ...) in a record's text and evidence."""
-    import json
-
     text = " ".join([record.statement, record.source, record.procedure, record.conditions, record.uncertainty,
                      record.headline, json.dumps(record.evidence, ensure_ascii=False)])
     return sorted({m.group(0).lower() for m in PROCESS_WORDS.finditer(text)})
@@ -232,11 +231,6 @@ def evaluate(config: RunConfig, ids: Iterable[str] | None = None, evidence: Evid
         bar.set_postfix_str(entry.id)
         records.append(build_record(entry, evidence))
     return records
-
-
-def evaluate_all(config: RunConfig) -> list[ClaimRecord]:
-    """Every claim, in ledger order."""
-    return evaluate(config)
 
 
 for _module in pkgutil.iter_modules(__path__):
