@@ -9,7 +9,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from toy_models import AnalyticDenoiser, GaussianMixture, World, get_schedule, get_world
+from toy_models import AnalyticDenoiser, get_schedule, get_world, inflated
 from toy_models.denoiser import CountingDenoiser
 from verify import rules
 from verify.rules.autoguidance import autoguidance
@@ -20,13 +20,6 @@ F64 = torch.float64
 SCHEDULE = get_schedule("vp-linear")
 
 
-def inflated(world: World, factor: float) -> World:
-    """The same world with every covariance multiplied by ``factor`` (an underfit model: too broad)."""
-    def grow(gm: GaussianMixture) -> GaussianMixture:
-        return GaussianMixture(gm.weights, gm.means, gm.covariances * factor, gm.labels)
-
-    conds = None if world.conditionals is None else {c: grow(law) for c, law in world.conditionals.items()}
-    return World(f"{world.name}-x{factor:g}", grow(world.unconditional), world.description, conds)
 
 
 class _Fixed:

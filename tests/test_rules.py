@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 from toy_models import AnalyticDenoiser, get_schedule, get_world
 from toy_models.denoiser import CountingDenoiser
+from toy_models.world import inflated
 from verify import rules
-from verify.evidence.rule_autoguidance import inflated
 from verify.rules import GuidedDenoiser, Rule
 from verify.rules.classifier import CleanClassifier, ExactNoisyClassifier
 from verify.samplers import SAMPLERS, sample, time_grid

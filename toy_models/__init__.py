@@ -4,7 +4,7 @@ from .denoiser import AnalyticDenoiser, Denoiser
 from .gaussian_mixture import Condition, GaussianMixture
 from .scenarios import WORLDS, get_world
 from .schedules import SCHEDULES, Schedule, get_schedule
-from .world import World
+from .world import World, inflated
 
 __all__ = [
     "AnalyticDenoiser",
@@ -15,6 +15,7 @@ __all__ = [
     "Schedule",
     "WORLDS",
     "World",
+    "inflated",
     "get_schedule",
     "get_world",
 ]

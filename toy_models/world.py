@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .gaussian_mixture import Condition, GaussianMixture, normalize_condition
 
-__all__ = ["World"]
+__all__ = ["World", "inflated"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,17 @@ class World:
         """The same world with every law computing in ``dtype``."""
         conds = None if self.conditionals is None else {c: law.to(dtype) for c, law in self.conditionals.items()}
         return World(self.name, self.unconditional.to(dtype), self.description, conds)
+
+
+def inflated(world: World, factor: float) -> World:
+    """``world`` with every covariance multiplied by ``factor``: a model of it that is too broad (underfit) for
+    ``factor > 1``, the weak model of autoguidance."""
+    factor = float(factor)
+    if not factor > 0.0:
+        raise ValueError(f"factor: must be > 0, got {factor!r}")
+
+    def grow(gm: GaussianMixture) -> GaussianMixture:
+        return GaussianMixture(gm.weights, gm.means, gm.covariances * factor, gm.labels)
+
+    conds = None if world.conditionals is None else {c: grow(law) for c, law in world.conditionals.items()}
+    return World(f"{world.name}-x{factor:g}", grow(world.unconditional), world.description, conds)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toy_models import AnalyticDenoiser, GaussianMixture, World, get_schedule, get_world
+from toy_models import AnalyticDenoiser, GaussianMixture, World, get_schedule, get_world, inflated
 from verify import rules
 from verify.config import RunConfig
 from verify.exact_law import discrete_sampler_law
@@ -41,7 +41,7 @@ from . import provider
 from .network import default_checkpoints
 from .shared import one_thread
 
-__all__ = ["G", "STRONG", "WEAK", "METHODS", "inflated", "MethodResult", "AutoguidanceLevel", "NetworkPair",
+__all__ = ["G", "STRONG", "WEAK", "METHODS", "MethodResult", "AutoguidanceLevel", "NetworkPair",
            "AutoguidanceEvidence", "autoguidance_comparison"]
 
 F64 = torch.float64
@@ -51,13 +51,6 @@ STRONG, WEAK = 1.2, 1.4
 METHODS = ("unguided", "cfg", "autoguidance")
 
 
-def inflated(world: World, factor: float) -> World:
-    """The world with every covariance multiplied by ``factor`` (an underfit model of it)."""
-    def grow(gm: GaussianMixture) -> GaussianMixture:
-        return GaussianMixture(gm.weights, gm.means, gm.covariances * factor, gm.labels)
-
-    conds = None if world.conditionals is None else {c: grow(law) for c, law in world.conditionals.items()}
-    return World(f"{world.name}-x{factor:g}", grow(world.unconditional), world.description, conds)
 
 
 @dataclass(frozen=True)
