@@ -175,6 +175,13 @@ class Rule:
         """Times in (0, 1) where :meth:`weights_at` jumps (an ODE integrator restarts there); default none."""
         return ()
 
+    def variants(self) -> dict[str, Any]:
+        """Documented variants of this rule's formula, for the audit's diagnosis: ``{label: formula}`` with
+        ``formula(preds, ctx) -> Tensor`` in :attr:`space` (``preds`` and the result ``[N, D]``), each a popular
+        implementation's formula where it differs from the paper's, the label naming it and its source. Default:
+        none."""
+        return {}
+
     def renoise(self, ctx: StepContext) -> str | None:
         """The branch whose eps the sampler re-noises with at this evaluation, ``None`` for the guided eps."""
         return self.renoise_branch

@@ -1,0 +1,189 @@
+r"""The reference an implementation is judged against, and the rounding bound that judges it.
+
+**Reference.** A registered rule with its parameters (:func:`verify.rules.get`), evaluated in float64 on the same
+inputs as the implementation, with its own :class:`~verify.rules.GuidanceState` per sampling run; optionally with a
+*step window* (``guided_steps(step, n_steps) -> bool``: outside it the reference returns the conditional branch, as
+diffusers' guiders do outside ``[start, stop)``).
+
+**Rounding bound** (:func:`rounding_bound`). A correct implementation of the reference's function :math:`f` of the
+branch predictions :math:`y_b` (and ``x``) in a floating-point type with unit roundoff u errs, to first order in u,
+by at most (elementwise)
+
+.. math::  \gamma_m\Big(|J_f|\,|y| \;+\; K \sum_b \big(|y_b| + \rho_S |x|\big) \;+\; |f|\Big),
+           \qquad K = 1 + |g| + |1 - g|.
+
+* :math:`|J_f|\,|y|`: the inputs perturbed relatively by :math:`\gamma_m` (Higham, *Accuracy and Stability of
+  Numerical Algorithms*, 2nd ed., section 1.5, mixed forward-backward error), with :math:`J_f` the Jacobian taken
+  exactly by automatic differentiation of the float64 reference, per sample (the rules act on each sample alone,
+  which the batch checks verify);
+* :math:`K\sum_b|y_b|`: the intermediates a guidance formula forms (:math:`y_c - y_\varnothing`,
+  :math:`g\,(y_c - y_\varnothing)`, ...) are at most :math:`K\sum_b|y_b|` in size and their rounding need not be
+  an input perturbation (at g = 1, ``u + 1 * (c - u)`` errs by :math:`u\,|c - u|` although :math:`f = c` does not
+  depend on u), the term of :func:`verify.audit.cfg_tolerance`;
+* :math:`\rho_S|x|`: for a **linear** rule (the same function in every prediction space), a correct implementation
+  may convert to another space :math:`S'`, combine there and convert back; the round trip of a prediction
+  :math:`y` in the reference's space S through :math:`z = a y + b x` errs by :math:`\gamma(|y| + 2|b/a|\,|x|)`, so
+  :math:`\rho_S = \max_{S'} 2|b_{S\to S'}/a_{S\to S'}|` (e.g. :math:`2/\sigma` for eps through x0, as in
+  :func:`verify.audit.cfg_tolerance`), read off the conversions themselves. Non-linear rules are a different
+  function in another space (the space report), so :math:`\rho_S = 0` for them;
+* :math:`|f|`: the rounding of the output itself.
+
+The chain length is :math:`m = 2D + 32`: at most two reductions over the D features on one chain (a norm, then an
+inner product, as in APG's projection and CFG-Zero*'s scale), each at most D - 1 roundings (recursive summation; the
+pairwise summation torch uses is tighter), plus 32 elementwise roundings (the longest chain of a registered rule,
+conversions included, is about 20 operations; the float64 reference's own rounding is inside the same count). For
+D = 64 that is about 1.8e-14 of the inputs' size in float64, while a float32 computation errs by about 6e-8 of it:
+the value checks tell the two apart by more than a factor of 1e5. Where :math:`J_f` is not finite (zero-norm rows,
+whose derivative is undefined) the derivative term is replaced by the :math:`K` term.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from verify import rules
+from verify.tolerances import gamma
+
+from .implementations import Call, Implementation, RuleImplementation
+
+__all__ = ["Reference", "Windowed", "rounding_bound", "route_factor", "chain_length"]
+
+Tensor = torch.Tensor
+GuidedSteps = Callable[[int, int], bool]
+
+
+def chain_length(features: int) -> int:
+    """:math:`m = 2D + 32` (see the module docstring)."""
+    return 2 * int(features) + 32
+
+
+class Windowed(Implementation):
+    """``inner`` on the steps ``guided_steps(step, n_steps)`` accepts, the conditional branch itself elsewhere."""
+
+    def __init__(self, inner: Implementation, guided_steps: GuidedSteps | None):
+        self.inner, self.guided_steps, self.name = inner, guided_steps, inner.name
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        if self.guided_steps is not None and not self.guided_steps(call.step, call.n_steps):
+            return call.preds["cond"]
+        return self.inner(call)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A registered rule, its fixed parameters, whether the audit varies its strength, and its step window."""
+
+    rule: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    vary_strength: bool = True
+    guided_steps: GuidedSteps | None = None
+
+    def __post_init__(self) -> None:
+        cls = rules.rule_class(self.rule)
+        accepted = inspect.signature(cls.__init__).parameters
+        unknown = [k for k in self.params if k not in accepted]
+        if unknown:
+            raise ValueError(f"params: rule {self.rule!r} takes no parameter {unknown[0]!r}; it takes "
+                             f"{[k for k in accepted if k != 'self']}")
+        built = self.build(3.3 if self.vary_strength else None)
+        if any(isinstance(v, object) and type(v).__name__ == "ExactNoisyClassifier" for v in built.params.values()) \
+                or built.branches == ("uncond",):
+            raise ValueError(f"rule: {self.rule!r} reads a classifier, not branch predictions; the audit compares "
+                             f"functions of branch predictions")
+
+    def build(self, strength: float | None = None) -> rules.Rule:
+        params = dict(self.params)
+        if strength is not None:
+            params.pop("w", None)
+            params["guidance_scale"] = strength
+        return rules.get(self.rule, **params)
+
+    @property
+    def source(self) -> str:
+        return rules.rule_class(self.rule).reference
+
+    def implementation(self) -> Implementation:
+        """A fresh evaluator of the reference (its own run state)."""
+        return Windowed(RuleImplementation(self.rule), self.guided_steps)
+
+    def call_params(self, strength: float | None) -> dict[str, Any]:
+        """The parameters of one call: the rule's own (``rule.params``, validated), with the strength set."""
+        return dict(self.build(strength).params)
+
+
+def _flat(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1)
+
+
+def route_factor(call: Call, space: str) -> float:
+    """:math:`\\rho_S` of the module docstring at this call's noise level: the largest :math:`2|b/a|` over the
+    conversions :math:`z = a y + b x` from ``space`` to the other prediction spaces (read off the conversions)."""
+    from verify.rules import SPACES, StepContext
+
+    one = torch.ones(1, 1, dtype=torch.float64)
+    zero = torch.zeros(1, 1, dtype=torch.float64)
+    worst = 0.0
+    for other in SPACES:
+        if other == space:
+            continue
+        try:
+            a_ctx = StepContext(zero, call.t, call.alpha, call.sigma, call.schedule, {})
+            b_ctx = StepContext(one, call.t, call.alpha, call.sigma, call.schedule, {})
+            a = float(a_ctx.to_space(a_ctx.from_space(one, space), other))
+            b = float(b_ctx.to_space(b_ctx.from_space(zero, space), other))
+        except ValueError:  # a space undefined at this noise level (velocity where alpha vanishes)
+            continue
+        if math.isfinite(a) and math.isfinite(b) and a != 0.0:
+            worst = max(worst, 2.0 * abs(b / a))
+    return worst
+
+
+def rounding_bound(reference: Implementation, calls: list[Call], dtype: torch.dtype, strength: float | None,
+                   linear: bool = False) -> list[Any]:
+    """For each call of one run, the elementwise bound of the module docstring on the output (a pair for a rule
+    that re-noises), shaped ``[N, D]``. ``calls`` share input tensors across steps where the run reuses them (the
+    dependence through the run's state is then differentiated too). ``linear``: add the space-route term."""
+    leaves: dict[int, Tensor] = {}
+
+    def leaf(t: Tensor) -> Tensor:
+        key = id(t)
+        if key not in leaves:
+            leaves[key] = t.detach().to(torch.float64).reshape(t.shape[0], -1).clone().requires_grad_(True)
+        return leaves[key]
+
+    graded = [Call({b: leaf(p) for b, p in c.preds.items()}, c.space, leaf(c.x), c.t, c.alpha, c.sigma, c.schedule,
+                   c.step, c.n_steps, c.params) for c in calls]
+    reference.start_run(len(calls))
+    with torch.enable_grad():
+        outputs = [reference(c) for c in graded]
+    inputs = list(leaves.values())
+    g = 1.0 if strength is None else float(strength)
+    k = 1.0 + abs(g) + abs(1.0 - g)
+    m = chain_length(graded[0].x.shape[1])
+    bounds = []
+    for call, out in zip(graded, outputs, strict=True):
+        rho = route_factor(call, call.space) if linear else 0.0
+        amplified = k * sum(p.detach().abs() + rho * call.x.detach().abs() for p in call.preds.values())
+        parts = out if isinstance(out, tuple) else (out,)
+        part_bounds = []
+        for part in parts:
+            flat = _flat(part)
+            sensitivity = torch.zeros_like(flat, dtype=torch.float64)
+            for j in range(flat.shape[1] if flat.requires_grad else 0):
+                grads = torch.autograd.grad(flat[:, j].sum(), inputs, retain_graph=True, allow_unused=True)
+                for grad, value in zip(grads, inputs, strict=True):
+                    if grad is not None:  # rows are independent: row n's gradient is sample n's own
+                        sensitivity[:, j] += (grad.abs() * value.detach().abs()).sum(dim=1)
+            sensitivity = torch.where(torch.isfinite(sensitivity), sensitivity, torch.zeros_like(sensitivity))
+            part_bounds.append(gamma(m, dtype) * (sensitivity + amplified + flat.detach().abs()))
+        bounds.append(tuple(part_bounds) if isinstance(out, tuple) else part_bounds[0])
+    return bounds

@@ -1,0 +1,344 @@
+r"""The diagnosis: what an implementation that fails its audit computes instead.
+
+Each **variant** is an :class:`~verify.conformance.implementations.Implementation` built from the reference, wrong in
+one known way. The diagnosis replays every failing check's calls (value, shape, dtype, batch-order-free state and
+degenerate checks) through each variant and keeps those within the rounding bound of the implementation's outputs
+everywhere (the bound of :func:`~verify.conformance.reference.rounding_bound`, computed for the variant itself, since
+its sensitivity differs from the reference's). The families:
+
+* **conventions**: the guidance scale read as Ho & Salimans' w (``guidance_scale + 1``: diffusers'
+  ``use_original_formulation``), ``w`` passed where ``guidance_scale`` is expected (``guidance_scale - 1``), the
+  scale rounded to float32;
+* **branches**: every pair of branches swapped;
+* **spaces**: the rule applied in each other prediction space it accepts (its predictions converted there and its
+  result converted back);
+* **axes**: per-sample reductions (norms, inner products, standard deviations) taken over the last axis only, over
+  the channel axis only, or over the whole batch (which mixes samples);
+* **precision**: the rule computed in float32;
+* **state**: memory kept across runs (never reset);
+* **no guidance**: the conditional or the unconditional branch itself;
+* **documented variants** the rule's class lists in :meth:`verify.rules.Rule.variants` (a popular implementation's
+  formula where it differs from the paper's);
+* **other rules**: every other registered rule with the same branches at the same guidance scale.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import torch
+
+from verify import rules
+from verify.rules import StepContext
+
+from .implementations import Call, Implementation, RuleImplementation
+from .reference import Reference, Windowed, rounding_bound
+
+__all__ = ["variants", "diagnose"]
+
+Tensor = torch.Tensor
+F64, F32 = torch.float64, torch.float32
+#: a variant is examined closely only if it is within this factor of the reference's bound everywhere (a cheap
+#: screen: the variant's own bound differs from the reference's by the ratio of their sensitivities)
+SCREEN = 1e4
+
+
+class _Shifted(Implementation):
+    def __init__(self, reference: Reference, change, label: str):
+        self.inner, self.change, self.name = reference.implementation(), change, label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        params = dict(call.params)
+        params["guidance_scale"] = self.change(float(params["guidance_scale"]))
+        return self.inner(_replace(call, params=params))
+
+
+class _Swapped(Implementation):
+    def __init__(self, reference: Reference, a: str, b: str, label: str):
+        self.inner, self.a, self.b, self.name = reference.implementation(), a, b, label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        preds = dict(call.preds)
+        preds[self.a], preds[self.b] = call.preds[self.b], call.preds[self.a]
+        return self.inner(_replace(call, preds=preds))
+
+
+class _OtherSpace(Implementation):
+    def __init__(self, reference: Reference, space: str, label: str):
+        self.inner = Windowed(RuleImplementation(reference.rule, space=space), reference.guided_steps)
+        self.space, self.name = space, label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        shape = call.x.shape
+        flat = {b: p.reshape(p.shape[0], -1) for b, p in call.preds.items()}
+        x = call.x.reshape(shape[0], -1)
+        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {})
+        here = StepContext(x.to(next(iter(flat.values())).dtype), call.t, call.alpha, call.sigma, call.schedule, {})
+        preds = {b: here.to_space(here.from_space(p, call.space), self.space) for b, p in flat.items()}
+        out = self.inner(_replace(call, preds=preds, x=x, space=self.space))
+        del ctx
+
+        def back(o: Tensor) -> Tensor:
+            return here.to_space(here.from_space(o, self.space), call.space).reshape(shape)
+
+        return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
+
+
+class _Axes(Implementation):
+    """Per-sample reductions over the wrong axes: the samples re-batched so that a 'row' is what the bug reduces."""
+
+    def __init__(self, reference: Reference, mode: str, label: str):
+        self.inner, self.mode, self.name = reference.implementation(), mode, label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def _fold(self, t: Tensor) -> Tensor:
+        if self.mode == "batch":
+            return t.reshape(1, -1)
+        if self.mode == "last":
+            return t.reshape(-1, t.shape[-1])
+        if t.ndim < 3:  # channel axis of [N, d] is the whole row
+            return t
+        moved = t.movedim(1, -1)
+        return moved.reshape(-1, moved.shape[-1])
+
+    def _unfold(self, t: Tensor, like: Tensor) -> Tensor:
+        if self.mode == "channel" and like.ndim >= 3:
+            moved = like.movedim(1, -1)
+            return t.reshape(moved.shape).movedim(-1, 1)
+        return t.reshape(like.shape)
+
+    def __call__(self, call: Call) -> Any:
+        like = call.x
+        preds = {b: self._fold(p) for b, p in call.preds.items()}
+        out = self.inner(_replace(call, preds=preds, x=self._fold(call.x)))
+        if isinstance(out, tuple):
+            return tuple(self._unfold(o, like) for o in out)
+        return self._unfold(out, like)
+
+
+class _Float32(Implementation):
+    precision = F32  # judged with float32's rounding bound
+
+    def __init__(self, reference: Reference, label: str):
+        self.inner, self.name = reference.implementation(), label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        dtype = next(iter(call.preds.values())).dtype
+        out = self.inner(_replace(call, preds={b: p.to(F32) for b, p in call.preds.items()}, x=call.x.to(F32)))
+        return tuple(o.to(dtype) for o in out) if isinstance(out, tuple) else out.to(dtype)
+
+
+class _NeverReset(Implementation):
+    def __init__(self, reference: Reference, label: str):
+        self.inner, self.name, self.started = reference.implementation(), label, False
+
+    def start_run(self, n_steps: int) -> None:
+        if not self.started:
+            self.inner.start_run(n_steps)
+            self.started = True
+
+    def __call__(self, call: Call) -> Any:
+        return self.inner(call)
+
+
+class _Branch(Implementation):
+    def __init__(self, branch: str, label: str):
+        self.branch, self.name = branch, label
+
+    def __call__(self, call: Call) -> Any:
+        return call.preds[self.branch]
+
+
+class _OffBelow(Implementation):
+    """Guidance switched off (the conditional branch returned) for guidance scales below ``limit``."""
+
+    def __init__(self, reference: Reference, limit: float, label: str):
+        self.inner, self.limit, self.name = reference.implementation(), limit, label
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
+
+    def __call__(self, call: Call) -> Any:
+        if float(call.params["guidance_scale"]) < self.limit:
+            return call.preds["cond"]
+        return self.inner(call)
+
+
+class _Formula(Implementation):
+    """A documented variant of the rule: ``formula(rule, preds, ctx) -> Tensor`` in the rule's space."""
+
+    def __init__(self, reference: Reference, key: str, label: str):
+        self.reference, self.key, self.name = reference, key, label
+
+    def __call__(self, call: Call) -> Any:
+        strength = call.params.get("guidance_scale") if self.reference.vary_strength else None
+        rule = self.reference.build(strength)
+        shape = call.x.shape
+        flat = {b: p.reshape(p.shape[0], -1) for b, p in call.preds.items()}
+        x = call.x.reshape(shape[0], -1)
+        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {})
+        return rule.variants()[self.key](flat, ctx).reshape(shape)
+
+
+def _replace(call: Call, **changes: Any) -> Call:
+    fields = {"preds": call.preds, "space": call.space, "x": call.x, "t": call.t, "alpha": call.alpha,
+              "sigma": call.sigma, "schedule": call.schedule, "step": call.step, "n_steps": call.n_steps,
+              "params": call.params}
+    fields.update(changes)
+    return Call(**fields)
+
+
+def variants(reference: Reference) -> list[Implementation]:
+    """Every variant of the families in the module docstring, for this reference."""
+    rule = reference.build(3.3 if reference.vary_strength else None)
+    name = reference.rule
+    out: list[Implementation] = []
+    if reference.vary_strength or "guidance_scale" in rule.params:
+        out.append(_Shifted(reference, lambda g: g + 1.0, f"`{name}` with guidance_scale + 1 (the scale read as Ho "
+                            f"& Salimans' w: diffusers' use_original_formulation)"))
+        out.append(_Shifted(reference, lambda g: g - 1.0, f"`{name}` with guidance_scale - 1 (Ho & Salimans' w "
+                            f"passed where guidance_scale is expected)"))
+        out.append(_Shifted(reference, lambda g: float(torch.tensor(g, dtype=F32)),
+                            f"`{name}` with the guidance scale rounded to float32"))
+        if "cond" in rule.branches:
+            out.append(_OffBelow(reference, 1.0, f"`{name}` with guidance switched off (the cond branch returned) "
+                                                  f"for guidance_scale < 1"))
+    for a, b in itertools.combinations(rule.branches, 2):
+        out.append(_Swapped(reference, a, b, f"`{name}` with the {a} and {b} branches swapped"))
+    if rule.linear_weights is None:
+        for space in type(rule).spaces:
+            if space != rule.space:
+                out.append(_OtherSpace(reference, space, f"`{name}` applied in {space} space instead of "
+                                                         f"{rule.space}"))
+        out.append(_Axes(reference, "last", f"`{name}` with its per-sample norms over the last axis only"))
+        out.append(_Axes(reference, "channel", f"`{name}` with its per-sample norms over the channel axis (dim 1) "
+                                               f"only"))
+        out.append(_Axes(reference, "batch", f"`{name}` with its norms over the whole batch (mixes samples)"))
+    out.append(_Float32(reference, f"`{name}` computed in float32"))
+    if rule.stateful:
+        out.append(_NeverReset(reference, f"`{name}` with its memory never reset between runs"))
+    for branch in rule.branches:
+        out.append(_Branch(branch, f"the {branch} branch itself (no guidance)"))
+    for key in rule.variants():
+        out.append(_Formula(reference, key, f"`{name}` as {key}"))
+    for other in rules.names():
+        if other == name:
+            continue
+        try:
+            built = rules.get(other, **({"guidance_scale": 3.3} if reference.vary_strength else {}))
+        except (TypeError, ValueError):
+            continue
+        if built.branches != rule.branches:
+            continue
+        out.append(RuleImplementation(other, space=built.space))
+        out[-1].name = f"`{other}` at the same guidance scale"
+    return out
+
+
+def _replay(variant: Implementation, record) -> tuple[list[Any], bool]:
+    variant.start_run(len(record.calls))
+    outs = []
+    try:
+        with torch.no_grad():
+            for call in record.calls:
+                outs.append(variant(call))
+    except Exception:  # noqa: BLE001 - a variant that cannot take these inputs does not match them
+        return [], False
+    return outs, True
+
+
+def _within(outputs: list[Any], candidates: list[Any], bounds: list[Any], factor: float) -> bool:
+    from .rule_audit import compare
+
+    for out, cand, bound in zip(outputs, candidates, bounds, strict=True):
+        if out is None:
+            return False
+        scaled = tuple(b * factor for b in bound) if isinstance(bound, tuple) else bound * factor
+        ok, _, _ = compare(out, _flat64(cand), scaled)
+        if not ok:
+            return False
+    return True
+
+
+def _flat64(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_flat64(v) for v in value)
+    return value.detach().to(F64).reshape(value.shape[0], -1)
+
+
+def _bounds_for(variant: Implementation, record) -> list[Any] | None:
+    from .rule_audit import _as_reference_input
+
+    try:
+        dtype = F32 if F32 in (record.dtype, getattr(variant, "precision", F64)) else F64
+        return rounding_bound(variant, [_as_reference_input(c) for c in record.calls], dtype,
+                              record.strength, record.linear)
+    except Exception:  # noqa: BLE001 - not differentiable: fall back to the reference's bound
+        return None
+
+
+def diagnose(audit, failing) -> Any:
+    """The :class:`~verify.conformance.rule_audit.Diagnosis` of a failed audit (``audit`` is the internal run)."""
+    from .rule_audit import Diagnosis
+
+    failing_names = {c.name for c in failing}
+    records = [r for r in audit.records if r.kind != "batch"]
+    failed_records = [r for r in records if r.name in failing_names]
+    if not failed_records:
+        kinds = sorted({c.kind for c in failing})
+        return Diagnosis((), f"only {', '.join(kinds)} checks fail; no value differs from the reference")
+    scores = []
+    matches = []
+    for variant in variants(audit.reference):
+        matched, compared = 0, 0
+        screened = True
+        for record in records:
+            outs, ok = _replay(variant, record)
+            compared += 1
+            screen = SCREEN * (2.0**29 if getattr(variant, "precision", F64) == F32 else 1.0)  # u32 / u64
+            if ok and _within(record.outputs, outs, record.bounds, screen):
+                own = _bounds_for(variant, record) or record.bounds
+                both = [_add(a, b) for a, b in zip(own, record.bounds, strict=True)]
+                if _within(record.outputs, outs, both, 1.0):
+                    matched += 1
+                    continue
+            screened = False
+            if record.name in failing_names and matched == 0 and compared > 4:
+                break
+        scores.append((variant.name, matched, len(records)))
+        if screened and matched == len(records):
+            matches.append(variant.name)
+    scores.sort(key=lambda s: -s[1])
+    if matches:
+        summary = "matches " + " or ".join(matches)
+    else:
+        best = [s for s in scores if s[1] > 0][:3]
+        summary = "no known variant explains every failure" + (
+            "; closest: " + ", ".join(f"{n} ({m} of {t} checks)" for n, m, t in best) if best else "")
+    return Diagnosis(tuple(matches), summary, tuple(scores[:5]))
+
+
+def _add(a: Any, b: Any) -> Any:
+    if isinstance(a, tuple):
+        return tuple(x + y for x, y in zip(a, b, strict=True))
+    return a + b
+
+
+def _finite(x: float) -> bool:
+    return math.isfinite(x)
