@@ -175,6 +175,21 @@ class RuleImplementation(Implementation):
         return self._cache[key]
 
     def __call__(self, call: Call) -> Any:
+        own = self.fixed.get("space", call.space)
+        if own != call.space:  # a rule fixed to another space: convert there and back (a different rule if non-linear)
+            shape, dtype = call.x.shape, next(iter(call.preds.values())).dtype
+            ctx = StepContext(call.x.reshape(shape[0], -1).to(dtype), call.t, call.alpha, call.sigma, call.schedule,
+                              {})
+            preds = {b: ctx.to_space(ctx.from_space(p.reshape(shape[0], -1), call.space), own)
+                     for b, p in call.preds.items()}
+            inner = Call(preds, own, ctx.x, call.t, call.alpha, call.sigma, call.schedule, call.step, call.n_steps,
+                         call.params)
+            out = self(inner)
+
+            def back(o: Tensor) -> Tensor:
+                return ctx.to_space(ctx.from_space(o, own), call.space).reshape(shape)
+
+            return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
         rule = self._rule(call.params, call.space)
         state = self._state if rule.stateful else None
         if state is not None:

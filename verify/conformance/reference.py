@@ -178,12 +178,23 @@ def rounding_bound(reference: Implementation, calls: list[Call], dtype: torch.dt
         for part in parts:
             flat = _flat(part)
             sensitivity = torch.zeros_like(flat, dtype=torch.float64)
-            for j in range(flat.shape[1] if flat.requires_grad else 0):
-                grads = torch.autograd.grad(flat[:, j].sum(), inputs, retain_graph=True, allow_unused=True)
-                for grad, value in zip(grads, inputs, strict=True):
-                    if grad is not None:  # rows are independent: row n's gradient is sample n's own
-                        sensitivity[:, j] += (grad.abs() * value.detach().abs()).sum(dim=1)
+            if flat.requires_grad:
+                sensitivity = _sensitivity(flat, inputs)
             sensitivity = torch.where(torch.isfinite(sensitivity), sensitivity, torch.zeros_like(sensitivity))
             part_bounds.append(gamma(m, dtype) * (sensitivity + amplified + flat.detach().abs()))
         bounds.append(tuple(part_bounds) if isinstance(out, tuple) else part_bounds[0])
     return bounds
+
+
+def _sensitivity(flat: Tensor, inputs: list[Tensor]) -> Tensor:
+    """:math:`\\sum_i |\\partial f_{n,j}/\\partial y_{n,i}|\\,|y_{n,i}|` for every row n and output j (rows are
+    independent: row n's gradient is sample n's own): one backward pass per output column (autograd's batched
+    passes fall back to a slower path on these rules' operations)."""
+    features = flat.shape[1]
+    out = torch.zeros_like(flat, dtype=torch.float64)
+    for j in range(features):
+        grads = torch.autograd.grad(flat[:, j].sum(), inputs, retain_graph=True, allow_unused=True)
+        for grad, value in zip(grads, inputs, strict=True):
+            if grad is not None:
+                out[:, j] += (grad.abs() * value.detach().abs()).sum(dim=1)
+    return out

@@ -504,7 +504,11 @@ class _Audit:
                     if o.error is not None:
                         worst = math.inf
                         continue
-                    got = _to_eps(o.output, case, space)
+                    try:
+                        got = _to_eps(o.output, case, space)
+                    except (ValueError, RuntimeError):  # non-finite or mis-shaped: it does not agree
+                        worst = math.inf
+                        continue
                     want = _to_eps(r, case, self.space)
                     _, ratio, _ = compare(got, want, b)
                     worst = max(worst, ratio)

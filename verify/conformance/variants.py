@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from verify import rules
-from verify.rules import StepContext
+from verify.rules import GuidanceState, StepContext
 
 from .implementations import Call, Implementation, RuleImplementation
 from .reference import Reference, Windowed, rounding_bound
@@ -192,7 +192,8 @@ class _Formula(Implementation):
         shape = call.x.shape
         flat = {b: p.reshape(p.shape[0], -1) for b, p in call.preds.items()}
         x = call.x.reshape(shape[0], -1)
-        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {})
+        state = GuidanceState(step=call.step) if rule.stateful else None
+        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {}, state)
         return rule.variants()[self.key](flat, ctx).reshape(shape)
 
 
@@ -300,11 +301,13 @@ def diagnose(audit, failing) -> Any:
     failing_names = {c.name for c in failing}
     records = [r for r in audit.records if r.kind != "batch"]
     failed_records = [r for r in records if r.name in failing_names]
+    n_degenerate = sum(r.kind == "degenerate" for r in records)
     if not failed_records:
         kinds = sorted({c.kind for c in failing})
         return Diagnosis((), f"only {', '.join(kinds)} checks fail; no value differs from the reference")
     scores = []
     matches = []
+    partial = []  # variants that explain every failure but the degenerate rows
     for variant in variants(audit.reference):
         matched, compared = 0, 0
         screened = True
@@ -324,9 +327,14 @@ def diagnose(audit, failing) -> Any:
         scores.append((variant.name, matched, len(records)))
         if screened and matched == len(records):
             matches.append(variant.name)
+        elif matched == len(records) - n_degenerate and _explains(variant, records, "degenerate"):
+            partial.append(variant.name)
     scores.sort(key=lambda s: -s[1])
     if matches:
         summary = "matches " + " or ".join(matches)
+    elif partial:
+        summary = ("matches " + " or ".join(partial) + " everywhere but on the degenerate rows (zero norm or zero "
+                   "spread), where it differs")
     else:
         best = [s for s in scores if s[1] > 0][:3]
         summary = "no known variant explains every failure" + (
@@ -342,3 +350,18 @@ def _add(a: Any, b: Any) -> Any:
 
 def _finite(x: float) -> bool:
     return math.isfinite(x)
+
+
+def _explains(variant: Implementation, records, skip_kind: str) -> bool:
+    """Whether ``variant`` matches every record but those of ``skip_kind`` (re-checked without early exit)."""
+    for record in records:
+        if record.kind == skip_kind:
+            continue
+        outs, ok = _replay(variant, record)
+        if not ok:
+            return False
+        own = _bounds_for(variant, record) or record.bounds
+        both = [_add(a, b) for a, b in zip(own, record.bounds, strict=True)]
+        if not _within(record.outputs, outs, both, 1.0):
+            return False
+    return True

@@ -162,6 +162,23 @@ class APG(Rule):
             return {"cond": self.guidance_scale, "uncond": 1.0 - self.guidance_scale}
         return None
 
+    def variants(self) -> dict:
+        """diffusers' ``normalized_guidance`` (``adaptive_projected_guidance.py``): :math:`D_\\varnothing + g\\,
+        (\\ldots)` by default, :math:`D_c + g\\,(\\ldots)` with ``use_original_formulation=True``; the update
+        itself as here (momentum, cap, projection)."""
+        def with_base(base: str, scale: float):
+            def formula(preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
+                diff = preds["cond"] - preds["uncond"]
+                update = apg_update(diff, preds["cond"], eta=self.eta, norm_threshold=self.norm_threshold)
+                return preds[base] + scale * update
+            return formula
+
+        if self.momentum != 0.0:  # the variants carry no momentum buffer
+            return {}
+        g = self.guidance_scale
+        return {"diffusers' form D_uncond + g * update": with_base("uncond", g),
+                "diffusers' use_original_formulation D_cond + g * update": with_base("cond", g)}
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         uncond, cond = predictions({"preds['uncond']": preds["uncond"], "preds['cond']": preds["cond"]})
         if self.is_cfg:

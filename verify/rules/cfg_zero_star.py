@@ -134,6 +134,34 @@ class CFGZeroStar(Rule):
                              "GuidedDenoiser with state=guided.new_state() (the samplers do)")
         return ctx.state.step < self.zero_init_steps
 
+    def variants(self) -> dict:
+        """The implementations' variants of the optimised scale (without zero-init): the early diffusers guider's
+        shift from the unscaled unconditional prediction, :math:`s^* v_\\varnothing + g(v_c - v_\\varnothing)`,
+        and the authors' and current diffusers' :math:`s^*` with :math:`10^{-8}` added to
+        :math:`\\lVert v_\\varnothing\\rVert^2`, in float32."""
+        g = self.guidance_scale
+
+        def scale(c: Tensor, u: Tensor, eps: float, dtype: torch.dtype) -> Tensor:
+            c32, u32 = c.to(dtype), u.to(dtype)
+            s = (c32 * u32).sum(dim=1, keepdim=True) / ((u32 * u32).sum(dim=1, keepdim=True) + eps)
+            return s.to(c.dtype)
+
+        def unscaled_shift(preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
+            s = scale(preds["cond"], preds["uncond"], 0.0, preds["cond"].dtype)
+            return s * preds["uncond"] + g * (preds["cond"] - preds["uncond"])
+
+        def diffusers_scale(preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
+            u = scale(preds["cond"], preds["uncond"], 1e-8, torch.float32) * preds["uncond"]
+            return u + g * (preds["cond"] - u)
+
+        def after_zero_init(formula):
+            def guided(preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
+                return self.combine(preds, ctx) if self.zeroed(ctx) else formula(preds, ctx)
+            return guided
+
+        return {"the early diffusers shift s* v_uncond + g (v_cond - v_uncond)": after_zero_init(unscaled_shift),
+                "diffusers' float32 scale with 1e-8 added to the squared norm": after_zero_init(diffusers_scale)}
+
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         uncond, cond = predictions({"preds['uncond']": preds["uncond"], "preds['cond']": preds["cond"]})
         if self.zeroed(ctx):
