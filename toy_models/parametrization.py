@@ -55,6 +55,7 @@ from collections.abc import Callable
 import torch
 
 from ._checks import Tensorish, as_real_tensor, real_dtype_of
+from ._pow2 import ldexp
 
 __all__ = [
     "PARAMETRIZATIONS",
@@ -159,7 +160,7 @@ def _homogeneous(formula: Callable[..., Tensor], tensors: list[Tensor], name: st
     for tensor in tensors[1:]:
         mag = torch.maximum(mag, tensor.detach().abs())
     exponent = torch.frexp(mag).exponent  # torch.ldexp scales exactly even where 2**exponent is not representable
-    out = torch.ldexp(formula(*(torch.ldexp(tensor, -exponent) for tensor in tensors)), exponent)
+    out = ldexp(formula(*(ldexp(tensor, -exponent) for tensor in tensors)), exponent)
     if not bool(torch.isfinite(out.detach()).all()):
         raise ValueError(f"{name}: {what} overflows {out.dtype} (largest finite magnitude "
                          f"{torch.finfo(out.dtype).max:.3g})")

@@ -14,10 +14,13 @@ Commands
     Train the cross-attention network on a world (DSM, conditioning dropout, AdamW, EMA), measure its score error
     and write ``PATH.safetensors`` + ``PATH.json`` (default ``checkpoints/NAME``). Under ``torchrun`` it runs
     data-parallel; rank 0 writes.
-``cfgtruth audit MODULE:FUNCTION [--timeout SECONDS]``
-    Audit a CFG combiner ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma)`` against the analytic
-    guided prediction; exit 0 if it passes, 1 with the failed checks otherwise, 3 if the time runs out (default
-    300 s; ``--timeout 0``: no limit), after one line naming the check that was running and its parameters.
+``cfgtruth audit MODULE:FUNCTION [--rule NAME] [--param KEY=VALUE ...] [--json FILE] [--timeout SECONDS]``
+    Audit a function (a CFG combiner ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma)`` or a
+    dict-of-branches function) against a registered rule (default ``cfg``) with a diagnosis
+    (:mod:`verify.conformance`); ``--diffusers-guider CLASS`` audits a diffusers guider, ``--diffusers-scheduler
+    CLASS [--steps N] [--world NAME]`` gives the law a diffusers scheduler produces. Exit 0 if everything conforms,
+    1 with findings, 3 if the time runs out (default 300 s; ``--timeout 0``: no limit), after one line naming the
+    step that was running.
 
 Exit status
 -----------
@@ -410,15 +413,29 @@ def _cmd_proofs(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from verify.audit import SpecError, audit_command
+    from verify.audit import SpecError
+    from verify.conformance.command import audit_target_command, parse_params, prepare
 
     try:
+        params = parse_params(args.param)
+        prepared = prepare(target=args.target, guider=args.diffusers_guider, scheduler=args.diffusers_scheduler,
+                           rule=args.rule, params=params, steps=args.steps, world=args.world)
+        if args.json:
+            _writable_file(args.json, "--json")
         with _interruptible(lambda: "nothing written"):
-            return audit_command(args.target, timeout=args.timeout or None,
-                                 show_progress=False if args.no_progress else None, hard_exit=True,
-                                 started=args.started)
-    except SpecError as err:
-        raise UsageError(_one_line(err)) from err
+            return audit_target_command(prepared, timeout=args.timeout or None,
+                                        show_progress=False if args.no_progress else None, hard_exit=True,
+                                        started=args.started, json_path=args.json, all_checks=args.all)
+    except (SpecError, ValueError, TypeError) as err:
+        if isinstance(err, SpecError) or not args.debug:
+            raise UsageError(_one_line(err)) from err
+        raise
+
+
+def _writable_file(path: str, option: str) -> None:
+    parent = pathlib.Path(path).resolve().parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise ValueError(f"{option}: cannot write {path!r} (no writable folder {str(parent)!r})")
 
 
 def _cmd_train(args: argparse.Namespace, options: dict[str, str]) -> int:
@@ -528,12 +545,25 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     options = {a.dest: a.option_strings[0] for a in tr._actions if a.option_strings}
     tr.set_defaults(func=lambda args: _cmd_train(args, options))
-    audit = command("audit", help="audit a CFG combiner MODULE:FUNCTION against the analytic prediction",
-                    epilog="exit status: 0 the combiner passes every check, 1 it fails some, 2 the spec cannot be "
-                           "loaded, 3 the time ran out (the line on stderr names the check that was running)")
-    audit.add_argument("target", help="MODULE:FUNCTION, e.g. mypkg.guidance:combine")
+    audit = command("audit", help="audit guidance code against a registered rule: a function, a diffusers guider "
+                                  "or a diffusers scheduler",
+                    epilog="exit status: 0 everything conforms, 1 findings, 2 usage error (the target cannot be "
+                           "loaded, an unknown rule, a bad --param), 3 the time ran out (the line on stderr names "
+                           "the step that was running)")
+    audit.add_argument("target", nargs="?", help="MODULE:FUNCTION, e.g. mypkg.guidance:combine")
+    audit.add_argument("--rule", help="the registered rule to audit against (default: cfg; see docs/rules.md)")
+    audit.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="a parameter of the rule (of the guider's constructor with --diffusers-guider); "
+                            "repeatable; VALUE is a Python literal")
+    audit.add_argument("--diffusers-guider", metavar="CLASS", help="audit diffusers.guiders.CLASS instead")
+    audit.add_argument("--diffusers-scheduler", metavar="CLASS",
+                       help="give the law diffusers.CLASS produces with exact guided predictions instead")
+    audit.add_argument("--steps", type=_positive_int, default=50, help="scheduler steps (default: 50)")
+    audit.add_argument("--world", help="world of the scheduler audit (default: gauss1d)")
+    audit.add_argument("--json", metavar="FILE", help="write the full result as JSON")
+    audit.add_argument("--all", action="store_true", help="print every check, not only the failing ones")
     audit.add_argument("--timeout", type=_seconds, default=300.0, metavar="SECONDS",
-                       help="stop after this many seconds, import included, and exit 3 naming the running check "
+                       help="stop after this many seconds, import included, and exit 3 naming the running step "
                             "(default: 300; 0: no limit)")
     audit.add_argument("--no-progress", action="store_true", help="no progress bar (default: one on a terminal)")
     audit.set_defaults(func=_cmd_audit)

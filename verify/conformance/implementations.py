@@ -171,7 +171,10 @@ class RuleImplementation(Implementation):
         merged = {k: v for k, v in merged.items() if k in accepted}
         key = tuple(sorted((k, repr(v)) for k, v in merged.items()))
         if key not in self._cache:
-            self._cache[key] = rules.get(self.rule_name, **merged)
+            rule = rules.get(self.rule_name, **merged)
+            if hasattr(rule, "memory_key"):  # one implementation, one memory, whatever the strength of the call
+                rule.memory_key = f"{self.rule_name}-{id(self)}"
+            self._cache[key] = rule
         return self._cache[key]
 
     def __call__(self, call: Call) -> Any:

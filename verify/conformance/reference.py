@@ -148,10 +148,12 @@ def route_factor(call: Call, space: str) -> float:
 
 
 def rounding_bound(reference: Implementation, calls: list[Call], dtype: torch.dtype, strength: float | None,
-                   linear: bool = False) -> list[Any]:
+                   linear: bool = False, check_derivative: bool = True) -> list[Any]:
     """For each call of one run, the elementwise bound of the module docstring on the output (a pair for a rule
     that re-noises), shaped ``[N, D]``. ``calls`` share input tensors across steps where the run reuses them (the
-    dependence through the run's state is then differentiated too). ``linear``: add the space-route term."""
+    dependence through the run's state is then differentiated too). ``linear``: add the space-route term.
+    ``check_derivative``: refuse when autograd's derivative disagrees with a central difference (off for the
+    degenerate rows, where a rule may be discontinuous by definition, e.g. rescale's zero-spread rows)."""
     leaves: dict[int, Tensor] = {}
 
     def leaf(t: Tensor) -> Tensor:
@@ -166,6 +168,8 @@ def rounding_bound(reference: Implementation, calls: list[Call], dtype: torch.dt
     with torch.enable_grad():
         outputs = [reference(c) for c in graded]
     inputs = list(leaves.values())
+    if check_derivative:
+        _check_derivative(reference, calls, graded, outputs, inputs)
     g = 1.0 if strength is None else float(strength)
     k = 1.0 + abs(g) + abs(1.0 - g)
     m = chain_length(graded[0].x.shape[1])
@@ -198,3 +202,46 @@ def _sensitivity(flat: Tensor, inputs: list[Tensor]) -> Tensor:
             if grad is not None:
                 out[:, j] += (grad.abs() * value.detach().abs()).sum(dim=1)
     return out
+
+
+#: relative step of the finite-difference check of the derivative (truncation O(h^2) ~ 1e-12 of a smooth rule's
+#: curvature scale, rounding ~ u/h ~ 1e-10 of the output's size)
+_FD_STEP = 1e-6
+
+
+def _check_derivative(reference: Implementation, calls: list[Call], graded: list[Call], outputs: list[Any],
+                      inputs: list[Tensor]) -> None:
+    """Refuse a bound built on a wrong derivative: the directional derivative :math:`J v` from autograd against a
+    central difference along :math:`v = |y| \\odot s` (random signs s, fixed seed) on the last call's output. A
+    rule computed through an operation without a derivative (``torch.frexp``'s mantissa, ``.detach()``, a
+    round trip through NumPy) would make :math:`|J|\\,|y|` miss a dependence and the bound silently too small;
+    the two estimates then differ by order one, against about 1e-6 for a differentiable rule (1e-3 allowed, with
+    a second direction tried before refusing, in case the first crosses a kink such as a norm cap)."""
+    last = outputs[-1][0] if isinstance(outputs[-1], tuple) else outputs[-1]
+    if not isinstance(last, Tensor) or not last.requires_grad:
+        return
+    generator = torch.Generator().manual_seed(20241)
+    for attempt in range(2):
+        signs = [torch.randint(0, 2, v.shape, generator=generator).to(v.dtype) * 2 - 1 for v in inputs]
+        direction = [v.detach().abs() * s for v, s in zip(inputs, signs, strict=True)]
+        grads = torch.autograd.grad(last.sum(), inputs, retain_graph=True, allow_unused=True)
+        analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction, strict=True) if g is not None)
+        h = _FD_STEP / (attempt + 1)
+        values = []
+        for sign in (1.0, -1.0):
+            moved = {id(v): (v.detach() + sign * h * d) for v, d in zip(inputs, direction, strict=True)}
+            shifted = [Call({b: moved[id(p)] for b, p in c.preds.items()}, c.space, moved[id(c.x)], c.t, c.alpha,
+                            c.sigma, c.schedule, c.step, c.n_steps, c.params) for c in graded]
+            reference.start_run(len(shifted))
+            with torch.no_grad():
+                outs = [reference(c) for c in shifted]
+            out = outs[-1][0] if isinstance(outs[-1], tuple) else outs[-1]
+            values.append(float(out.sum()))
+        numeric = (values[0] - values[1]) / (2 * h)
+        scale = sum(float((g.abs() * d.abs()).sum()) for g, d in zip(grads, direction, strict=True) if g is not None)
+        scale += float(last.detach().abs().sum())
+        if abs(analytic - numeric) <= 1e-3 * scale:
+            return
+    raise RuntimeError(f"reference: the derivative of {getattr(reference, 'name', reference)!r} from automatic "
+                       f"differentiation ({analytic:.6g} along a test direction) disagrees with a central difference "
+                       f"({numeric:.6g}); the rounding bound cannot be derived for this rule")

@@ -216,7 +216,7 @@ def invoke(impl: Implementation, call: Call) -> Outcome:
         if not bool(torch.isfinite(part.detach()).all()):
             problems["finite"] = "non-finite output"
         pointers = {_storage(p) for p in [*copies.values(), x_copy]}
-        if _storage(part) in pointers:
+        if part is parts[0] and _storage(part) in pointers:  # a re-noise eps is an input branch by definition
             problems["no aliasing"] = "the output is (a view of) an input tensor"
     return Outcome(output=out, problems=problems)
 
@@ -284,6 +284,8 @@ class Record:
     dtype: torch.dtype
     strength: float | None
     linear: bool = False
+    #: where each sampling run starts in ``calls`` (one run unless given)
+    runs: tuple[int, ...] = (0,)
 
 
 class _Audit:
@@ -334,7 +336,8 @@ class _Audit:
                self.seed, kind, name, expect_dtype)
         bounds = _BOUNDS.get(key)
         if bounds is None:
-            bounds = rounding_bound(self.reference.implementation(), ref_calls, expect_dtype, strength, self.linear)
+            bounds = rounding_bound(self.reference.implementation(), ref_calls, expect_dtype, strength, self.linear,
+                                    check_derivative=kind != "degenerate")
             if len(_BOUNDS) > 4096:
                 _BOUNDS.clear()
             _BOUNDS[key] = bounds
@@ -438,8 +441,12 @@ class _Audit:
             detail = "a second run differs from the first" + (f" ({text})" if text else "")
         else:
             detail = "the second run repeats the first bitwise (memory reset between runs)"
-        self.checks.append(Check("a second run repeats the first (no state leaks across runs)", same, detail,
-                                 "state"))
+        name = "a second run repeats the first (no state leaks across runs)"
+        self.checks.append(Check(name, same, detail, "state"))
+        run_record = next(r for r in self.records if r.kind == "state")
+        self.records.append(Record("state", name, calls + calls, [o.output for o in first + second],
+                                   run_record.bounds + run_record.bounds, F64, self.probe_strength, self.linear,
+                                   runs=(0, len(calls))))
 
     def _judge_against(self, outs: list[Outcome], refs: list[Outcome], calls: list[Call]) -> tuple[bool, float, str]:
         bounds = rounding_bound(self.reference.implementation(), [_as_reference_input(c) for c in calls], F64,

@@ -94,8 +94,9 @@ def row_dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def row_norm(a: Tensor) -> Tensor:
-    """Per-sample Euclidean norm over every feature axis (``torch.linalg.vector_norm``: scaled, no overflow of
-    the squares), ``[N, 1, ...]``."""
+    """Per-sample Euclidean norm over every feature axis (``torch.linalg.vector_norm``), ``[N, 1, ...]``. Its
+    squares can overflow or underflow (inf for a row of 1e200, 0 for one of 1e-200, in float64): callers that
+    take rows of any magnitude scale them by a power of two first (:func:`verify.rules.apg.unit_rows`)."""
     out = torch.linalg.vector_norm(_flat(a), dim=1)
     return out.reshape(-1, *([1] * (a.ndim - 1)))
 

@@ -8,6 +8,7 @@ import itertools
 import torch
 
 from toy_models._checks import as_scalar
+from toy_models._pow2 import ldexp
 
 from . import register
 from ._base import GuidanceState, Rule, StepContext
@@ -42,9 +43,9 @@ def unit_rows(y: Tensor) -> tuple[Tensor, Tensor]:
     vector (its norm may still be inf or 0 where the true norm lies beyond the dtype's range)."""
     flat = y.detach().abs().reshape(y.shape[0], -1)
     exponent = torch.frexp(flat.amax(dim=1)).exponent.reshape(-1, *([1] * (y.ndim - 1)))
-    scaled = torch.ldexp(y, -exponent)
+    scaled = ldexp(y, -exponent)
     norm = row_norm(scaled)
-    return scaled / torch.where(norm > 0, norm, torch.ones_like(norm)), torch.ldexp(norm, exponent)
+    return scaled / torch.where(norm > 0, norm, torch.ones_like(norm)), ldexp(norm, exponent)
 
 
 def project(diff: Tensor, onto: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,6 +8,8 @@ import numbers
 
 import torch
 
+from toy_models._pow2 import ldexp
+
 from . import register
 from ._base import GuidanceState, Rule, StepContext
 from ._math import guidance_scale_from, predictions, row_dot
@@ -46,7 +48,7 @@ def cfg_zero_star(v_uncond: Tensor, v_cond: Tensor, guidance_scale: float) -> Te
         return out
     flat = torch.maximum(v_uncond.detach().abs(), v_cond.detach().abs()).reshape(v_cond.shape[0], -1)
     exponent = torch.frexp(flat.amax(dim=1)).exponent.reshape(-1, *([1] * (v_cond.ndim - 1)))
-    out = torch.ldexp(formula(torch.ldexp(v_uncond, -exponent), torch.ldexp(v_cond, -exponent)), exponent)
+    out = ldexp(formula(ldexp(v_uncond, -exponent), ldexp(v_cond, -exponent)), exponent)
     if not bool(torch.isfinite(out.detach()).all()):
         raise ValueError(f"v_cond: the CFG-Zero* prediction overflows {out.dtype}")
     return out

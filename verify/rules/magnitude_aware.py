@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from toy_models._checks import as_scalar
+from toy_models._pow2 import ldexp
 
 from . import register
 from ._base import Rule, StepContext
@@ -31,7 +32,7 @@ def _scaled_norm(y: Tensor) -> tuple[Tensor, Tensor]:
     underflows; ``n`` lies in [1/2, sqrt(F)] (F features), or is 0 for a zero row."""
     flat = y.detach().abs().reshape(y.shape[0], -1)
     exponent = torch.frexp(flat.amax(dim=1)).exponent.reshape(-1, *([1] * (y.ndim - 1)))
-    return row_norm(torch.ldexp(y, -exponent)), exponent
+    return row_norm(ldexp(y, -exponent)), exponent
 
 
 def magnitude_ratio(uncond: Tensor, cond: Tensor) -> Tensor:
@@ -48,10 +49,10 @@ def magnitude_ratio(uncond: Tensor, cond: Tensor) -> Tensor:
     u, c = uncond.to(F64), cond.to(F64)
     top = torch.maximum(u.detach().abs(), c.detach().abs()).reshape(u.shape[0], -1).amax(dim=1)
     shift = torch.frexp(top).exponent.reshape(-1, *([1] * (u.ndim - 1)))
-    u, c = torch.ldexp(u, -shift), torch.ldexp(c, -shift)
+    u, c = ldexp(u, -shift), ldexp(c, -shift)
     n_d, e_d = _scaled_norm(c - u)
     n_u, e_u = _scaled_norm(u)
-    ratio = torch.ldexp(n_d / torch.where(n_u > 0, n_u, torch.ones_like(n_u)), e_d - e_u)
+    ratio = ldexp(n_d / torch.where(n_u > 0, n_u, torch.ones_like(n_u)), e_d - e_u)
     return torch.where(n_u > 0, ratio, torch.full_like(ratio, float("inf")))
 
 

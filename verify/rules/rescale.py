@@ -6,6 +6,7 @@ import torch
 
 from toy_models import parametrization as param
 from toy_models._checks import as_scalar
+from toy_models._pow2 import ldexp
 
 from . import register
 from ._base import Rule, StepContext
@@ -31,12 +32,12 @@ def rescale_rows(guided: Tensor, cond: Tensor, phi: float, *, space: str = "v") 
     # ratio = std_c / std_g = (m_c / m_g) 2^(e_c - e_g): the mantissa quotient lies in (1/2, 2) and never
     # overflows; the power of two is applied once, to the product, exactly (unless the product itself over- or
     # underflows), so this is bit for bit phi * y * (std_c / std_g) wherever that is representable
-    rescaled = torch.ldexp((phi * guided) * (m_c / torch.where(spread, m_g, torch.ones_like(m_g))), e_c - e_g)
+    rescaled = ldexp((phi * guided) * (m_c / torch.where(spread, m_g, torch.ones_like(m_g))), e_c - e_g)
     if not bool(torch.isfinite(rescaled.detach()).all()):
         row = int((~torch.isfinite(rescaled.detach())).any(dim=1).nonzero()[0, 0])
-        raise ValueError(f"eps_guided: row {row} has a spread of {float(torch.ldexp(m_g[row], e_g[row])):.3g} over "
+        raise ValueError(f"eps_guided: row {row} has a spread of {float(ldexp(m_g[row], e_g[row])):.3g} over "
                          f"the features in {space} space against the conditional prediction's "
-                         f"{float(torch.ldexp(m_c[row], e_c[row])):.3g}; the rescaled prediction overflows "
+                         f"{float(ldexp(m_c[row], e_c[row])):.3g}; the rescaled prediction overflows "
                          f"{guided.dtype}")
     blended = rescaled + (1.0 - phi) * guided
     return blended, spread
@@ -97,11 +98,14 @@ def _spread(y: Tensor) -> tuple[Tensor, Tensor]:
     row need not return 0), divided again by a power of two near the largest difference (so squaring neither
     overflows nor underflows), and only then reduced. A row is constant exactly when its spread is 0."""
     _, top = torch.frexp(y.detach().abs().amax(dim=1, keepdim=True))
-    scaled = torch.ldexp(y, -top)
+    scaled = ldexp(y, -top)
     diff = scaled - scaled[:, :1]
     _, top2 = torch.frexp(diff.detach().abs().amax(dim=1, keepdim=True))
-    mantissa, exponent = torch.frexp(torch.ldexp(diff, -top2).std(dim=1, keepdim=True))
-    return mantissa, exponent + top + top2
+    spread = ldexp(diff, -top2).std(dim=1, keepdim=True)
+    exponent = torch.frexp(spread.detach()).exponent
+    # the mantissa by an exact power-of-two scaling rather than frexp's, which carries no derivative (the audit's
+    # rounding bound differentiates the rule)
+    return ldexp(spread, -exponent), exponent + top + top2
 
 
 @register

@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from toy_models._pow2 import ldexp
+
 from . import register
 from ._base import Rule, StepContext
 from ._math import combine_homogeneous, guidance_scale_from, predictions, row_dot
@@ -55,7 +57,7 @@ def projection_coefficients(uncond: Tensor, cond: Tensor) -> tuple[Tensor, Tenso
     u, c = uncond.to(F64), cond.to(F64)
     top = torch.maximum(u.detach().abs(), c.detach().abs()).reshape(u.shape[0], -1).amax(dim=1)
     shift = torch.frexp(top).exponent.reshape(-1, *([1] * (u.ndim - 1)))
-    u, c = torch.ldexp(u, -shift), torch.ldexp(c, -shift)
+    u, c = ldexp(u, -shift), ldexp(c, -shift)
     p, q, r = row_dot(c, c), row_dot(c, u), row_dot(u, u)
     delta = p - r
     h = torch.hypot(2.0 * q, delta)
