@@ -28,8 +28,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from toy_models.strategies import (cfg_strengths, guidance_scales, log_uniform, mixtures, noise_levels, points,
-                                   simplex_weights, spd_matrices, times)
+from toy_models.strategies import (
+    cfg_strengths,
+    guidance_scales,
+    log_uniform,
+    mixtures,
+    noise_levels,
+    points,
+    simplex_weights,
+    spd_matrices,
+    times,
+)
 
 __all__ = ["assert_rule_conforms", "assert_guider_conforms", "assert_scheduler_law", "cfg_strengths",
            "guidance_scales", "log_uniform", "mixtures", "noise_levels", "points", "simplex_weights",

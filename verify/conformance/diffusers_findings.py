@@ -6,8 +6,8 @@ its documented parameters, against the paper's rule (:func:`~verify.conformance.
 
 * **verdict**: ``conforms`` (every check of :func:`~verify.conformance.audit_rule` passes), ``deviates`` (a value,
   shape, dtype, batch, state or degenerate check fails), ``raises`` (the guider raises on inputs the rule takes);
-* **diagnosis**: the audit's (:mod:`verify.conformance.variants`), plus the matches of this module's own
-  candidates (:data:`EXTRA_CANDIDATES`: a documented diffusers form the registered variants do not cover);
+* **diagnosis**: the audit's (:mod:`verify.conformance.variants`: among them the documented diffusers forms each
+  rule's class lists in its ``variants()``);
 * **size**: the worst ratio of the error to the float64 rounding bound over the audit's checks; the largest
   per-sample relative deviation :math:`\max_n \lVert \tilde y_n - y_n\rVert / \lVert y_n\rVert` of the guided
   prediction from the rule's on the value grid at guidance scales 3.3 and 7.5; and the worst ratio to the
@@ -23,7 +23,7 @@ diffusers_guider.batch_routing`): the identifiers alone do not say that ``AutoGu
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +35,7 @@ from .implementations import Call, Implementation
 from .reference import Reference, rounding_bound
 from .rule_audit import _as_reference_input, compare
 
-__all__ = ["Finding", "SETTINGS", "EXTRA_CANDIDATES", "guider_findings", "findings_table", "main"]
+__all__ = ["Finding", "SETTINGS", "guider_findings", "findings_table", "main"]
 
 Tensor = torch.Tensor
 F64, F32 = torch.float64, torch.float32
@@ -83,69 +83,6 @@ class Finding:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Extra candidates: diffusers' documented forms that the registered variants do not cover
-# ----------------------------------------------------------------------------------------------------------------
-def _row_norm(y: Tensor, dims: list[int]) -> Tensor:
-    return torch.linalg.vector_norm(y, dim=dims, keepdim=True)  # its derivative at a zero row is 0, not NaN
-
-
-class _APGDiffusersForm(Implementation):
-    r"""diffusers' APG (``normalized_guidance``): :math:`D_\varnothing + g\,(\Delta_\perp + \eta\Delta_\parallel)`
-    with the running :math:`\Delta_k = \Delta + \beta\Delta_{k-1}` (one update per evaluation, reset per run), the
-    cap :math:`\Delta\min(1, r/\lVert\Delta\rVert)` and the projection on :math:`D_c`, norms over ``norm_dim``
-    (``None``: every axis of a sample). Written from the formula, float64 when fed float64."""
-
-    def __init__(self, eta: float, threshold: float | None, momentum: float, norm_dim: int | None, label: str):
-        self.eta, self.threshold, self.momentum, self.norm_dim, self.name = eta, threshold, momentum, norm_dim, label
-        self.previous: Tensor | None = None
-
-    def start_run(self, n_steps: int) -> None:
-        self.previous = None
-
-    def __call__(self, call: Call) -> Any:
-        u, c = call.preds["uncond"], call.preds["cond"]
-        g = float(call.params["guidance_scale"])
-        if g == 1.0:  # the guider switches itself off at guidance_scale 1 (and keeps its buffer as it was)
-            return c
-        dims = list(range(1, c.ndim)) if self.norm_dim is None else [self.norm_dim]
-        diff = c - u
-        if self.momentum != 0.0:
-            if self.previous is not None:
-                diff = diff + self.momentum * self.previous
-            self.previous = diff
-        if self.threshold is not None:
-            norm = _row_norm(diff, dims)  # the cap as a choice of branch: no r / 0 (and no NaN derivative) at diff = 0
-            capped = norm > self.threshold
-            diff = torch.where(capped, self.threshold * diff / torch.where(capped, norm, torch.ones_like(norm)), diff)
-        norm_c = _row_norm(c, dims)
-        unit = c / torch.where(norm_c > 0, norm_c, torch.ones_like(norm_c))
-        parallel = (diff * unit).sum(dim=dims, keepdim=True) * unit
-        return u + g * ((diff - parallel) + self.eta * parallel)
-
-
-def _apg_candidates(params: Mapping[str, Any]) -> list[Implementation]:
-    eta = float(params.get("eta", 1.0))
-    threshold = float(params.get("adaptive_projected_guidance_rescale", 15.0) or 0.0) or None
-    momentum = params.get("adaptive_projected_guidance_momentum")
-    norm_dim = params.get("adaptive_projected_guidance_norm_dim")
-    if params.get("use_original_formulation"):
-        return []
-    label = "diffusers' APG form D_uncond + g * update"
-    if momentum is not None:
-        label += f" with its momentum buffer ({momentum})"
-    if norm_dim is not None:
-        label += f", norms over dim {norm_dim} only"
-    return [_APGDiffusersForm(eta, threshold, 0.0 if momentum is None else float(momentum),
-                              None if norm_dim is None else int(norm_dim), label)]
-
-
-#: guider name -> ``candidates(constructor params) -> [Implementation]`` checked against the guider's outputs
-EXTRA_CANDIDATES: dict[str, Callable[[Mapping[str, Any]], list[Implementation]]] = {
-    "AdaptiveProjectedGuidance": _apg_candidates,
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # Sizes
 # ----------------------------------------------------------------------------------------------------------------
 def _runs(reference: Reference, seed: int, strengths: tuple[float, ...]) -> list[list[Call]]:
@@ -181,16 +118,14 @@ def _outputs(impl: Implementation, calls: list[Call]) -> list[Any] | None:
         return None
 
 
-def _sizes(adapter: DiffusersGuider, reference: Reference, candidates: list[Implementation], seed: int,
-           strengths: tuple[float, ...]) -> tuple[float, float, list[str]]:
-    """(largest per-sample relative deviation, worst ratio to the float32 rounding bound, candidates matched within
-    their own float64 rounding bound on every run)."""
+def _sizes(adapter: DiffusersGuider, reference: Reference, seed: int, strengths: tuple[float, ...]
+           ) -> tuple[float, float]:
+    """(largest per-sample relative deviation, worst ratio to the float32 rounding bound)."""
     rel, ratio32 = 0.0, 0.0
-    matched = {c.name: True for c in candidates}
     for calls in _runs(reference, seed, strengths):
         outs = _outputs(adapter, calls)
         if outs is None:
-            return math.inf, math.inf, []
+            return math.inf, math.inf
         ref_calls = [_as_reference_input(c) for c in calls]
         refs = _outputs(reference.implementation(), ref_calls)
         bounds32 = rounding_bound(reference.implementation(), ref_calls, F32, float(calls[0].params["guidance_scale"]))
@@ -199,36 +134,7 @@ def _sizes(adapter: DiffusersGuider, reference: Reference, candidates: list[Impl
             err = (o - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(torch.finfo(F64).tiny)
             rel = max(rel, float(err.max()))
             ratio32 = max(ratio32, compare(o, ref, b32)[1])
-        for cand in candidates:
-            if not matched[cand.name]:
-                continue
-            cand_outs = _outputs(cand, calls)
-            if cand_outs is None:
-                matched[cand.name] = False
-                continue
-            own = rounding_bound(_Shaped(cand, calls[0].x.shape), ref_calls, F64,
-                                 float(calls[0].params["guidance_scale"]))
-            for out, co, b in zip(outs, cand_outs, own, strict=True):
-                if not compare(out.detach().to(F64).reshape(b.shape), co.detach().to(F64).reshape(b.shape), b)[0]:
-                    matched[cand.name] = False
-    return rel, ratio32, [name for name, ok in matched.items() if ok]
-
-
-class _Shaped(Implementation):
-    """``inner`` fed ``[N, D]`` reference calls reshaped to ``shape`` (for a candidate's own rounding bound)."""
-
-    def __init__(self, inner: Implementation, shape: torch.Size):
-        self.inner, self.shape = inner, tuple(shape[1:])
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
-
-    def __call__(self, call: Call) -> Any:
-        n = call.x.shape[0]
-        preds = {b: p.reshape(n, *self.shape) for b, p in call.preds.items()}
-        out = self.inner(Call(preds, call.space, call.x.reshape(n, *self.shape), call.t, call.alpha, call.sigma,
-                              call.schedule, call.step, call.n_steps, call.params))
-        return out.reshape(n, -1)
+    return rel, ratio32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -264,8 +170,8 @@ def guider_findings(progress: bool = False, *, settings: tuple[tuple[str, dict[s
                     diagnose: bool = True) -> list[Finding]:
     """Audit every setting of ``settings`` (default :data:`SETTINGS`) and measure its deviation (see the module
     docstring). ``strengths`` as :func:`~verify.conformance.audit_rule`; the size columns use
-    :data:`SIZE_STRENGTHS` (those of ``strengths`` when it is a sequence); ``sizes=False`` skips them (NaN) and the
-    extra candidates and ``diagnose=False`` the audit's diagnosis, for a quick verdict."""
+    :data:`SIZE_STRENGTHS` (those of ``strengths`` when it is a sequence); ``sizes=False`` skips them (NaN) and
+    ``diagnose=False`` the audit's diagnosis, for a quick verdict."""
     sizes_at = SIZE_STRENGTHS if strengths in ("grid", None) else tuple(float(s) for s in strengths)
     findings = []
     for name, params in settings:
@@ -275,12 +181,9 @@ def guider_findings(progress: bool = False, *, settings: tuple[tuple[str, dict[s
         match = counterpart(guider)
         audit = audit_guider(guider, strengths=strengths, seed=seed, diagnose=diagnose)
         reference = Reference(match.rule, match.params, True, match.guided_steps)
-        candidates = EXTRA_CANDIDATES.get(name, lambda p: [])(params)
-        rel, ratio32, explained = (_sizes(DiffusersGuider(guider), reference, candidates, seed, sizes_at) if sizes
-                                   else (math.nan, math.nan, []))
+        rel, ratio32 = (_sizes(DiffusersGuider(guider), reference, seed, sizes_at) if sizes
+                        else (math.nan, math.nan))
         diagnosis = "" if audit.diagnosis is None else audit.diagnosis.summary
-        if explained and audit.failures and not (audit.diagnosis and audit.diagnosis.matches):
-            diagnosis = (diagnosis + "; " if diagnosis else "") + "matches " + " or ".join(explained)
         worst = max([r for r in audit.worst_ratio.values()] or [0.0])
         if any(c.name == "never raises" for c in audit.failures):
             raised = next(c for c in audit.failures if c.name == "never raises")

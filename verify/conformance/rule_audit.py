@@ -332,7 +332,7 @@ class _Audit:
         """Compare a run's outcomes with the reference's (rounding bound in ``expect_dtype``), add one check."""
         ref_calls = [_as_reference_input(c) for c in calls]
         refs = _reference_outputs(self.reference, ref_calls)
-        key = (self.reference.rule, repr(sorted(self.reference.params.items())), id(self.reference.guided_steps),
+        key = (self.reference.rule, repr(sorted(self.reference.params.items())), self.reference.guided_steps,
                self.seed, kind, name, expect_dtype)
         bounds = _BOUNDS.get(key)
         if bounds is None:
@@ -613,7 +613,8 @@ def _strengths(rule: str, params: Mapping[str, Any], strengths) -> tuple[float |
 
 def audit_rule(impl: Any, rule: str = "cfg", *, params: Mapping[str, Any] | None = None,
                strengths: Any = "grid", guided_steps: Callable[[int, int], bool] | None = None, seed: int = 0,
-               diagnose: bool = True, progress: bool | Callable[[str], None] = False) -> RuleAudit:
+               diagnose: bool = True, progress: bool | Callable[[str], None] = False,
+               extra_variants: tuple[Implementation, ...] = ()) -> RuleAudit:
     """Audit ``impl`` against the registered rule ``rule`` with ``params`` (see the module docstring).
 
     ``impl``: a function (combiner or dict-of-branches), a registered rule, a diffusers guider, or an
@@ -621,6 +622,7 @@ def audit_rule(impl: Any, rule: str = "cfg", *, params: Mapping[str, Any] | None
     guidance scales of :data:`verify.conformance.grid.STRENGTHS` unless ``params`` pins ``guidance_scale`` or
     ``w``), ``None`` (only ``params``), or a sequence of guidance scales. ``guided_steps(step, n_steps)``: the steps
     on which the reference guides (the conditional branch elsewhere; diffusers' ``start``/``stop``).
+    ``extra_variants``: more candidates for the diagnosis (an adapter's knowledge of its library's own forms).
     """
     if not isinstance(rule, str):
         raise TypeError(f"rule: expected a registered rule name, got {type(rule).__name__}")
@@ -664,7 +666,7 @@ def audit_rule(impl: Any, rule: str = "cfg", *, params: Mapping[str, Any] | None
     if failing and diagnose:
         from .variants import diagnose as run_diagnosis
 
-        diagnosis = run_diagnosis(audit, failing)
+        diagnosis = run_diagnosis(audit, failing, tuple(extra_variants))
     shown = reference.call_params(audit.probe_strength if chosen != (None,) else None)
     if chosen != (None,):
         shown["guidance_scale"] = "grid " + ", ".join(f"{s:g}" for s in chosen)

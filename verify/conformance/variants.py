@@ -188,6 +188,10 @@ class _Formula(Implementation):
 
     def __init__(self, reference: Reference, key: str, label: str):
         self.reference, self.key, self.name = reference, key, label
+        self.state = GuidanceState()
+
+    def start_run(self, n_steps: int) -> None:
+        self.state = GuidanceState()
 
     def __call__(self, call: Call) -> Any:
         strength = call.params.get("guidance_scale") if self.reference.vary_strength else None
@@ -195,8 +199,10 @@ class _Formula(Implementation):
         shape = call.x.shape
         flat = {b: p.reshape(p.shape[0], -1) for b, p in call.preds.items()}
         x = call.x.reshape(shape[0], -1)
-        state = GuidanceState(step=call.step) if rule.stateful else None
-        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {}, state)
+        self.state.step = call.step
+        if hasattr(rule, "memory_key"):  # one variant, one memory, whatever the strength of the call
+            rule.memory_key = f"variant-{id(self)}"
+        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {}, self.state)
         return rule.variants()[self.key](flat, ctx).reshape(shape)
 
 
@@ -300,7 +306,7 @@ def _bounds_for(variant: Implementation, record) -> list[Any] | None:
         return None
 
 
-def diagnose(audit, failing) -> Any:
+def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
     """The :class:`~verify.conformance.rule_audit.Diagnosis` of a failed audit (``audit`` is the internal run)."""
     from .rule_audit import Diagnosis
 
@@ -314,7 +320,7 @@ def diagnose(audit, failing) -> Any:
     scores = []
     matches = []
     partial = []  # variants that explain every failure but the degenerate rows
-    for variant in variants(audit.reference):
+    for variant in [*variants(audit.reference), *extra]:
         matched, compared = 0, 0
         screened = True
         for record in records:

@@ -165,38 +165,51 @@ class APG(Rule):
 
     def variants(self) -> dict:
         """diffusers' ``normalized_guidance`` (``adaptive_projected_guidance.py``): :math:`D_\\varnothing + g\\,
-        (\\ldots)` by default, :math:`D_c + g\\,(\\ldots)` with ``use_original_formulation=True``; the update
-        itself as here (momentum, cap, projection)."""
-        def with_base(base: str, scale: float):
+        (\\ldots)` by default, :math:`D_c + g\\,(\\ldots)` with ``use_original_formulation=True``, the update
+        itself as here (momentum, cap, projection); each also as the guider runs it, switched off (the conditional
+        prediction returned) at guidance_scale 1."""
+        g = self.guidance_scale
+
+        def diffusers(base: str, guider: bool):
             def formula(preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
-                diff = preds["cond"] - preds["uncond"]
-                update = apg_update(diff, preds["cond"], eta=self.eta, norm_threshold=self.norm_threshold)
-                return preds[base] + scale * update
+                if guider and g == 1.0:
+                    return preds["cond"].clone()
+                diff = self._running(preds["cond"] - preds["uncond"], ctx, f"variant-{base}-{guider}")
+                return preds[base] + g * apg_update(diff, preds["cond"], eta=self.eta,
+                                                    norm_threshold=self.norm_threshold)
             return formula
 
-        if self.momentum != 0.0:  # the variants carry no momentum buffer
-            return {}
-        g = self.guidance_scale
-        return {"diffusers' form D_uncond + g * update": with_base("uncond", g),
-                "diffusers' use_original_formulation D_cond + g * update": with_base("cond", g)}
+        out = {}
+        for base, text in (("uncond", "form D_uncond + g * update"),
+                           ("cond", "use_original_formulation D_cond + g * update")):
+            out[f"diffusers' {text}"] = diffusers(base, False)
+            out[f"diffusers' guider ({text}, off at guidance_scale 1)"] = diffusers(base, True)
+        return out
+
+    def _running(self, diff: Tensor, ctx: StepContext, tag: str = "") -> Tensor:
+        """:math:`\\Delta_k = \\Delta + \\beta\\Delta_{k-1}` from the run's state (``diff`` itself without
+        momentum); ``tag`` keeps separate buffers for separate formulas evaluated in one run."""
+        if self.momentum == 0.0:
+            return diff
+        state = ctx.state
+        if not isinstance(state, GuidanceState):
+            raise ValueError("state: APG with momentum keeps a running average across the evaluations of a run; "
+                             "evaluate it through a GuidedDenoiser with state=guided.new_state()")
+        key = f"{self.memory_key}{tag}"
+        previous = state.memory.get(key)
+        if previous is not None:
+            if previous.shape != diff.shape:
+                raise ValueError(f"state: the momentum buffer has shape {list(previous.shape)}, this evaluation "
+                                 f"{list(diff.shape)}; use one state per run")
+            diff = diff + self.momentum * previous
+        state.memory[key] = diff
+        return diff
 
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         uncond, cond = predictions({"preds['uncond']": preds["uncond"], "preds['cond']": preds["cond"]})
         if self.is_cfg:
             return cfg(uncond, cond, guidance_scale=self.guidance_scale)
-        diff = cond - uncond
-        if self.momentum != 0.0:
-            state = ctx.state
-            if not isinstance(state, GuidanceState):
-                raise ValueError("state: APG with momentum keeps a running average across the evaluations of a run; "
-                                 "evaluate it through a GuidedDenoiser with state=guided.new_state()")
-            previous = state.memory.get(self.memory_key)
-            if previous is not None:
-                if previous.shape != diff.shape:
-                    raise ValueError(f"state: the momentum buffer has shape {list(previous.shape)}, this evaluation "
-                                     f"{list(diff.shape)}; use one state per run")
-                diff = diff + self.momentum * previous
-            state.memory[self.memory_key] = diff
+        diff = self._running(cond - uncond, ctx)
         update = apg_update(diff, cond, eta=self.eta, norm_threshold=self.norm_threshold)
         out = cond + (self.guidance_scale - 1.0) * update
         if not bool(torch.isfinite(out.detach()).all()):

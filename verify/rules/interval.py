@@ -83,7 +83,7 @@ class GuidanceInterval(Rule):
     def combine(self, preds: dict[str, Tensor], ctx: StepContext) -> Tensor:
         if self.inside(ctx.noise_to_signal):
             return self.rule.combine(preds, ctx)
-        return preds["cond"]
+        return preds["cond"].clone()  # a new tensor, as inside the interval (callers may update it in place)
 
     def renoise(self, ctx: StepContext) -> str | None:
         return self.rule.renoise(ctx) if self.inside(ctx.noise_to_signal) else None
