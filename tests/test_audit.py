@@ -5,10 +5,7 @@ The combiners live in ``tests/audit_mutants.py``; each mutant is listed with the
 
 from __future__ import annotations
 
-import inspect
-import io
 import re
-import subprocess
 import sys
 import textwrap
 import threading
@@ -21,13 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from verify.audit import (
-    EXIT_TIMEOUT,
     GUIDANCE_SCALES,
     AuditResult,
     AuditTimeout,
     SpecError,
     audit_cfg,
-    audit_command,
     cfg_tolerance,
     load_combiner,
 )
@@ -272,44 +267,6 @@ def test_tolerance_formula():
     assert torch.allclose(tol, expected, rtol=1e-14, atol=0)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Loading and the command
-# ----------------------------------------------------------------------------------------------------------------
-def test_audit_command_signature():
-    params = inspect.signature(audit_command).parameters
-    assert list(params) == ["spec", "stream", "timeout", "show_progress", "hard_exit", "started"]
-    assert params["spec"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
-    assert all(params[p].kind is inspect.Parameter.KEYWORD_ONLY for p in list(params)[1:])
-    assert params["timeout"].default == 300.0
-
-
-def test_audit_command_good_combiner(capsys):
-    assert audit_command("audit_mutants:x0_space") == 0
-    out = capsys.readouterr().out.splitlines()
-    assert all(line.startswith("PASS  ") for line in out[:-2])
-    assert len(out) == len(CONTRACT_NAMES) + N_VALUE_CHECKS + 4 + 2
-    assert out[-2] == f"{len(out) - 2} passed, 0 failed"
-    assert out[-1].startswith("audit passed: audit_mutants:x0_space")
-
-
-def test_audit_command_bad_combiner(capsys):
-    assert audit_command("audit_mutants:clamps_large_g") == 1
-    out = capsys.readouterr().out.splitlines()
-    fails = [line for line in out if line.startswith("FAIL  ")]
-    assert len(fails) == 40 and all(" g=7.5 " in line and "err/tol" in line for line in fails)
-    assert out[-2].endswith("passed, 40 failed")
-    assert out[-1].startswith("audit failed: audit_mutants:clamps_large_g")
-
-
-def test_audit_command_explicit_stream_and_unloadable_spec(capsys):
-    buffer = io.StringIO()
-    assert audit_command("audit_mutants:lerp_eps", stream=buffer) == 0
-    assert buffer.getvalue().rstrip().splitlines()[-1].startswith("audit passed")
-    with pytest.raises(SpecError, match=r"^spec: 'no_such_module_xyz:f': no module named"):
-        audit_command("no_such_module_xyz:f", stream=buffer)
-    assert capsys.readouterr().out == ""
-
-
 @pytest.mark.parametrize("spec", ["no_colon", "a:b:c", ":f", "audit_mutants:", "", "  :  "])
 def test_load_combiner_rejects_malformed_spec(spec):
     with pytest.raises(ValueError, match="spec"):
@@ -454,48 +411,3 @@ def test_progress_reports_every_check():
     assert calls[-1] == (total, total, "finished")
     assert [c[0] for c in calls[:-1]] == sorted(c[0] for c in calls[:-1]) and calls[0][0] == 0
     assert len(calls) == 2 * N_VALUE_CHECKS + 4 + 1  # two calls per value check, one per layout check, the end
-
-
-def test_audit_command_times_out_with_one_line_and_exit_3(tmp_path, monkeypatch, capsys):
-    (tmp_path / "sleepy_combiner_mod.py").write_text(textwrap.dedent("""
-        import time
-        def combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma):
-            time.sleep(600)
-    """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert audit_command("sleepy_combiner_mod:combine", timeout=1.0) == EXIT_TIMEOUT == 3
-    finally:
-        sys.modules.pop("sleepy_combiner_mod", None)
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    (line,) = captured.err.splitlines()
-    assert line.startswith(f"cfgtruth audit: timed out after 1 s during check {FIRST_CHECK!r} (first of")
-    assert line.endswith("0 of 244 checks had finished")
-
-
-def test_audit_command_times_out_in_a_slow_import(tmp_path, monkeypatch, capsys):
-    (tmp_path / "slow_import_mod.py").write_text("import time\ntime.sleep(600)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    try:
-        assert audit_command("slow_import_mod:f", timeout=1.0) == EXIT_TIMEOUT
-    finally:
-        sys.modules.pop("slow_import_mod", None)
-    assert "during the import of 'slow_import_mod:f'" in capsys.readouterr().err
-
-
-def test_cli_audit_timeout_in_a_fresh_process(tmp_path):
-    """``cfgtruth audit --timeout 8`` on a combiner that sleeps: the whole command, interpreter start-up and torch's
-    import included, ends within the limit plus the slack, exit 3, one line on stderr naming the first check. The
-    limit counts from the process's start: 8 s leaves room for start-up (2-3 s of torch import on a loaded 2-core
-    machine) and for building the audit's inputs (about 1 s) before the first check begins, so the check it names
-    is the first one."""
-    (tmp_path / "sleepy_cli_mod.py").write_text("import time\ndef combine(*a, **k):\n    time.sleep(600)\n")
-    start = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "verify.cli", "audit", "sleepy_cli_mod:combine", "--timeout", "8"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    elapsed = time.monotonic() - start
-    assert run.returncode == 3, run.stderr
-    (line,) = run.stderr.splitlines()
-    assert line.startswith(f"cfgtruth audit: timed out after 8 s during check {FIRST_CHECK!r}")
-    assert run.stdout == "" and elapsed < 8.0 + SLACK_S

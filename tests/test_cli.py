@@ -218,7 +218,7 @@ def test_help_documents_the_exit_statuses(capsys):
     assert run_main(["audit", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "--timeout SECONDS" in out and "(default: 300; 0: no limit)" in out
-    assert "3 the time ran out" in out and "2 the spec cannot be loaded" in out
+    assert "3 the time ran out" in out and "2 usage error (the target cannot be loaded" in out
     assert run_main(["--help"]) == 0
     assert "2 usage error, 3 audit timed out, 130 interrupted" in " ".join(capsys.readouterr().out.split())
 
@@ -231,12 +231,6 @@ def test_entry_point_one_line_error_in_a_fresh_process(tmp_path):
         "cfgtruth train: --world: unknown world 'nosuch'; choose one of ['attributes2d', 'bimodal1d', 'gauss1d', "
         "'highdim', 'ring2d', 'tokens16d']"]
 
-
-def test_audit_exit_statuses(capsys):
-    assert run_main(["audit", "audit_mutants:lerp_eps", "--no-progress"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1].startswith("audit passed: audit_mutants:lerp_eps")
-    assert run_main(["audit", "audit_mutants:sign_error", "--timeout", "0"]) == 1  # 0: no limit
-    assert capsys.readouterr().out.splitlines()[-1].startswith("audit failed: audit_mutants:sign_error")
 
 
 # --------------------------------------------------------------------------------------------------------------

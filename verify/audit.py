@@ -72,15 +72,13 @@ most 0.09 of the bound there (measured on the eps, score, x0, Tweedie-x0 and v r
 
 Running it
 ----------
-From the shell: ``cfgtruth audit mypackage.guidance:my_cfg [--timeout SECONDS]`` (``MODULE:FUNCTION``; the module
-is imported from ``sys.path``, then from the current directory) prints one line per check and exits
-
-* 0 when every check passes, 1 when any fails (findings);
-* 2 when the spec cannot be loaded (no such module or attribute, not callable): one line on stderr;
-* 3 when the time runs out (:data:`EXIT_TIMEOUT`; default :data:`DEFAULT_TIMEOUT_S` = 300 s, the import of the
-  module included; ``--timeout 0`` waits for ever). One line on stderr names the check that was running, with its
-  parameters, and how many checks had finished. 3 rather than 1 because a timeout is not a finding about the
-  combiner's values, and rather than 2 because the spec was fine.
+This is the CFG-only audit of the public contract (``audit_cfg``), kept for its callers. The command line,
+``cfgtruth audit MODULE:FUNCTION``, runs the general rule audit (:func:`verify.conformance.audit_rule`, CFG by
+default), which covers everything here and adds image shapes, float32, batch independence, state, the space report
+and a diagnosis; its time limit is this module's watchdog (:func:`call_with_deadline`), and its spec loader is
+:func:`load_combiner`. The time limit raises :class:`AuditTimeout` (default :data:`DEFAULT_TIMEOUT_S` = 300 s on
+the command line, exit status :data:`EXIT_TIMEOUT` = 3 there: not a finding about the combiner's values, and not a
+usage error).
 
 A correct combiner finishes the whole audit in about a second, so the default leaves room for combiners that are
 thousands of times slower while still ending an audit whose combiner sleeps or loops for ever. From Python:
@@ -116,7 +114,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, NamedTuple, TextIO
+from typing import Any, NamedTuple
 
 import torch
 
@@ -129,9 +127,10 @@ __all__ = [
     "AuditResult",
     "AuditTimeout",
     "SpecError",
+    "call_with_deadline",
+    "check_timeout",
     "Check",
     "audit_cfg",
-    "audit_command",
     "cfg_tolerance",
     "load_combiner",
     "DEFAULT_TIMEOUT_S",
@@ -249,7 +248,7 @@ class AuditTimeout(BaseException):
                 "had finished")
 
 
-def _check_timeout(timeout: float | None) -> float | None:
+def check_timeout(timeout: float | None) -> float | None:
     """``None`` (no limit) or a positive finite number of seconds."""
     if timeout is None:
         return None
@@ -260,7 +259,7 @@ def _check_timeout(timeout: float | None) -> float | None:
     return float(timeout)
 
 
-def _call_with_deadline(fn: Callable[[], Any], timeout: float | None, activity: Activity,
+def call_with_deadline(fn: Callable[[], Any], timeout: float | None, activity: Activity,
                         hard_exit: bool = False, started: float | None = None) -> Any:
     """``fn()``, stopped with :class:`AuditTimeout` ``timeout`` seconds after ``started`` (a ``time.monotonic()``
     reading; default: now). See the module docstring."""
@@ -563,9 +562,9 @@ def audit_cfg(combine: Combiner, *, seed: int = 0, timeout: float | None = None,
     """
     if not callable(combine):
         raise TypeError(f"combine: expected a callable, got {type(combine).__name__}")
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     activity = Activity(total=_n_checks_timed())
-    return _call_with_deadline(lambda: _run_checks(combine, int(seed), activity, progress), timeout, activity)
+    return call_with_deadline(lambda: _run_checks(combine, int(seed), activity, progress), timeout, activity)
 
 
 def _n_checks_timed() -> int:
@@ -724,52 +723,3 @@ def _is_missing(exc: ModuleNotFoundError, module_name: str) -> bool:
     """Whether the error is about ``module_name`` (or a parent package) itself, not one of its imports."""
     missing = exc.name or ""
     return module_name == missing or module_name.startswith(missing + ".")
-
-
-def audit_command(spec: str, *, stream: TextIO | None = None, timeout: float | None = DEFAULT_TIMEOUT_S,
-                  show_progress: bool | None = False, hard_exit: bool = False, started: float | None = None) -> int:
-    """``cfgtruth audit MODULE:FUNCTION``: load, audit, print one line per check and a summary.
-
-    Returns 0 if every check passed, 1 if any failed, :data:`EXIT_TIMEOUT` (3) if ``timeout`` seconds (``None``: no
-    limit; the import of the module counts) ran out, after printing one line to stderr that names the check that
-    was running. Raises :class:`SpecError` (a ``ValueError`` starting with ``spec:``) if the spec cannot be
-    loaded. ``stream`` defaults to ``sys.stdout`` looked up at call time (so redirections made after import
-    apply); ``show_progress`` draws a progress bar on stderr (``None``: only when stderr is a terminal);
-    ``hard_exit`` ends the process when a combiner stuck in a C call ignores the timeout (command line only);
-    ``started`` is the ``time.monotonic()`` reading the timeout counts from (the command line passes the moment it
-    started, so that ``--timeout 5`` is 5 s of the command's wall time, interpreter start-up included).
-    """
-    out = sys.stdout if stream is None else stream
-    timeout = _check_timeout(timeout)
-    activity = Activity(what=f"the import of {spec!r}", total=_n_checks_timed())
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=activity.total, desc="audit", unit="check", file=sys.stderr, leave=False, mininterval=0.5,
-               disable=None if show_progress is None else not show_progress)
-
-    def progress(done: int, total: int, what: str) -> None:
-        bar.update(done - bar.n)
-
-    def run() -> AuditResult:
-        combine = load_combiner(spec)
-        return _run_checks(combine, 0, activity, progress)
-
-    start = time.perf_counter()
-    try:
-        result = _call_with_deadline(run, timeout, activity, hard_exit=hard_exit, started=started)
-    except AuditTimeout as exc:
-        bar.close()
-        print(f"cfgtruth audit: {exc}", file=sys.stderr)
-        return EXIT_TIMEOUT
-    bar.close()
-    for check in result.checks:
-        print(f"{'PASS' if check.passed else 'FAIL'}  {check.name}  -- {check.detail}", file=out)
-    print(result.summary(), file=out)
-    elapsed = time.perf_counter() - start
-    if result.passed:
-        print(f"audit passed: {spec} matches the analytic CFG reference on all {len(result.checks)} checks "
-              f"({elapsed:.1f} s)", file=out)
-        return 0
-    print(f"audit failed: {spec} failed {len(result.failures)} of {len(result.checks)} checks ({elapsed:.1f} s)",
-          file=out)
-    return 1

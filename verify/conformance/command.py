@@ -31,8 +31,8 @@ from verify.audit import (
     EXIT_TIMEOUT,
     Activity,
     AuditTimeout,
-    _call_with_deadline,
-    _check_timeout,
+    call_with_deadline,
+    check_timeout,
     load_combiner,
 )
 
@@ -61,8 +61,9 @@ def parse_params(items: Sequence[str] | None, option: str = "--param") -> dict[s
 class Prepared:
     """What the command will run, resolved (and so validated) before the time limit's work starts."""
 
-    def __init__(self, label: str, run: Callable[[Callable[[str], None]], Any]):
+    def __init__(self, label: str, run: Callable[[Callable[[str], None]], Any], first: str | None = None):
         self.label, self.run = label, run
+        self.first = first or f"the start of the audit of {label}"
 
 
 def prepare(*, target: str | None, guider: str | None, scheduler: str | None, rule: str | None,
@@ -111,7 +112,7 @@ def prepare(*, target: str | None, guider: str | None, scheduler: str | None, ru
         impl = load_combiner(target)
         return audit_rule(impl, chosen_rule, params=params, progress=progress)
 
-    return Prepared(target, run)
+    return Prepared(target, run, first=f"the import of {target!r}")
 
 
 def audit_target_command(prepared: Prepared, *, stream: TextIO | None = None,
@@ -120,8 +121,8 @@ def audit_target_command(prepared: Prepared, *, stream: TextIO | None = None,
                          all_checks: bool = False) -> int:
     """Run a prepared audit under the time limit, print its report, write ``json_path``; the exit status."""
     out = sys.stdout if stream is None else stream
-    timeout = _check_timeout(timeout)
-    activity = Activity(what=f"the start of the audit of {prepared.label}", total=_STEPS_ESTIMATE)
+    timeout = check_timeout(timeout)
+    activity = Activity(what=prepared.first, total=_STEPS_ESTIMATE)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=activity.total, desc="audit", unit="step", file=sys.stderr, leave=False, mininterval=0.5,
@@ -133,7 +134,7 @@ def audit_target_command(prepared: Prepared, *, stream: TextIO | None = None,
 
     begin = time.perf_counter()
     try:
-        result = _call_with_deadline(lambda: prepared.run(progress), timeout, activity, hard_exit=hard_exit,
+        result = call_with_deadline(lambda: prepared.run(progress), timeout, activity, hard_exit=hard_exit,
                                      started=started)
     except AuditTimeout as exc:
         bar.close()
@@ -166,6 +167,10 @@ def _build_guider(name: str, params: Mapping[str, Any]) -> Any:
         import diffusers.guiders as guiders
     except ImportError as err:
         raise ValueError("--diffusers-guider: diffusers is not installed (pip install cfgtruth[diffusers])") from err
+    from .diffusers_guider import REFUSED
+
+    if name in REFUSED:
+        raise ValueError(f"--diffusers-guider: {name} has no analytic counterpart: {REFUSED[name]}")
     cls = getattr(guiders, name, None)
     if not isinstance(cls, type):
         known = sorted(n for n in dir(guiders) if n.endswith("Guidance") and n != "BaseGuidance")
