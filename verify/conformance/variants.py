@@ -307,36 +307,45 @@ def _bounds_for(variant: Implementation, record) -> list[Any] | None:
 
 
 def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
-    """The :class:`~verify.conformance.rule_audit.Diagnosis` of a failed audit (``audit`` is the internal run)."""
+    """The :class:`~verify.conformance.rule_audit.Diagnosis` of a failed audit (``audit`` is the internal run).
+
+    A variant **matches** when it reproduces every judged run (value, shape, dtype, state and degenerate checks); it
+    matches **but for the degenerate rows** when it reproduces every other run. Otherwise the closest variants are
+    ranked by the failing checks they explain (a variant that only agrees where the implementation already agrees
+    with the reference, such as a float32 computation judged with float32's looser bound, explains nothing)."""
     from .rule_audit import Diagnosis
 
     failing_names = {c.name for c in failing}
     records = [r for r in audit.records if r.kind != "batch"]
     failed_records = [r for r in records if r.name in failing_names]
-    n_degenerate = sum(r.kind == "degenerate" for r in records)
     if not failed_records:
         kinds = sorted({c.kind for c in failing})
         return Diagnosis((), f"only {', '.join(kinds)} checks fail; no value differs from the reference")
+    if all(r.kind == "degenerate" for r in failed_records):
+        labels = "; ".join(f"{r.name.split(': ', 1)[-1]}" for r in failed_records)
+        details = {c.name: c.detail for c in failing}
+        first = details.get(failed_records[0].name, "")
+        return Diagnosis((), f"agrees with the reference everywhere but on degenerate rows ({labels}): {first}")
     scores = []
     matches = []
-    partial = []  # variants that explain every failure but the degenerate rows
+    partial = []  # variants that explain every run but the degenerate rows'
     for variant in [*variants(audit.reference), *extra]:
-        matched, compared = 0, 0
+        matched, explained = 0, 0
         screened = True
         for record in records:
             outs, ok = _replay(variant, record)
-            compared += 1
             screen = SCREEN * (2.0**29 if getattr(variant, "precision", F64) == F32 else 1.0)  # u32 / u64
             if ok and _matches(variant, record, outs, screen):
                 matched += 1
+                explained += record.name in failing_names
                 continue
             screened = False
-            if record.name in failing_names and matched == 0 and compared > 4:
-                break
-        scores.append((variant.name, matched, len(records)))
+            if record.kind != "degenerate" and record.name in failing_names and explained == 0:
+                break  # it cannot match, nor explain the first failing run it met: not a candidate
+        scores.append((variant.name, explained, len(failed_records)))
         if screened and matched == len(records):
             matches.append(variant.name)
-        elif matched == len(records) - n_degenerate and _explains(variant, records, "degenerate"):
+        elif explained and _explains(variant, records, "degenerate"):
             partial.append(variant.name)
     scores.sort(key=lambda s: -s[1])
     if matches:
@@ -347,7 +356,8 @@ def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
     else:
         best = [s for s in scores if s[1] > 0][:3]
         summary = "no known variant explains every failure" + (
-            "; closest: " + ", ".join(f"{n} ({m} of {t} checks)" for n, m, t in best) if best else "")
+            "; closest: " + ", ".join(f"{n} (explains {m} of {t} failing checks)" for n, m, t in best)
+            if best else "")
     return Diagnosis(tuple(matches), summary, tuple(scores[:5]))
 
 
@@ -355,10 +365,6 @@ def _add(a: Any, b: Any) -> Any:
     if isinstance(a, tuple):
         return tuple(x + y for x, y in zip(a, b, strict=True))
     return a + b
-
-
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
 
 
 def _explains(variant: Implementation, records, skip_kind: str) -> bool:
