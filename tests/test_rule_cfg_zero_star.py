@@ -23,10 +23,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_rule_apg import eps_tolerance, from_space, row_norm, to_space  # parametrization-only conversions
+from rule_space_checks import check_in_every_space, space_cases
+from test_rule_apg import row_norm  # parametrization-only conversions
 
 from toy_models import AnalyticDenoiser, get_world
-from toy_models.strategies import mixtures, points
 from verify import rules
 from verify.rules import GuidedDenoiser
 from verify.rules.cfg import cfg
@@ -55,32 +55,12 @@ def tolerance(c: np.ndarray, g: float) -> np.ndarray:
     return gamma(4 * d + 16, F64) * (abs(g) * np.abs(c) + 2.0 * abs(1.0 - g) * row_norm(c))
 
 
-@st.composite
-def cases(draw):
-    gm = draw(mixtures(dims=st.integers(1, 3), components=st.integers(1, 3), n_classes=2))
-    schedule = draw(st.sampled_from(["rectified-flow", "vp-linear"]))
-    t = draw(st.floats(0.02, 0.95))
-    x = torch.from_numpy(draw(points(gm.dim, n=6, scale=4.0)))
-    space = draw(st.sampled_from(SPACES))
-    g = draw(st.floats(-2.0, 20.0))
-    return gm, schedule, t, x, space, g
-
-
-@given(cases())
+@given(space_cases())
 def test_matches_the_papers_formula_in_every_space(case):
-    gm, schedule, t, x, space, g = case
-    den = AnalyticDenoiser(gm, schedule)
-    rule = rules.get("cfg_zero_star", guidance_scale=g, use_zero_init=False, space=space)
-    guided = rule.guide(den, 0)
-    u, c = (to_space(den.eps(x, t, cond), space, x, t, schedule) for cond in (None, 0))
-    ref = reference(u.numpy(), c.numpy(), g)
-    tol = tolerance(c.numpy(), g)
-    got = rule.combine({"uncond": u, "cond": c}, guided.context(x, t)).numpy()
-    assert np.all(np.abs(got - ref) <= tol), (space, np.max(np.abs(got - ref) / tol))
-    eps_ref = from_space(torch.from_numpy(ref), space, x, t, schedule).numpy()
-    eps_got = guided.eps(x, t).numpy()
-    etol = eps_tolerance(space, tol, ref, x.numpy(), t, schedule)
-    assert np.all(np.abs(eps_got - eps_ref) <= etol), (space, np.max(np.abs(eps_got - eps_ref) / etol))
+    def formula(u, c, g):
+        return reference(u.numpy(), c.numpy(), g), tolerance(c.numpy(), g)
+
+    check_in_every_space("cfg_zero_star", {"use_zero_init": False}, case, formula)
 
 
 vectors = hnp.arrays(np.float64, (5, 3), elements=st.floats(-10, 10)).filter(

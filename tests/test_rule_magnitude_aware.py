@@ -29,10 +29,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_rule_apg import eps_tolerance, from_space, row_norm, to_space  # parametrization-only conversions
+from rule_space_checks import check_in_every_space, space_cases
+from test_rule_apg import row_norm  # parametrization-only conversions
 
 from toy_models import AnalyticDenoiser, get_world
-from toy_models.strategies import log_uniform, mixtures, points
+from toy_models.strategies import log_uniform
 from verify import rules
 from verify.rules import GuidedDenoiser
 from verify.rules.cfg import cfg
@@ -72,33 +73,12 @@ def tolerance(u: np.ndarray, c: np.ndarray, g: float, alpha: float) -> np.ndarra
     return gamma(4 * f + 16, F64) * (abs(g - 1.0) * damp * d + np.abs(u) + np.abs(c) + np.abs(g_eff)[:, None] * d)
 
 
-@st.composite
-def cases(draw):
-    gm = draw(mixtures(dims=st.integers(1, 3), components=st.integers(1, 3), n_classes=2))
-    schedule = draw(st.sampled_from(["rectified-flow", "vp-linear"]))
-    t = draw(st.floats(0.02, 0.95))
-    x = torch.from_numpy(draw(points(gm.dim, n=6, scale=4.0)))
-    space = draw(st.sampled_from(SPACES))
-    g = draw(st.floats(-2.0, 20.0))
-    alpha = draw(st.one_of(st.just(8.0), log_uniform(1e-3, 50.0)))
-    return gm, schedule, t, x, space, g, alpha
+@given(space_cases(), st.one_of(st.just(8.0), log_uniform(1e-3, 50.0)))
+def test_matches_the_formula_in_every_space(case, alpha):
+    def formula(u, c, g):
+        return reference(u.numpy(), c.numpy(), g, alpha)[0], tolerance(u.numpy(), c.numpy(), g, alpha)
 
-
-@given(cases())
-def test_matches_the_formula_in_every_space(case):
-    gm, schedule, t, x, space, g, alpha = case
-    den = AnalyticDenoiser(gm, schedule)
-    rule = rules.get("magnitude_aware", guidance_scale=g, alpha=alpha, space=space)
-    guided = rule.guide(den, 0)
-    u, c = (to_space(den.eps(x, t, cond), space, x, t, schedule) for cond in (None, 0))
-    ref, _ = reference(u.numpy(), c.numpy(), g, alpha)
-    tol = tolerance(u.numpy(), c.numpy(), g, alpha)
-    got = rule.combine({"uncond": u, "cond": c}, guided.context(x, t)).numpy()
-    assert np.all(np.abs(got - ref) <= tol), (space, np.max(np.abs(got - ref) / tol))
-    eps_ref = from_space(torch.from_numpy(ref), space, x, t, schedule).numpy()
-    eps_got = guided.eps(x, t).numpy()
-    etol = eps_tolerance(space, tol, ref, x.numpy(), t, schedule)
-    assert np.all(np.abs(eps_got - eps_ref) <= etol), (space, np.max(np.abs(eps_got - eps_ref) / etol))
+    check_in_every_space("magnitude_aware", {"alpha": alpha}, case, formula)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -33,10 +33,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from test_rule_apg import eps_tolerance, from_space, to_space  # parametrization-only conversions
+from rule_space_checks import check_in_every_space, space_cases
 
 from toy_models import AnalyticDenoiser, get_world
-from toy_models.strategies import mixtures, points
 from verify import rules
 from verify.rules import GuidedDenoiser
 from verify.rules.cfg import cfg
@@ -74,31 +73,13 @@ def tolerance(u: torch.Tensor, c: torch.Tensor, g: float, s: torch.Tensor) -> to
     return abs(1 - g) * turn + 2 * gamma(4, F64) * (abs(g) * c.abs() + abs(1 - g) * nu)
 
 
-@st.composite
-def cases(draw):
-    gm = draw(mixtures(dims=st.integers(1, 3), components=st.integers(1, 3), n_classes=2))
-    schedule = draw(st.sampled_from(["vp-linear", "rectified-flow"]))
-    t = draw(st.floats(0.02, 0.95))
-    x = torch.from_numpy(draw(points(gm.dim, n=6, scale=4.0)))
-    space = draw(st.sampled_from(SPACES))
-    g = draw(st.floats(-2.0, 20.0))
-    return gm, schedule, t, x, space, g
-
-
-@given(cases())
+@given(space_cases())
 def test_matches_the_svd_in_every_space(case):
-    gm, schedule, t, x, space, g = case
-    den = AnalyticDenoiser(gm, schedule)
-    rule = rules.get("tangential_cfg", guidance_scale=g, space=space)
-    guided = rule.guide(den, 0)
-    u, c = (to_space(den.eps(x, t, cond), space, x, t, schedule) for cond in (None, 0))
-    ref, _, s = svd_reference(u, c, g)
-    tol = tolerance(u, c, g, s)
-    got = rule.combine({"uncond": u, "cond": c}, guided.context(x, t))
-    assert bool(((got - ref).abs() <= tol).all()), (space, float(((got - ref).abs() / tol).max()))
-    eps_ref = from_space(ref, space, x, t, schedule).numpy()
-    etol = eps_tolerance(space, tol.numpy(), ref.numpy(), x.numpy(), t, schedule)
-    assert np.all(np.abs(guided.eps(x, t).numpy() - eps_ref) <= etol), space
+    def formula(u, c, g):
+        ref, _, s = svd_reference(u, c, g)
+        return ref.numpy(), tolerance(u, c, g, s).numpy()
+
+    check_in_every_space("tangential_cfg", {}, case, formula)
 
 
 rows = hnp.arrays(np.float64, (6, 5), elements=st.floats(-10, 10)).filter(

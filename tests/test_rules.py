@@ -242,7 +242,8 @@ def test_interval_refusals():
 # The registry and the guided denoiser
 # ----------------------------------------------------------------------------------------------------------------
 PUBLISHED = {"cfg", "classifier", "negative_prompt_000", "negative_prompt_001", "compose", "rescale",
-             "static_threshold", "dynamic_threshold", "apg", "cfgpp", "cfg_zero_star", "autoguidance", "interval"}
+             "static_threshold", "dynamic_threshold", "apg", "cfgpp", "cfg_zero_star", "autoguidance", "interval",
+             "cfg_schedule", "magnitude_aware", "tangential_cfg"}
 
 
 def test_every_published_rule_is_registered():

@@ -219,8 +219,12 @@ def findings_table(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Print the table."""
+def main(argv=None) -> None:
+    """Print the table (``python -m verify.conformance.diffusers_findings``)."""
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m verify.conformance.diffusers_findings",
+                            description="audit every diffusers guider setting and print the table").parse_args(argv)
     print(findings_table(guider_findings(progress=False)))
 
 

@@ -46,7 +46,7 @@ from ._drive import ExactModel, NotAffine, RawLaw, levels_of, monte_carlo_law, p
 from ._reference import compare, continuous_law, tilted_target
 from ._schedules import GridSchedule, LogSNRWindow
 
-__all__ = ["GaussianLaw", "SettingResult", "SchedulerAudit", "scheduler_law", "assert_scheduler_law",
+__all__ = ["table_audits", "GaussianLaw", "SettingResult", "SchedulerAudit", "scheduler_law", "assert_scheduler_law",
            "scheduler_table", "settings_of", "ORDER_BAND", "TABLE", "GridSchedule", "LogSNRWindow", "SCHEDULERS",
            "EXPECTED_ORDER"]
 
@@ -647,19 +647,31 @@ def assert_scheduler_law(scheduler, rule: str = "cfg", *, max_bias: float | None
 TABLE = (*SCHEDULERS, ("DDIMScheduler", {"clip_sample": False}), ("DDPMScheduler", {"clip_sample": False}))
 
 
-def scheduler_table(schedulers=TABLE, *, rule: str = "cfg", params: Mapping | None = None, steps: int = 50,
-                    world: str = "gauss1d", progress: bool = False) -> str:
-    """A Markdown table: every scheduler at its default and each setting, with its law, its shift from the default,
-    its bias against its own continuous law, and the verdict."""
-    lines = [f"Rule {rule}({_config_text(params or {'guidance_scale': 3.0}, bare=True)}) on {world}, {steps} steps.",
-             "",
-             "| scheduler | setting | method | mean | variance | shift W2 | own bias W2 | orders | verdict |",
-             "|---|---|---|---|---|---|---|---|---|"]
+def table_audits(schedulers=TABLE, *, rule: str = "cfg", params: Mapping | None = None, steps: int = 50,
+                 world: str = "gauss1d", progress: bool = False) -> list[tuple[str, SchedulerAudit]]:
+    """``(label, audit)`` for every entry of ``schedulers`` (a class name, or ``(name, constructor overrides)``)."""
+    out = []
     for entry in schedulers:
         name, overrides = entry if isinstance(entry, tuple) else (entry, {})
         target = getattr(_drive._diffusers(), name)(**overrides) if overrides else name
         audit = scheduler_law(target, rule, params=params, steps=steps, world=world, progress=progress)
-        name = name + (_config_text(overrides) if overrides else "")
+        out.append((name + (_config_text(overrides) if overrides else ""), audit))
+    return out
+
+
+def scheduler_table(schedulers=TABLE, *, rule: str = "cfg", params: Mapping | None = None, steps: int = 50,
+                    world: str = "gauss1d", progress: bool = False,
+                    audits: list[tuple[str, SchedulerAudit]] | None = None) -> str:
+    """A Markdown table: every scheduler at its default and each setting, with its law, its shift from the default,
+    its bias against its own continuous law, and the verdict (``audits``: from :func:`table_audits`, computed here
+    when not given)."""
+    if audits is None:
+        audits = table_audits(schedulers, rule=rule, params=params, steps=steps, world=world, progress=progress)
+    lines = [f"Rule {rule}({_config_text(params or {'guidance_scale': 3.0}, bare=True)}) on {world}, {steps} steps.",
+             "",
+             "| scheduler | setting | method | mean | variance | shift W2 | own bias W2 | orders | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, audit in audits:
         b = audit.bias.get("scheduler_vs_continuous")
         orders = ", ".join("-" if o is None else f"{o:.2f}" for o in audit.convergence.get("orders", []))
         verdict = "pass" if audit.passed else "; ".join(audit.findings)
@@ -671,12 +683,18 @@ def scheduler_table(schedulers=TABLE, *, rule: str = "cfg", params: Mapping | No
             if s.law is None:
                 lines.append(f"| | {s.name} | - | - | - | - | - | | {s.detail} |")
                 continue
-            shift = f"{s.shift_from_default['w2']:.3g}"
+            shift = _w2_text(s.shift_from_default["w2"])
             own = "-" if s.bias is None else f"{s.bias['w2']:.3g}"
             verdict = ("**trap**: " if s.trap else "") + s.detail
             lines.append(f"| | {s.name} | {s.law.method} | {_vec(s.law.mean)} | {_vec(np.diag(np.array(s.law.cov)))} "
                          f"| {shift} | {own} | | {verdict} |")
     return "\n".join(lines)
+
+
+def _w2_text(w2: float) -> str:
+    """A distance, with the rounding floor of the float64 laws (about 1e-12 for these unit-scale worlds) shown
+    as 0."""
+    return "0" if w2 < 1e-12 else f"{w2:.3g}"
 
 
 def _main(argv=None) -> int:
