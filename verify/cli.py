@@ -416,20 +416,21 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from verify.audit import SpecError
     from verify.conformance.command import audit_target_command, parse_params, prepare
 
-    try:
+    try:  # the request is checked before any work: a bad one is a usage error
         params = parse_params(args.param)
         prepared = prepare(target=args.target, guider=args.diffusers_guider, scheduler=args.diffusers_scheduler,
                            rule=args.rule, params=params, steps=args.steps, world=args.world)
         if args.json:
             _writable_file(args.json, "--json")
+    except (ValueError, TypeError) as err:
+        raise UsageError(_one_line(err)) from err
+    try:
         with _interruptible(lambda: "nothing written"):
             return audit_target_command(prepared, timeout=args.timeout or None,
                                         show_progress=False if args.no_progress else None, hard_exit=True,
                                         started=args.started, json_path=args.json, all_checks=args.all)
-    except (SpecError, ValueError, TypeError) as err:
-        if isinstance(err, SpecError) or not args.debug:
-            raise UsageError(_one_line(err)) from err
-        raise
+    except SpecError as err:  # MODULE:FUNCTION is loaded under the time limit (an import may hang)
+        raise UsageError(_one_line(err)) from err
 
 
 def _writable_file(path: str, option: str) -> None:

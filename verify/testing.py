@@ -45,13 +45,16 @@ __all__ = ["assert_rule_conforms", "assert_guider_conforms", "assert_scheduler_l
            "spd_matrices", "times"]
 
 
-def assert_rule_conforms(impl: Any, rule: str = "cfg", *, strengths: Any = "grid",
-                         guided_steps: Callable[[int, int], bool] | None = None, seed: int = 0, **params: Any):
-    """:func:`verify.conformance.audit_rule` on ``impl`` against ``rule`` with ``params``; ``AssertionError`` with
-    the report unless it passes. Returns the :class:`~verify.conformance.RuleAudit`."""
+def assert_rule_conforms(impl: Any, rule: str = "cfg", *, params: dict | None = None, strengths: Any = "grid",
+                         guided_steps: Callable[[int, int], bool] | None = None, seed: int = 0, **rule_params: Any):
+    """:func:`verify.conformance.audit_rule` on ``impl`` against ``rule`` with its parameters (keyword arguments,
+    or ``params=`` for a parameter whose name this function takes itself, such as the ``interval`` rule's
+    ``rule``); ``AssertionError`` with the report unless it passes. Returns the
+    :class:`~verify.conformance.RuleAudit`."""
     from verify.conformance import audit_rule
 
-    result = audit_rule(impl, rule, params=params, strengths=strengths, guided_steps=guided_steps, seed=seed)
+    result = audit_rule(impl, rule, params={**(params or {}), **rule_params}, strengths=strengths,
+                        guided_steps=guided_steps, seed=seed)
     if not result.passed:
         raise AssertionError(result.report())
     return result

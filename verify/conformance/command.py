@@ -93,20 +93,16 @@ def prepare(*, target: str | None, guider: str | None, scheduler: str | None, ru
         if steps < 1:
             raise ValueError(f"--steps: must be >= 1, got {steps}")
         chosen_rule = rule or "cfg"
-        if params:
-            rules.get(chosen_rule, **params)  # validates the rule's parameters now
+        _validate(chosen_rule, params)
         return Prepared(f"diffusers scheduler {scheduler}", lambda progress: scheduler_law(
             scheduler, chosen_rule, params=params or None, steps=steps, world=world or "gauss1d",
             progress=False))
     if world is not None:
         raise ValueError("--world: only the scheduler audit takes a world (the rule audit runs its own grid)")
-    from .reference import Reference
     from .rule_audit import audit_rule
 
     chosen_rule = rule or "cfg"
-    Reference(chosen_rule, {k: v for k, v in params.items() if k not in ("guidance_scale", "w")}, True)
-    if params:
-        rules.get(chosen_rule, **({"guidance_scale": 3.3} | params if "w" not in params else params))
+    _validate(chosen_rule, params)
 
     def run(progress: Callable[[str], None]) -> Any:
         impl = load_combiner(target)
@@ -161,6 +157,18 @@ def _takes_all(result: Any) -> bool:
         return False
 
 
+def _validate(rule: str, params: Mapping[str, Any]) -> None:
+    """The rule's parameters, checked now (as the audit will build them), as one ``--param:`` line."""
+    from .implementations import strength_parameter
+    from .reference import Reference
+
+    varies = strength_parameter(rule) is not None and not ({"guidance_scale", "w"} & set(params))
+    try:
+        Reference(rule, dict(params), varies)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"--param: {err}") from err
+
+
 def _build_guider(name: str, params: Mapping[str, Any]) -> Any:
     """``diffusers.guiders.<name>(**params)``, with one-line errors naming the option."""
     try:
@@ -175,10 +183,9 @@ def _build_guider(name: str, params: Mapping[str, Any]) -> Any:
     if not isinstance(cls, type):
         known = sorted(n for n in dir(guiders) if n.endswith("Guidance") and n != "BaseGuidance")
         raise ValueError(f"--diffusers-guider: no guider {name!r} in diffusers.guiders; choose one of {known}")
-    import logging
+    from .diffusers_guider import build_guider
 
-    logging.getLogger("diffusers.guiders.guider_utils").setLevel(logging.ERROR)  # "experimental feature" notice
     try:
-        return cls(**params)
+        return build_guider(name, dict(params))  # its defaults for AutoGuidance's layer configuration
     except (TypeError, ValueError) as err:
         raise ValueError(f"--param: {name}({', '.join(f'{k}={v!r}' for k, v in params.items())}): {err}") from err

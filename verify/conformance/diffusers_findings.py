@@ -5,7 +5,8 @@ its documented parameters, against the paper's rule (:func:`~verify.conformance.
 :class:`Finding`:
 
 * **verdict**: ``conforms`` (every check of :func:`~verify.conformance.audit_rule` passes), ``deviates`` (a value,
-  shape, dtype, batch, state or degenerate check fails), ``raises`` (the guider raises on inputs the rule takes);
+  shape, dtype, batch, state or degenerate check fails), ``raises`` (the guider raises on inputs the rule takes, and
+  every other failure is that), ``deviates and raises`` (both);
 * **diagnosis**: the audit's (:mod:`verify.conformance.variants`: among them the documented diffusers forms each
   rule's class lists in its ``variants()``);
 * **size**: the worst ratio of the error to the float64 rounding bound over the audit's checks; the largest
@@ -32,8 +33,8 @@ import torch
 from . import grid
 from .diffusers_guider import DiffusersGuider, audit_guider, batch_routing, build_guider, counterpart
 from .implementations import Call, Implementation
-from .reference import Reference, rounding_bound
-from .rule_audit import _as_reference_input, compare
+from .reference import PROBE_STRENGTH, Reference, rounding_bound
+from .rule_audit import WINDOW_STEPS, _as_reference_input, compare
 
 __all__ = ["Finding", "SETTINGS", "guider_findings", "findings_table", "main"]
 
@@ -88,8 +89,10 @@ class Finding:
 def _runs(reference: Reference, seed: int, strengths: tuple[float, ...]) -> list[list[Call]]:
     """The value grid's runs at ``strengths`` (3 steps for a stateful rule), plus the highdim bulk case as
     ``[B, C, H, W]`` images (norms over the wrong axes show there)."""
-    probe = reference.build(3.3)
+    probe = reference.build(PROBE_STRENGTH)
     steps = 3 if probe.stateful else 1
+    window = reference.guided_steps  # place the calls where the reference guides (as the audit does)
+    first = next(i for i in range(WINDOW_STEPS) if window is None or window(i, WINDOW_STEPS))
     runs = []
     for case in grid.value_cases(probe.branches, seed):
         shapes = [None]
@@ -103,8 +106,8 @@ def _runs(reference: Reference, seed: int, strengths: tuple[float, ...]) -> list
                 if shape is not None:
                     preds = {b: p.reshape(p.shape[0], *shape) for b, p in preds.items()}
                     x = x.reshape(x.shape[0], *shape)
-                runs.append([Call(preds, probe.space, x, case.t, case.alpha, case.sigma, case.schedule, s, steps,
-                                  params) for s in range(steps)])
+                runs.append([Call(preds, probe.space, x, case.t, case.alpha, case.sigma, case.schedule, first + s,
+                                  max(WINDOW_STEPS, first + steps), params) for s in range(steps)])
     return runs
 
 
@@ -128,7 +131,9 @@ def _sizes(adapter: DiffusersGuider, reference: Reference, seed: int, strengths:
             return math.inf, math.inf
         ref_calls = [_as_reference_input(c) for c in calls]
         refs = _outputs(reference.implementation(), ref_calls)
-        bounds32 = rounding_bound(reference.implementation(), ref_calls, F32, float(calls[0].params["guidance_scale"]))
+        g = float(calls[0].params["guidance_scale"])
+        bounds32 = rounding_bound(reference.implementation(), ref_calls, F32, reference.amplification(g),
+                                  reference.build(g).linear_weights is not None)
         for out, ref, b32 in zip(outs, refs, bounds32, strict=True):
             o = out.detach().to(F64).reshape(ref.shape)
             err = (o - ref).norm(dim=1) / ref.norm(dim=1).clamp_min(torch.finfo(F64).tiny)

@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .implementations import Call, Implementation
+from .implementations import Call, Implementation, is_diffusers_guider
 
 __all__ = ["DiffusersGuider", "Counterpart", "StepWindow", "counterpart", "audit_guider", "build_guider",
            "batch_routing", "SUPPORTED", "REFUSED"]
@@ -92,11 +92,6 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _is_guider(obj: Any) -> bool:
-    return any(c.__module__.startswith("diffusers.guiders") for c in type(obj).__mro__) and hasattr(obj,
-                                                                                                     "prepare_inputs")
-
-
 def build_guider(guider_or_name: Any, params: Mapping[str, Any] | None = None) -> Any:
     """A guider instance from a class name in ``diffusers.guiders``, a guider class, or an instance (``params``: the
     constructor's keyword arguments, applied with ``guider.new(**params)`` to an instance). ``AutoGuidance`` built
@@ -118,7 +113,7 @@ def build_guider(guider_or_name: Any, params: Mapping[str, Any] | None = None) -
             params["auto_guidance_config"] = {"indices": [0], "fqn": "transformer_blocks", "dropout": 1.0}
         with _quiet():
             return guider_or_name(**params)
-    if _is_guider(guider_or_name):
+    if is_diffusers_guider(guider_or_name):
         if not params:
             return guider_or_name
         with _quiet():
@@ -186,7 +181,7 @@ def counterpart(guider: Any) -> Counterpart:
     guider but CFG is refused (no registered rule composes it), as are the guiders of :data:`REFUSED` (their
     guidance reads the network's internals) and any other object, with a ``ValueError``/``TypeError`` saying why.
     """
-    if not _is_guider(guider):
+    if not is_diffusers_guider(guider):
         raise TypeError(f"guider: expected a diffusers guider instance, got {type(guider).__name__}")
     name = type(guider).__name__
     if name in REFUSED:
@@ -293,7 +288,7 @@ class DiffusersGuider(Implementation):
                     "output")
 
     def __init__(self, guider: Any, *, translate_scale: bool = True, name: str | None = None):
-        if not _is_guider(guider):
+        if not is_diffusers_guider(guider):
             raise TypeError(f"guider: expected a diffusers guider instance, got {type(guider).__name__}")
         self.guider, self.translate_scale = guider, bool(translate_scale)
         self.original = bool(_config(guider, "use_original_formulation", False))

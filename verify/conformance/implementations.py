@@ -32,7 +32,7 @@ from verify import rules
 from verify.rules import GuidanceState, Rule, StepContext
 
 __all__ = ["Call", "Implementation", "CombinerFunction", "BranchesFunction", "RuleImplementation",
-           "as_implementation", "strength_parameter"]
+           "as_implementation", "is_diffusers_guider", "strength_parameter"]
 
 Tensor = torch.Tensor
 
@@ -129,7 +129,10 @@ class BranchesFunction(Implementation):
         except (TypeError, ValueError):  # builtins without a signature: pass everything
             parameters = {}
         self._takes_all = not parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        self._takes = {name for name, p in parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+        first = next(iter(parameters), None)  # the dict of branches, whatever it is called
+        self._takes = {name for name, p in parameters.items()
+                       if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != first}
+        self._first = first
         self._state: dict = {}
 
     def start_run(self, n_steps: int) -> None:
@@ -140,7 +143,7 @@ class BranchesFunction(Implementation):
                    "n_steps": call.n_steps, "state": self._state, "schedule": call.schedule, "space": call.space}
         offered = {**{k: v for k, v in call.params.items() if k != "space"}, **context}
         kwargs = offered if self._takes_all else {k: v for k, v in offered.items() if k in self._takes}
-        kwargs.pop("preds", None)
+        kwargs.pop(self._first or "preds", None)
         return self.fn(dict(call.preds), **kwargs)
 
 
@@ -217,6 +220,13 @@ def _looks_like_branches_function(fn: Callable) -> bool:
     return len(positional) == 1
 
 
+def is_diffusers_guider(obj: Any) -> bool:
+    """Whether ``obj`` is a diffusers guider instance (a class of ``diffusers.guiders`` with ``prepare_inputs``),
+    told without importing diffusers."""
+    return any(c.__module__.startswith("diffusers.guiders") for c in type(obj).__mro__) and hasattr(obj,
+                                                                                                     "prepare_inputs")
+
+
 def as_implementation(obj: Any, *, name: str | None = None) -> Implementation:
     """The adapter for ``obj``: an :class:`Implementation` as is; a :class:`~verify.rules.Rule` or a registered rule
     name; a diffusers guider instance (``diffusers.guiders.BaseGuidance``); a plain function, as a
@@ -227,10 +237,12 @@ def as_implementation(obj: Any, *, name: str | None = None) -> Implementation:
         return obj
     if isinstance(obj, Rule):
         return RuleImplementation(obj)
-    if isinstance(obj, str) and obj in rules.names():
-        return RuleImplementation(obj)
-    if type(obj).__module__.startswith("diffusers.guiders") or any(
-            c.__module__.startswith("diffusers.guiders") for c in type(obj).__mro__[1:]):
+    if isinstance(obj, str):
+        if obj in rules.names():
+            return RuleImplementation(obj)
+        raise ValueError(f"impl: {obj!r} is no registered rule ({rules.names()}); a diffusers guider class name goes "
+                         f"to verify.conformance.diffusers_guider.audit_guider")
+    if is_diffusers_guider(obj):
         from .diffusers_guider import DiffusersGuider
 
         return DiffusersGuider(obj)

@@ -44,16 +44,14 @@ from verify.rules import SPACES
 
 from . import grid
 from .implementations import Call, Implementation, as_implementation, strength_parameter
-from .reference import Reference, rounding_bound
+from .reference import PROBE_STRENGTH, Reference, rounding_bound
 
-__all__ = ["Check", "SpaceAgreement", "Diagnosis", "RuleAudit", "audit_rule", "Outcome", "evaluate",
-           "compare", "KINDS"]
+__all__ = ["Check", "SpaceAgreement", "Diagnosis", "RuleAudit", "audit_rule", "Outcome", "evaluate", "compare"]
 
 Tensor = torch.Tensor
 F64, F32 = torch.float64, torch.float32
-KINDS = ("value", "shape", "dtype", "batch", "state", "contract", "degenerate")
-#: strength of the probe checks (shape, dtype, batch, state, degenerate, space) when the audit varies it
-PROBE_STRENGTH = 3.3
+#: the length of the sampling run the one-case checks are placed in (a step window is checked inside it)
+WINDOW_STEPS = 10
 #: the reference's rounding bounds by (rule, params, window, seed, check): the same for every implementation audited
 #: against one reference, so a suite of audits computes them once
 _BOUNDS: dict[tuple, list[Any]] = {}
@@ -221,7 +219,7 @@ def invoke(impl: Implementation, call: Call) -> Outcome:
     return Outcome(output=out, problems=problems)
 
 
-def compare(out: Any, ref: Any, tol: Any, reshape_to: tuple[int, ...] | None = None) -> tuple[bool, float, str]:
+def compare(out: Any, ref: Any, tol: Any) -> tuple[bool, float, str]:
     """(passed, worst |error| / bound, detail) of an output against the reference and its bound."""
     outs = out if isinstance(out, tuple) else (out,)
     refs = ref if isinstance(ref, tuple) else (ref,)
@@ -236,6 +234,8 @@ def compare(out: Any, ref: Any, tol: Any, reshape_to: tuple[int, ...] | None = N
         if o.numel() != r.numel():
             return False, math.inf, f"shape {list(o.shape)}, expected {list(r.shape)}"
         o = o.detach().to(F64).reshape(r.shape)
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(b).all())):
+            return False, math.inf, "the reference or its bound is not finite here: nothing can be judged"
         err = (o - r.detach()).abs()
         if not bool(torch.isfinite(o).all()):
             return False, math.inf, f"non-finite output where the reference is {_first_bad(o, r)}"
@@ -264,8 +264,9 @@ def evaluate(impl: Implementation, calls: list[Call]) -> list[Outcome]:
 def _reference_outputs(reference: Reference, calls: list[Call]) -> list[Any]:
     ev = reference.implementation()
     ev.start_run(len(calls))
-    with torch.no_grad():
-        return [ev(c) for c in calls]
+    with torch.no_grad():  # on copies: the reference's outputs (the cond branch outside a window) are kept
+        return [ev(Call({b: p.clone() for b, p in c.preds.items()}, c.space, c.x.clone(), c.t, c.alpha, c.sigma,
+                        c.schedule, c.step, c.n_steps, c.params)) for c in calls]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ class Record:
     outputs: list[Any]
     bounds: list[Any]
     dtype: torch.dtype
-    strength: float | None
+    amplification: float
     linear: bool = False
     #: where each sampling run starts in ``calls`` (one run unless given)
     runs: tuple[int, ...] = (0,)
@@ -296,6 +297,11 @@ class _Audit:
         probe = self.reference.build(None if strengths == (None,) else PROBE_STRENGTH if PROBE_STRENGTH in strengths
                                      else strengths[-1])
         self.probe_strength = None if strengths == (None,) else float(probe.params["guidance_scale"])
+        window = reference.guided_steps
+        guided = [i for i in range(WINDOW_STEPS) if window is None or window(i, WINDOW_STEPS)]
+        if not guided:
+            raise ValueError(f"guided_steps: the reference guides on none of the {WINDOW_STEPS} steps of a run")
+        self.first_step = guided[0]
         self.branches, self.space, self.stateful = probe.branches, probe.space, probe.stateful
         self.linear = probe.linear_weights is not None
         self.checks: list[Check] = []
@@ -304,12 +310,20 @@ class _Audit:
         self.records: list[Record] = []
 
     # -- helpers ----------------------------------------------------------------------------------------------------
+    def _steps(self, count: int, run: bool) -> list[tuple[int, int]]:
+        """(step, n_steps) of each call: a whole run (``run``), or ``count`` steps of a run of :data:`WINDOW_STEPS`
+        from the first step the reference guides on (so that a step window does not make a check compare the cond
+        branch with itself)."""
+        if run:
+            return [(i, count) for i in range(count)]
+        return [(self.first_step + i, max(WINDOW_STEPS, self.first_step + count)) for i in range(count)]
+
     def _calls(self, cases: list[grid.Case], strength: float | None, *, dtype=F64, shape: tuple[int, ...] | None = None,
-               space: str | None = None, rows: slice | list[int] | None = None) -> list[Call]:
+               space: str | None = None, rows: slice | list[int] | None = None, run: bool = False) -> list[Call]:
         space = space or self.space
         params = self.reference.call_params(strength)
         calls = []
-        for step, case in enumerate(cases):
+        for (step, n_steps), case in zip(self._steps(len(cases), run), cases, strict=True):
             preds = grid.to_space(case, case.eps, space)
             x = case.x
             if rows is not None:
@@ -317,9 +331,9 @@ class _Audit:
             if shape is not None:
                 preds = {b: p.reshape(p.shape[0], *shape) for b, p in preds.items()}
                 x = x.reshape(x.shape[0], *shape)
-            preds = {b: p.to(dtype).contiguous() for b, p in preds.items()}
-            calls.append(Call(preds, space, x.to(dtype).contiguous(), case.t, case.alpha, case.sigma, case.schedule,
-                              step, len(cases), params))
+            preds = {b: p.to(dtype).clone() for b, p in preds.items()}  # never the grid's cached tensors
+            calls.append(Call(preds, space, x.to(dtype).clone(), case.t, case.alpha, case.sigma, case.schedule,
+                              step, n_steps, params))
         return calls
 
     def _note_contracts(self, outcomes: list[Outcome], where: str) -> None:
@@ -333,10 +347,11 @@ class _Audit:
         ref_calls = [_as_reference_input(c) for c in calls]
         refs = _reference_outputs(self.reference, ref_calls)
         key = (self.reference.rule, repr(sorted(self.reference.params.items())), self.reference.guided_steps,
-               self.seed, kind, name, expect_dtype)
+               self.seed, kind, name, expect_dtype, repr(strength), self.first_step)
         bounds = _BOUNDS.get(key)
         if bounds is None:
-            bounds = rounding_bound(self.reference.implementation(), ref_calls, expect_dtype, strength, self.linear,
+            bounds = rounding_bound(self.reference.implementation(), ref_calls, expect_dtype,
+                                    self.reference.amplification(strength), self.linear,
                                     check_derivative=kind != "degenerate")
             if len(_BOUNDS) > 4096:
                 _BOUNDS.clear()
@@ -352,8 +367,8 @@ class _Audit:
             ok = ok and good
         self.checks.append(Check(name, ok, detail, kind))
         self.ratios[name] = worst
-        self.records.append(Record(kind, name, calls, [o.output for o in outcomes], bounds, expect_dtype, strength,
-                                   self.linear))
+        self.records.append(Record(kind, name, calls, [o.output for o in outcomes], bounds, expect_dtype,
+                                   self.reference.amplification(strength), self.linear))
         return ok
 
     def _step(self, what: str) -> None:
@@ -402,13 +417,16 @@ class _Audit:
     def batch(self) -> None:
         case = self._probe_cases()[0]
         full = evaluate(self.impl, self._calls([case], self.probe_strength))[0]
+        self._note_contracts([full], f"{case.label} full batch")
         problems = []
         n = case.x.shape[0]
         order = list(range(n - 1, -1, -1))
         variants = [([i], f"sample {i} alone") for i in (0, n // 2, n - 1)] + [(order, "batch reversed")]
-        bound = rounding_bound(self.reference.implementation(),
-                               [_as_reference_input(c) for c in self._calls([case], self.probe_strength)], F64,
-                               self.probe_strength, self.linear)[0]
+        single = rounding_bound(self.reference.implementation(),
+                                [_as_reference_input(c) for c in self._calls([case], self.probe_strength)], F64,
+                                self.reference.amplification(self.probe_strength), self.linear)[0]
+        # the implementation against itself: each side may err by one bound
+        bound = tuple(2 * b for b in single) if isinstance(single, tuple) else 2 * single
         for rows, label in variants:
             self._step(f"batch {label}")
             o = evaluate(self.impl, self._calls([case], self.probe_strength, rows=rows))[0]
@@ -426,7 +444,7 @@ class _Audit:
 
     def state(self) -> None:
         cases = list(grid.run_cases(self.branches, self.seed))
-        calls = self._calls(cases, self.probe_strength)
+        calls = self._calls(cases, self.probe_strength, run=True)
         self._step("state: first run")
         first = evaluate(self.impl, calls)
         self._note_contracts(first, "run 1")
@@ -434,11 +452,13 @@ class _Audit:
                     self.probe_strength)
         self._step("state: second run")
         second = evaluate(self.impl, calls)
+        self._note_contracts(second, "run 2")
         same = all(a.error is None and b.error is None and _bitwise(a.output, b.output) for a, b in
                    zip(first, second, strict=True))
         if not same:
-            ok, _, text = self._judge_against(second, first, calls)
-            detail = "a second run differs from the first" + (f" ({text})" if text else "")
+            close, _, text = self._judge_against(second, first, calls)
+            detail = ("a second run differs from the first" + (" bitwise, within the rounding bound" if close
+                                                                else f" ({text})"))
         else:
             detail = "the second run repeats the first bitwise (memory reset between runs)"
         name = "a second run repeats the first (no state leaks across runs)"
@@ -450,7 +470,7 @@ class _Audit:
 
     def _judge_against(self, outs: list[Outcome], refs: list[Outcome], calls: list[Call]) -> tuple[bool, float, str]:
         bounds = rounding_bound(self.reference.implementation(), [_as_reference_input(c) for c in calls], F64,
-                                self.probe_strength, self.linear)
+                                self.reference.amplification(self.probe_strength), self.linear)
         for step, (o, r, b) in enumerate(zip(outs, refs, bounds, strict=True)):
             if o.error or r.error:
                 return False, math.inf, o.error or r.error or ""
@@ -465,6 +485,7 @@ class _Audit:
         case = self._probe_cases()[0]
         calls = self._calls([case], self.probe_strength)
         a, b = evaluate(self.impl, calls)[0], evaluate(self.impl, calls)[0]
+        self._note_contracts([a, b], f"{case.label} repeated")
         ok = a.error is None and b.error is None and _bitwise(a.output, b.output)
         self.contracts.setdefault("deterministic", [])
         if not ok:
@@ -484,15 +505,16 @@ class _Audit:
             "constant rows (zero spread)": {b: p.mean(dim=1, keepdim=True).expand_as(p).clone()
                                             for b, p in base.items()},
         }
+        params = self.reference.call_params(self.probe_strength)
         for label, preds in rows.items():
             self._step(f"degenerate {label}")
-            params = self.reference.call_params(self.probe_strength)
-            steps = 3 if self.stateful else 1
-            calls = [Call(preds, self.space, case.x, case.t, case.alpha, case.sigma, case.schedule, s, steps, params)
-                     for s in range(steps)]
+            name = f"{case.label} g={self.probe_strength}: {label}"
+            calls = [Call({b: p.clone() for b, p in preds.items()}, self.space, case.x.clone(), case.t, case.alpha,
+                          case.sigma, case.schedule, step, n_steps, params)
+                     for step, n_steps in self._steps(3 if self.stateful else 1, run=False)]
             outcomes = evaluate(self.impl, calls)
-            self._judge("degenerate", f"{case.label} g={self.probe_strength}: {label}", calls, outcomes,
-                        self.probe_strength)
+            self._note_contracts(outcomes, name)
+            self._judge("degenerate", name, calls, outcomes, self.probe_strength)
 
     def spaces(self) -> list[SpaceAgreement]:
         agreements = []
@@ -501,13 +523,14 @@ class _Audit:
             for case in self._probe_cases():
                 calls = self._calls([case] * (3 if self.stateful else 1), self.probe_strength, space=space)
                 outcomes = evaluate(self.impl, calls)
+                self._note_contracts(outcomes, f"{case.label} fed {space}")
                 eps_calls = self._calls([case] * (3 if self.stateful else 1), self.probe_strength, space="eps")
                 refs = _reference_outputs(self.reference, [_as_reference_input(c) for c in
                                                            self._calls([case] * len(calls), self.probe_strength)])
                 bounds = rounding_bound(_InSpace(self.reference, self.space), [_as_reference_input(c) for c in
                                                                                 eps_calls], F64,
-                                        self.probe_strength, self.linear)
-                for o, r, b, _call in zip(outcomes, refs, bounds, calls, strict=True):
+                                        self.reference.amplification(self.probe_strength), self.linear)
+                for o, r, b in zip(outcomes, refs, bounds, strict=True):
                     if o.error is not None:
                         worst = math.inf
                         continue
@@ -531,7 +554,7 @@ class _Audit:
             problems = self.contracts.get(key, [])
             note = key == "no aliasing" and self.impl.may_alias
             detail = (f"{len(problems)} call(s), e.g. {problems[0]}" if problems else "every call")
-            if note and problems and self.impl.may_alias:
+            if note and problems:
                 detail += f" (documented: {self.impl.alias_reason})"
             self.checks.append(Check(label, not problems, detail, "contract", note=note))
 
@@ -605,7 +628,11 @@ def _strengths(rule: str, params: Mapping[str, Any], strengths) -> tuple[float |
         return (None,) if pinned else grid.STRENGTHS
     if strengths is None:
         return (None,)
-    values = tuple(float(s) for s in strengths)
+    try:
+        values = tuple(float(s) for s in strengths)
+    except (TypeError, ValueError):
+        raise ValueError(f"strengths: expected 'grid', None or a sequence of guidance scales, got {strengths!r}") \
+            from None
     if not values or not all(math.isfinite(s) for s in values):
         raise ValueError(f"strengths: expected finite guidance scales, got {strengths!r}")
     return values
@@ -626,7 +653,8 @@ def audit_rule(impl: Any, rule: str = "cfg", *, params: Mapping[str, Any] | None
     """
     if not isinstance(rule, str):
         raise TypeError(f"rule: expected a registered rule name, got {type(rule).__name__}")
-    rules.rule_class(rule)
+    if rule not in rules.names():
+        raise ValueError(f"rule: unknown rule {rule!r}; choose one of {rules.names()}")
     params = dict(params or {})
     chosen = _strengths(rule, params, strengths)
     if chosen != (None,):
@@ -669,6 +697,6 @@ def audit_rule(impl: Any, rule: str = "cfg", *, params: Mapping[str, Any] | None
         diagnosis = run_diagnosis(audit, failing, tuple(extra_variants))
     shown = reference.call_params(audit.probe_strength if chosen != (None,) else None)
     if chosen != (None,):
-        shown["guidance_scale"] = "grid " + ", ".join(f"{s:g}" for s in chosen)
+        shown["guidance_scale"] = ("grid " if chosen == grid.STRENGTHS else "") + ", ".join(f"{s:g}" for s in chosen)
     return RuleAudit(implementation.name, {"rule": rule, "params": shown, "source": reference.source}, checks,
                      tuple(spaces), diagnosis, dict(audit.ratios))

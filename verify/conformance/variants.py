@@ -35,7 +35,7 @@ from verify import rules
 from verify.rules import GuidanceState, StepContext
 
 from .implementations import Call, Implementation, RuleImplementation
-from .reference import Reference, Windowed, rounding_bound
+from .reference import PROBE_STRENGTH, Reference, Windowed, rounding_bound
 
 __all__ = ["variants", "diagnose"]
 
@@ -72,28 +72,11 @@ class _Swapped(Implementation):
         return self.inner(_replace(call, preds=preds))
 
 
-class _OtherSpace(Implementation):
-    def __init__(self, reference: Reference, space: str, label: str):
-        self.inner = Windowed(RuleImplementation(reference.rule, space=space), reference.guided_steps)
-        self.space, self.name = space, label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
-
-    def __call__(self, call: Call) -> Any:
-        shape = call.x.shape
-        flat = {b: p.reshape(p.shape[0], -1) for b, p in call.preds.items()}
-        x = call.x.reshape(shape[0], -1)
-        ctx = StepContext(x, call.t, call.alpha, call.sigma, call.schedule, {})
-        here = StepContext(x.to(next(iter(flat.values())).dtype), call.t, call.alpha, call.sigma, call.schedule, {})
-        preds = {b: here.to_space(here.from_space(p, call.space), self.space) for b, p in flat.items()}
-        out = self.inner(_replace(call, preds=preds, x=x, space=self.space))
-        del ctx
-
-        def back(o: Tensor) -> Tensor:
-            return here.to_space(here.from_space(o, self.space), call.space).reshape(shape)
-
-        return tuple(back(o) for o in out) if isinstance(out, tuple) else back(out)
+def _other_space(reference: Reference, space: str, label: str) -> Implementation:
+    """The rule applied in ``space`` (:class:`RuleImplementation` fixed to a space converts there and back)."""
+    variant = Windowed(RuleImplementation(reference.rule, space=space), reference.guided_steps)
+    variant.name = label
+    return variant
 
 
 class _Axes(Implementation):
@@ -216,7 +199,7 @@ def _replace(call: Call, **changes: Any) -> Call:
 
 def variants(reference: Reference) -> list[Implementation]:
     """Every variant of the families in the module docstring, for this reference."""
-    rule = reference.build(3.3 if reference.vary_strength else None)
+    rule = reference.build(PROBE_STRENGTH if reference.vary_strength else None)
     name = reference.rule
     out: list[Implementation] = []
     if reference.vary_strength or "guidance_scale" in rule.params:
@@ -234,8 +217,8 @@ def variants(reference: Reference) -> list[Implementation]:
     if rule.linear_weights is None:
         for space in type(rule).spaces:
             if space != rule.space:
-                out.append(_OtherSpace(reference, space, f"`{name}` applied in {space} space instead of "
-                                                         f"{rule.space}"))
+                out.append(_other_space(reference, space, f"`{name}` applied in {space} space instead of "
+                                                          f"{rule.space}"))
         out.append(_Axes(reference, "last", f"`{name}` with its per-sample norms over the last axis only"))
         out.append(_Axes(reference, "channel", f"`{name}` with its per-sample norms over the channel axis (dim 1) "
                                                f"only"))
@@ -252,7 +235,7 @@ def variants(reference: Reference) -> list[Implementation]:
         if other == name:
             continue
         try:
-            built = rules.get(other, **({"guidance_scale": 3.3} if reference.vary_strength else {}))
+            built = rules.get(other, **({"guidance_scale": PROBE_STRENGTH} if reference.vary_strength else {}))
         except (TypeError, ValueError):
             continue
         if built.branches != rule.branches:
@@ -301,7 +284,7 @@ def _bounds_for(variant: Implementation, record) -> list[Any] | None:
     try:  # on a copy: the bound runs the variant, which must not advance the memory the replays carry
         dtype = F32 if F32 in (record.dtype, getattr(variant, "precision", F64)) else F64
         return rounding_bound(copy.deepcopy(variant), [_as_reference_input(c) for c in record.calls], dtype,
-                              record.strength, record.linear, check_derivative=False)
+                              record.amplification, record.linear, check_derivative=False)
     except Exception:  # noqa: BLE001 - not differentiable: fall back to the reference's bound
         return None
 
@@ -316,7 +299,7 @@ def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
     from .rule_audit import Diagnosis
 
     failing_names = {c.name for c in failing}
-    records = [r for r in audit.records if r.kind != "batch"]
+    records = list(audit.records)
     failed_records = [r for r in records if r.name in failing_names]
     if not failed_records:
         kinds = sorted({c.kind for c in failing})
@@ -331,7 +314,6 @@ def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
     partial = []  # variants that explain every run but the degenerate rows'
     for variant in [*variants(audit.reference), *extra]:
         matched, explained = 0, 0
-        screened = True
         for record in records:
             outs, ok = _replay(variant, record)
             screen = SCREEN * (2.0**29 if getattr(variant, "precision", F64) == F32 else 1.0)  # u32 / u64
@@ -339,11 +321,10 @@ def diagnose(audit, failing, extra: tuple[Implementation, ...] = ()) -> Any:
                 matched += 1
                 explained += record.name in failing_names
                 continue
-            screened = False
             if record.kind != "degenerate" and record.name in failing_names and explained == 0:
                 break  # it cannot match, nor explain the first failing run it met: not a candidate
         scores.append((variant.name, explained, len(failed_records)))
-        if screened and matched == len(records):
+        if matched == len(records):
             matches.append(variant.name)
         elif explained and _explains(variant, records, "degenerate"):
             partial.append(variant.name)
