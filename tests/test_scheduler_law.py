@@ -202,3 +202,14 @@ def test_assert_scheduler_law():
 def test_bad_input_names_the_argument(kwargs, name):
     with pytest.raises((ValueError, TypeError), match=f"^{name}"):
         scheduler_law(**kwargs)
+
+
+def test_a_scheduler_ending_at_the_first_trained_level_gets_no_denoising_jump():
+    # final_sigmas_type='sigma_min' ends at level 0, whose float32 sigma gives a log-SNR 2.4e-8 above the float64
+    # grid value; read as "above the floor", the continuous law gained a denoising jump the scheduler never takes,
+    # a floor of W2 1.5e-4 that turned UniPC's order between 200 and 400 steps negative (6.5e-5 -> 1.5e-4; 1.3e-5
+    # at 400 steps without it). The continuous law must end at level 0, log-SNR 9.21, with no jump after it
+    sched = diffusers.UniPCMultistepScheduler(final_sigmas_type="sigma_min")
+    audit = scheduler_law(sched, "cfg", steps=25, settings=False, convergence=False)
+    assert "denoising step" not in audit.continuous_law.method
+    assert "to 9.21" in audit.continuous_law.method

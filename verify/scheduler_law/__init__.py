@@ -68,6 +68,10 @@ EXPECTED_ORDER = {"DDIMScheduler": 1, "DDPMScheduler": 1, "EulerDiscreteSchedule
 #: marginal and the final step to sigma = 0 add lower-order terms whose size is not known in advance, so the band
 #: is widened to 0.5: it still separates order 1 from 2, and an error that does not shrink (order <= 0) from both
 ORDER_BAND = 0.5
+#: how far (in log-SNR) a scheduler's final level may lie above the first trained level and still be that level:
+#: lambda = -2 log(sigma) of a float32 sigma carries 2 * (a few ulps) * 2^-24; 16 ulps, 9.5e-7, as in the
+#: model-level check of _drive._model_level, far below the smallest real gap (log-SNR of levels 0 and 1: 0.69)
+END_SLACK = 16.0 * 2.0**-24
 #: a Monte Carlo difference counts only beyond this many standard errors (one-sided 0.135 % per comparison)
 Z_MC = 3.0
 DEFAULT_SAMPLES = 20_000
@@ -394,7 +398,10 @@ def _law_of(factory, overrides, steps, world, rule, conditions, seed, n_samples,
         # the training grid's last level: however many steps, the model is never asked below it, and a scheduler
         # that outputs clean data ends with one denoising jump from there (module docstring of _reference)
         lam_floor = levels.lam_at_t(1.0 / levels.n_train)
-        jump = lam_last > lam_floor
+        # a scheduler that ends AT the first trained level (final_sigmas_type='sigma_min') stores that sigma in
+        # float32, so its log-SNR -2 log(sigma) lands a few float32 ulps of sigma off the float64 grid value (2.4e-8
+        # above it for UniPC and DPM-Solver): within END_SLACK it is that level, and no denoising jump follows
+        jump = lam_last > lam_floor + END_SLACK
         cont, reason = continuous_law(world, rule, conditions, lam_first, lam_floor if jump else lam_last,
                                       stochastic)
         if cont is not None and jump:
