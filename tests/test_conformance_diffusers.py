@@ -103,5 +103,9 @@ def test_every_guider_in_the_table_has_a_verdict():
     assert verdicts[("AutoGuidance", "auto_guidance_layers=[0], dropout=1.0")] == "raises"
     assert verdicts[("AdaptiveProjectedGuidance", "adaptive_projected_guidance_rescale=0.0")] == "conforms"
     assert verdicts[("TangentialClassifierFreeGuidance", "defaults")] == "deviates"  # its SVD runs in float32
+    # its values are autoguidance's when fed the weak prediction at c, but it runs the weak network on the negative
+    # conditioning: a routing finding the table adds to the value audit
+    auto = next(f for f in findings if (f.guider, f.setting) == ("AutoGuidance", "defaults"))
+    assert auto.verdict == "deviates" and "unconditional (negative) conditioning" in auto.diagnosis
     table = findings_table(findings)
     assert table.count("\n") == len(findings) + 1

@@ -158,6 +158,26 @@ def _routing_text(guider: Any) -> str:
                      for ident, cond, degraded in routes)
 
 
+def _misrouted_weak_model(guider: Any, rule: str) -> str:
+    """For a counterpart with a weak branch (autoguidance: the weak model at the same condition c), a finding when
+    the guider runs its degraded network on another conditioning than the conditional one; "" otherwise. The value
+    audit cannot see this: it feeds each identifier the branch the identifiers name."""
+    from verify import rules
+
+    if "weak" not in rules.get(rule, **({"guidance_scale": 2.0})).branches:
+        return ""
+    try:
+        routes = batch_routing(guider)
+    except Exception:  # noqa: BLE001 - reported by the routing column
+        return ""
+    wrong = [ident for ident, conditioning, degraded in routes if degraded and conditioning != "cond"]
+    if not wrong:
+        return ""
+    return (f"in a pipeline its degraded (weak) network is evaluated on the unconditional (negative) conditioning "
+            f"({', '.join(wrong)}), where the paper evaluates the weak model on the condition c: a weak-unconditional "
+            f"rule, not autoguidance (the values above are the rule's when fed the weak model's prediction at c)")
+
+
 def _verdict(audit) -> str:
     failing = audit.failures
     if not failing:
@@ -194,7 +214,12 @@ def guider_findings(progress: bool = False, *, settings: tuple[tuple[str, dict[s
             raised = next(c for c in audit.failures if c.name == "never raises")
             diagnosis = (diagnosis + "; " if diagnosis else "") + f"raises on {raised.detail}"
         ref_params = ", ".join(f"{k}={v!r}" for k, v in match.params.items())
-        findings.append(Finding(name, _setting_text(params), f"{match.rule}({ref_params})", _verdict(audit),
+        verdict = _verdict(audit)
+        misrouted = _misrouted_weak_model(guider, match.rule)
+        if misrouted:
+            verdict = "deviates" if verdict == "conforms" else verdict
+            diagnosis = (diagnosis + "; " if diagnosis else "") + misrouted
+        findings.append(Finding(name, _setting_text(params), f"{match.rule}({ref_params})", verdict,
                                 diagnosis or "-", worst, rel, ratio32,
                                 tuple(s.space for s in audit.spaces if s.agrees), audit.summary(),
                                 _routing_text(guider), (match.note,)))
