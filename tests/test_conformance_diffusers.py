@@ -109,3 +109,18 @@ def test_every_guider_in_the_table_has_a_verdict():
     assert auto.verdict == "deviates" and "unconditional (negative) conditioning" in auto.diagnosis
     table = findings_table(findings)
     assert table.count("\n") == len(findings) + 1
+
+
+def test_the_worked_example_of_docs_audit_md():
+    """docs/audit.md's suite for a user's project, as written there (a doc that cannot drift from the code)."""
+    from diffusers import DDIMScheduler
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    from verify.testing import assert_guider_conforms, assert_scheduler_law
+
+    assert assert_guider_conforms(ClassifierFreeGuidance(guidance_scale=5.0)).passed
+    assert_scheduler_law(DDIMScheduler(clip_sample=False), steps=50, max_bias=0.05)
+    with pytest.raises(AssertionError, match="non-finite output"):  # the comment's claim: NaN at zero spread
+        assert_guider_conforms(ClassifierFreeGuidance(guidance_rescale=0.7))
+    with pytest.raises(AssertionError):  # DDIMScheduler() itself: the clip_sample default
+        assert_scheduler_law(DDIMScheduler(), steps=50, max_bias=0.05, settings=False, convergence=False)

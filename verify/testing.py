@@ -12,10 +12,11 @@ r"""Conformance checks for your own pytest suite: one line each.
 
     def test_diffusers_cfg_guider():
         from diffusers.guiders import ClassifierFreeGuidance
-        assert_guider_conforms(ClassifierFreeGuidance(guidance_rescale=0.7))
+        assert_guider_conforms(ClassifierFreeGuidance(guidance_scale=5.0))
 
     def test_my_scheduler_setup():
-        assert_scheduler_law("DDIMScheduler", steps=50, max_bias=0.05)
+        from diffusers import DDIMScheduler
+        assert_scheduler_law(DDIMScheduler(clip_sample=False), steps=50, max_bias=0.05)
 
 Each raises ``AssertionError`` with the audit's report (the failing checks, the spaces that agree and the diagnosis:
 what the implementation computes instead) when the code does not conform, and returns the full result otherwise.
