@@ -138,7 +138,9 @@ def audit_target_command(prepared: Prepared, *, stream: TextIO | None = None,
         return EXIT_TIMEOUT
     bar.close()
     elapsed = time.perf_counter() - begin
-    text = result.report(all_checks=all_checks) if _takes_all(result) else result.report()
+    from .rule_audit import RuleAudit
+
+    text = result.report(all_checks=all_checks) if isinstance(result, RuleAudit) else result.report()
     print(text, file=out)
     if json_path:
         path = pathlib.Path(json_path)
@@ -146,15 +148,6 @@ def audit_target_command(prepared: Prepared, *, stream: TextIO | None = None,
     verdict = "passed" if result.passed else "failed"
     print(f"audit {verdict}: {prepared.label} ({elapsed:.1f} s)", file=out)
     return 0 if result.passed else 1
-
-
-def _takes_all(result: Any) -> bool:
-    import inspect
-
-    try:
-        return "all_checks" in inspect.signature(result.report).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _validate(rule: str, params: Mapping[str, Any]) -> None:

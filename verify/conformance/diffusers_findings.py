@@ -115,8 +115,7 @@ def _outputs(impl: Implementation, calls: list[Call]) -> list[Any] | None:
     impl.start_run(len(calls))
     try:
         with torch.no_grad():
-            return [impl(Call({b: p.clone() for b, p in c.preds.items()}, c.space, c.x.clone(), c.t, c.alpha,
-                              c.sigma, c.schedule, c.step, c.n_steps, c.params)) for c in calls]
+            return [impl(c.copy()) for c in calls]
     except Exception:  # noqa: BLE001 - an implementation that raises has no size here; its audit says it raises
         return None
 

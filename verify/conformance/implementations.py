@@ -20,6 +20,7 @@ rule that re-noises with another branch (CFG++) a pair ``(guided, renoise)``.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from toy_models.schedules import Schedule
 from verify import rules
 from verify.rules import GuidanceState, Rule, StepContext
 
-__all__ = ["Call", "Implementation", "CombinerFunction", "BranchesFunction", "RuleImplementation",
+__all__ = ["Call", "Implementation", "Wrapper", "CombinerFunction", "BranchesFunction", "RuleImplementation",
            "as_implementation", "is_diffusers_guider", "strength_parameter"]
 
 Tensor = torch.Tensor
@@ -57,6 +58,14 @@ class Call:
     n_steps: int = 1
     params: Mapping[str, Any] = field(default_factory=dict)
 
+    def replace(self, **changes: Any) -> Call:
+        """This call with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def copy(self) -> Call:
+        """This call on fresh copies of its tensors (what an implementation may write into)."""
+        return self.replace(preds={b: p.clone() for b, p in self.preds.items()}, x=self.x.clone())
+
 
 class Implementation:
     """The interface the audit drives. Subclasses implement :meth:`__call__`; :meth:`start_run` is called before the
@@ -78,6 +87,16 @@ class Implementation:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
+
+
+class Wrapper(Implementation):
+    """An implementation built around another (``inner``), whose runs are the inner one's."""
+
+    def __init__(self, inner: Implementation, name: str | None = None):
+        self.inner, self.name = inner, name or inner.name
+
+    def start_run(self, n_steps: int) -> None:
+        self.inner.start_run(n_steps)
 
 
 def strength_parameter(rule_name: str) -> str | None:
@@ -188,9 +207,7 @@ class RuleImplementation(Implementation):
                               {})
             preds = {b: ctx.to_space(ctx.from_space(p.reshape(shape[0], -1), call.space), own)
                      for b, p in call.preds.items()}
-            inner = Call(preds, own, ctx.x, call.t, call.alpha, call.sigma, call.schedule, call.step, call.n_steps,
-                         call.params)
-            out = self(inner)
+            out = self(call.replace(preds=preds, space=own, x=ctx.x))
 
             def back(o: Tensor) -> Tensor:
                 return ctx.to_space(ctx.from_space(o, own), call.space).reshape(shape)

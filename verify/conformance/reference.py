@@ -54,7 +54,7 @@ import torch
 from verify import rules
 from verify.tolerances import gamma
 
-from .implementations import Call, Implementation, RuleImplementation
+from .implementations import Call, Implementation, RuleImplementation, Wrapper
 
 #: the guidance scale of the audit's probe checks (shape, dtype, batch, state, degenerate, space) when it varies the
 #: strength: off every endpoint and not a float32 number
@@ -71,14 +71,12 @@ def chain_length(features: int) -> int:
     return 2 * int(features) + 32
 
 
-class Windowed(Implementation):
+class Windowed(Wrapper):
     """``inner`` on the steps ``guided_steps(step, n_steps)`` accepts, the conditional branch itself elsewhere."""
 
-    def __init__(self, inner: Implementation, guided_steps: GuidedSteps | None):
-        self.inner, self.guided_steps, self.name = inner, guided_steps, inner.name
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+    def __init__(self, inner: Implementation, guided_steps: GuidedSteps | None, name: str | None = None):
+        super().__init__(inner, name)
+        self.guided_steps = guided_steps
 
     def __call__(self, call: Call) -> Any:
         if self.guided_steps is not None and not self.guided_steps(call.step, call.n_steps):
@@ -125,9 +123,11 @@ class Reference:
     def source(self) -> str:
         return rules.rule_class(self.rule).reference
 
-    def implementation(self) -> Implementation:
-        """A fresh evaluator of the reference (its own run state)."""
-        return Windowed(RuleImplementation(self.rule), self.guided_steps)
+    def implementation(self, space: str | None = None, name: str | None = None) -> Implementation:
+        """A fresh evaluator of the reference (its own run state); with ``space``, the rule applied in that space
+        to the call's predictions (converted there and back: another rule if it is not linear)."""
+        inner = RuleImplementation(self.rule) if space is None else RuleImplementation(self.rule, space=space)
+        return Windowed(inner, self.guided_steps, name)
 
     def call_params(self, strength: float | None) -> dict[str, Any]:
         """The parameters of one call: the rule's own (``rule.params``, validated), with the strength set."""
@@ -188,8 +188,7 @@ def rounding_bound(reference: Implementation, calls: list[Call], dtype: torch.dt
             leaves[key] = t.detach().to(torch.float64).reshape(t.shape[0], -1).clone().requires_grad_(True)
         return leaves[key]
 
-    graded = [Call({b: leaf(p) for b, p in c.preds.items()}, c.space, leaf(c.x), c.t, c.alpha, c.sigma, c.schedule,
-                   c.step, c.n_steps, c.params) for c in calls]
+    graded = [c.replace(preds={b: leaf(p) for b, p in c.preds.items()}, x=leaf(c.x)) for c in calls]
     reference.start_run(len(calls))
     with torch.enable_grad():
         outputs = [reference(c) for c in graded]
@@ -268,8 +267,8 @@ def _check_derivative(reference: Implementation, calls: list[Call], graded: list
         values = []
         for sign in (1.0, -1.0):
             moved = {id(v): (v.detach() + sign * h * d) for v, d in zip(inputs, direction, strict=True)}
-            shifted = [Call({b: moved[id(p)] for b, p in c.preds.items()}, c.space, moved[id(c.x)], c.t, c.alpha,
-                            c.sigma, c.schedule, c.step, c.n_steps, c.params) for c in graded]
+            shifted = [c.replace(preds={b: moved[id(p)] for b, p in c.preds.items()}, x=moved[id(c.x)])
+                       for c in graded]
             reference.start_run(len(shifted))
             with torch.no_grad():
                 outs = [reference(c) for c in shifted]

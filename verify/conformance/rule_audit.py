@@ -189,10 +189,8 @@ def _storage(t: Tensor) -> int:
 
 def invoke(impl: Implementation, call: Call) -> Outcome:
     """Call ``impl`` on copies of the inputs and record every contract problem."""
-    copies = {b: p.clone() for b, p in call.preds.items()}
-    x_copy = call.x.clone()
-    mine = Call(copies, call.space, x_copy, call.t, call.alpha, call.sigma, call.schedule, call.step, call.n_steps,
-                call.params)
+    mine = call.copy()
+    copies, x_copy = mine.preds, mine.x
     try:
         out = impl(mine)
     except Exception as exc:  # noqa: BLE001 - an implementation that raises fails its checks, it does not stop them
@@ -265,8 +263,7 @@ def _reference_outputs(reference: Reference, calls: list[Call]) -> list[Any]:
     ev = reference.implementation()
     ev.start_run(len(calls))
     with torch.no_grad():  # on copies: the reference's outputs (the cond branch outside a window) are kept
-        return [ev(Call({b: p.clone() for b, p in c.preds.items()}, c.space, c.x.clone(), c.t, c.alpha, c.sigma,
-                        c.schedule, c.step, c.n_steps, c.params)) for c in calls]
+        return [ev(c.copy()) for c in calls]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -455,31 +452,18 @@ class _Audit:
         self._note_contracts(second, "run 2")
         same = all(a.error is None and b.error is None and _bitwise(a.output, b.output) for a, b in
                    zip(first, second, strict=True))
+        run_record = self.records[-1]  # the first run's, just judged: its bounds serve the second run too
         if not same:
-            close, _, text = self._judge_against(second, first, calls)
+            close, _, text = _within_bounds(second, first, run_record.bounds)
             detail = ("a second run differs from the first" + (" bitwise, within the rounding bound" if close
                                                                 else f" ({text})"))
         else:
             detail = "the second run repeats the first bitwise (memory reset between runs)"
         name = "a second run repeats the first (no state leaks across runs)"
         self.checks.append(Check(name, same, detail, "state"))
-        run_record = next(r for r in self.records if r.kind == "state")
         self.records.append(Record("state", name, calls + calls, [o.output for o in first + second],
-                                   run_record.bounds + run_record.bounds, F64, self.probe_strength, self.linear,
-                                   runs=(0, len(calls))))
-
-    def _judge_against(self, outs: list[Outcome], refs: list[Outcome], calls: list[Call]) -> tuple[bool, float, str]:
-        bounds = rounding_bound(self.reference.implementation(), [_as_reference_input(c) for c in calls], F64,
-                                self.reference.amplification(self.probe_strength), self.linear)
-        for step, (o, r, b) in enumerate(zip(outs, refs, bounds, strict=True)):
-            if o.error or r.error:
-                return False, math.inf, o.error or r.error or ""
-            if not isinstance(r.output, (Tensor, tuple)):
-                return False, math.inf, f"step {step}: returned {type(r.output).__name__}"
-            ok, ratio, text = compare(o.output, _detach(r.output), b)
-            if not ok:
-                return False, ratio, f"step {step}: {text}"
-        return True, 0.0, "within the rounding bound"
+                                   run_record.bounds + run_record.bounds, F64, run_record.amplification,
+                                   self.linear, runs=(0, len(calls))))
 
     def determinism(self) -> None:
         case = self._probe_cases()[0]
@@ -527,8 +511,8 @@ class _Audit:
                 eps_calls = self._calls([case] * (3 if self.stateful else 1), self.probe_strength, space="eps")
                 refs = _reference_outputs(self.reference, [_as_reference_input(c) for c in
                                                            self._calls([case] * len(calls), self.probe_strength)])
-                bounds = rounding_bound(_InSpace(self.reference, self.space), [_as_reference_input(c) for c in
-                                                                                eps_calls], F64,
+                bounds = rounding_bound(self.reference.implementation(space=self.space),
+                                        [_as_reference_input(c) for c in eps_calls], F64,
                                         self.reference.amplification(self.probe_strength), self.linear)
                 for o, r, b in zip(outcomes, refs, bounds, strict=True):
                     if o.error is not None:
@@ -559,27 +543,6 @@ class _Audit:
             self.checks.append(Check(label, not problems, detail, "contract", note=note))
 
 
-class _InSpace:
-    """The reference as a function of eps predictions: eps -> its space -> rule -> eps (for the space bound)."""
-
-    def __init__(self, reference: Reference, space: str):
-        self.inner, self.space = reference.implementation(), space
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
-
-    def __call__(self, call: Call) -> Any:
-        from verify.rules import StepContext
-
-        ctx = StepContext(call.x, call.t, call.alpha, call.sigma, call.schedule, {})
-        preds = {b: ctx.to_space(p, self.space) for b, p in call.preds.items()}
-        out = self.inner(Call(preds, self.space, call.x, call.t, call.alpha, call.sigma, call.schedule, call.step,
-                              call.n_steps, call.params))
-        if isinstance(out, tuple):
-            return tuple(ctx.from_space(o, self.space) for o in out)
-        return ctx.from_space(out, self.space)
-
-
 def _to_eps(out: Any, case: grid.Case, space: str) -> Any:
     if isinstance(out, tuple):
         return tuple(_to_eps(o, case, space) for o in out)
@@ -589,22 +552,35 @@ def _to_eps(out: Any, case: grid.Case, space: str) -> Any:
     return grid.from_space(case, flat, space)
 
 
+def _within_bounds(outs: list[Outcome], refs: list[Outcome], bounds: list[Any]) -> tuple[bool, float, str]:
+    """Whether each of ``outs`` is within its bound of the matching ``refs`` (two runs of the implementation)."""
+    for step, (o, r, b) in enumerate(zip(outs, refs, bounds, strict=True)):
+        if o.error or r.error:
+            return False, math.inf, o.error or r.error or ""
+        if not isinstance(r.output, (Tensor, tuple)):
+            return False, math.inf, f"step {step}: returned {type(r.output).__name__}"
+        ok, ratio, text = compare(o.output, rows64(r.output), b)
+        if not ok:
+            return False, ratio, f"step {step}: {text}"
+    return True, 0.0, "within the rounding bound"
+
+
 def _as_reference_input(call: Call) -> Call:
     """The call in float64 ``[N, D]`` (the reference's own shape)."""
-    preds = {b: p.detach().to(F64).reshape(p.shape[0], -1) for b, p in call.preds.items()}
-    return Call(preds, call.space, call.x.detach().to(F64).reshape(call.x.shape[0], -1), call.t, call.alpha,
-                call.sigma, call.schedule, call.step, call.n_steps, call.params)
+    return call.replace(preds={b: rows64(p) for b, p in call.preds.items()}, x=rows64(call.x))
 
 
 def _select(value: Any, rows: list[int]) -> Any:
     if isinstance(value, tuple):
         return tuple(_select(v, rows) for v in value)
-    return value.detach().to(F64).reshape(value.shape[0], -1)[rows]
+    return rows64(value)[rows]
 
 
-def _detach(value: Any) -> Any:
+def rows64(value: Any) -> Any:
+    """An output (a tensor, or a (guided, renoise) pair) as float64 ``[N, D]`` rows, detached; anything else as
+    it is (what the comparisons read)."""
     if isinstance(value, tuple):
-        return tuple(_detach(v) for v in value)
+        return tuple(rows64(v) for v in value)
     if not isinstance(value, Tensor):
         return value
     return value.detach().to(F64).reshape(value.shape[0], -1)

@@ -34,8 +34,8 @@ import torch
 from verify import rules
 from verify.rules import GuidanceState, StepContext
 
-from .implementations import Call, Implementation, RuleImplementation
-from .reference import PROBE_STRENGTH, Reference, Windowed, rounding_bound
+from .implementations import Call, Implementation, RuleImplementation, Wrapper
+from .reference import PROBE_STRENGTH, Reference, rounding_bound
 
 __all__ = ["variants", "diagnose"]
 
@@ -46,47 +46,34 @@ F64, F32 = torch.float64, torch.float32
 SCREEN = 1e4
 
 
-class _Shifted(Implementation):
+class _Shifted(Wrapper):
     def __init__(self, reference: Reference, change, label: str):
-        self.inner, self.change, self.name = reference.implementation(), change, label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+        super().__init__(reference.implementation(), label)
+        self.change = change
 
     def __call__(self, call: Call) -> Any:
         params = dict(call.params)
         params["guidance_scale"] = self.change(float(params["guidance_scale"]))
-        return self.inner(_replace(call, params=params))
+        return self.inner(call.replace(params=params))
 
 
-class _Swapped(Implementation):
+class _Swapped(Wrapper):
     def __init__(self, reference: Reference, a: str, b: str, label: str):
-        self.inner, self.a, self.b, self.name = reference.implementation(), a, b, label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+        super().__init__(reference.implementation(), label)
+        self.a, self.b = a, b
 
     def __call__(self, call: Call) -> Any:
         preds = dict(call.preds)
         preds[self.a], preds[self.b] = call.preds[self.b], call.preds[self.a]
-        return self.inner(_replace(call, preds=preds))
+        return self.inner(call.replace(preds=preds))
 
 
-def _other_space(reference: Reference, space: str, label: str) -> Implementation:
-    """The rule applied in ``space`` (:class:`RuleImplementation` fixed to a space converts there and back)."""
-    variant = Windowed(RuleImplementation(reference.rule, space=space), reference.guided_steps)
-    variant.name = label
-    return variant
-
-
-class _Axes(Implementation):
+class _Axes(Wrapper):
     """Per-sample reductions over the wrong axes: the samples re-batched so that a 'row' is what the bug reduces."""
 
     def __init__(self, reference: Reference, mode: str, label: str):
-        self.inner, self.mode, self.name = reference.implementation(), mode, label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+        super().__init__(reference.implementation(), label)
+        self.mode = mode
 
     def _fold(self, t: Tensor) -> Tensor:
         if self.mode == "batch":
@@ -107,24 +94,21 @@ class _Axes(Implementation):
     def __call__(self, call: Call) -> Any:
         like = call.x
         preds = {b: self._fold(p) for b, p in call.preds.items()}
-        out = self.inner(_replace(call, preds=preds, x=self._fold(call.x)))
+        out = self.inner(call.replace(preds=preds, x=self._fold(call.x)))
         if isinstance(out, tuple):
             return tuple(self._unfold(o, like) for o in out)
         return self._unfold(out, like)
 
 
-class _Float32(Implementation):
+class _Float32(Wrapper):
     precision = F32  # judged with float32's rounding bound
 
     def __init__(self, reference: Reference, label: str):
-        self.inner, self.name = reference.implementation(), label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+        super().__init__(reference.implementation(), label)
 
     def __call__(self, call: Call) -> Any:
         dtype = next(iter(call.preds.values())).dtype
-        out = self.inner(_replace(call, preds={b: p.to(F32) for b, p in call.preds.items()}, x=call.x.to(F32)))
+        out = self.inner(call.replace(preds={b: p.to(F32) for b, p in call.preds.items()}, x=call.x.to(F32)))
         return tuple(o.to(dtype) for o in out) if isinstance(out, tuple) else out.to(dtype)
 
 
@@ -151,14 +135,12 @@ class _Branch(Implementation):
         return call.preds[self.branch]
 
 
-class _OffBelow(Implementation):
+class _OffBelow(Wrapper):
     """Guidance switched off (the conditional branch returned) for guidance scales below ``limit``."""
 
     def __init__(self, reference: Reference, limit: float, label: str):
-        self.inner, self.limit, self.name = reference.implementation(), limit, label
-
-    def start_run(self, n_steps: int) -> None:
-        self.inner.start_run(n_steps)
+        super().__init__(reference.implementation(), label)
+        self.limit = limit
 
     def __call__(self, call: Call) -> Any:
         if float(call.params["guidance_scale"]) < self.limit:
@@ -189,14 +171,6 @@ class _Formula(Implementation):
         return rule.variants()[self.key](flat, ctx).reshape(shape)
 
 
-def _replace(call: Call, **changes: Any) -> Call:
-    fields = {"preds": call.preds, "space": call.space, "x": call.x, "t": call.t, "alpha": call.alpha,
-              "sigma": call.sigma, "schedule": call.schedule, "step": call.step, "n_steps": call.n_steps,
-              "params": call.params}
-    fields.update(changes)
-    return Call(**fields)
-
-
 def variants(reference: Reference) -> list[Implementation]:
     """Every variant of the families in the module docstring, for this reference."""
     rule = reference.build(PROBE_STRENGTH if reference.vary_strength else None)
@@ -217,8 +191,8 @@ def variants(reference: Reference) -> list[Implementation]:
     if rule.linear_weights is None:
         for space in type(rule).spaces:
             if space != rule.space:
-                out.append(_other_space(reference, space, f"`{name}` applied in {space} space instead of "
-                                                          f"{rule.space}"))
+                out.append(reference.implementation(space, f"`{name}` applied in {space} space instead of "
+                                                           f"{rule.space}"))
         out.append(_Axes(reference, "last", f"`{name}` with its per-sample norms over the last axis only"))
         out.append(_Axes(reference, "channel", f"`{name}` with its per-sample norms over the channel axis (dim 1) "
                                                f"only"))
@@ -260,22 +234,16 @@ def _replay(variant: Implementation, record) -> tuple[list[Any], bool]:
 
 
 def _within(outputs: list[Any], candidates: list[Any], bounds: list[Any], factor: float) -> bool:
-    from .rule_audit import compare
+    from .rule_audit import compare, rows64
 
     for out, cand, bound in zip(outputs, candidates, bounds, strict=True):
         if out is None:
             return False
         scaled = tuple(b * factor for b in bound) if isinstance(bound, tuple) else bound * factor
-        ok, _, _ = compare(out, _flat64(cand), scaled)
+        ok, _, _ = compare(out, rows64(cand), scaled)
         if not ok:
             return False
     return True
-
-
-def _flat64(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return tuple(_flat64(v) for v in value)
-    return value.detach().to(F64).reshape(value.shape[0], -1)
 
 
 def _bounds_for(variant: Implementation, record) -> list[Any] | None:
