@@ -30,7 +30,8 @@ invariant law is :math:`\mathcal N(\mu, [A(1 - hA/2)]^{-1})`, variance too large
 The corrector needs :math:`\tilde s_s = -\tilde\varepsilon/\sigma_s`, which the eps parametrisation does not give at
 :math:`\sigma_s = 0`: a step to such a time (``t_end = 0`` on VP) runs its predictor only. To let the corrector act
 at the end, end the grid at a small ``t_end > 0``; the output is then a draw near :math:`q_{t_{end}}`, whose moments
-differ from :math:`\pi`'s by :math:`O(\sigma_{t_{end}}^2)` (:func:`corrector_table` reports that gap).
+differ from :math:`\pi`'s by :math:`O(\sigma_{t_{end}}^2)` (:func:`corrector_table`'s errors are against
+:math:`\pi` itself, so they include that gap; at ``t_end = 1e-3`` on vp-linear :math:`\sigma^2 \approx 1e-4`).
 
 Step size. ``step_size`` fixes :math:`h_s` (a number, or a function of ``(s, alpha_s, sigma_s)``): every corrector
 step is then affine in x on a Gaussian world, the output law is Gaussian, and :func:`cfg_langevin_law` computes it
