@@ -25,12 +25,13 @@ The rules, the same everywhere:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["Tensorish", "as_tensor", "as_real_tensor", "check_finite", "check_points", "as_scalar",
+__all__ = ["Tensorish", "as_tensor", "as_real_tensor", "check_finite", "check_points", "as_scalar", "as_int",
            "check_magnitude", "check_same_shape", "check_generator", "real_dtype_of"]
 
 Tensorish = Any  # array-like, number or torch.Tensor
@@ -178,6 +179,13 @@ def as_scalar(value: Tensorish, name: str) -> float:
     if tensor.numel() != 1:
         raise ValueError(f"{name}: expected a scalar, got shape {list(tensor.shape)}")
     return float(tensor.reshape(()))
+
+
+def as_int(value: Any, name: str, minimum: int) -> int:
+    """A Python int ``>= minimum`` from an integral number (``bool`` refused: ``True`` is not a count)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def check_magnitude(value: float, limit: float, name: str, what: str) -> None:

@@ -65,7 +65,10 @@ from toy_models.schedules import Schedule, get_schedule
 __all__ = [
     "SAMPLERS",
     "SamplerSpec",
+    "TILTED_SAMPLERS",
+    "TiltedSamplerSpec",
     "register_sampler",
+    "register_tilted_sampler",
     "get_sampler",
     "EvaluationCount",
     "count_evaluations",
@@ -315,7 +318,7 @@ def register_sampler(name: str, *, order: int, evaluations_per_step: int = 1, no
     """Decorator: register a sampler function under ``name`` with its facts (:class:`SamplerSpec`)."""
 
     def decorate(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        if name in SAMPLERS:
+        if name in SAMPLERS or name in TILTED_SAMPLERS:
             raise ValueError(f"name: a sampler named {name!r} is already registered")
         SAMPLERS[name] = SamplerSpec(name, function, order, evaluations_per_step, noise, supports_renoise, multistep)
         return function
@@ -323,11 +326,55 @@ def register_sampler(name: str, *, order: int, evaluations_per_step: int = 1, no
     return decorate
 
 
-def get_sampler(name: str) -> SamplerSpec:
-    """The registered sampler ``name``."""
-    if not isinstance(name, str) or name not in SAMPLERS:
-        raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name]
+@dataclass(frozen=True)
+class TiltedSamplerSpec:
+    r"""One registered sampler of the *tilted target* :math:`\pi \propto \prod_b p(x \mid c_b)^{a_b}` of a linear
+    rule (:mod:`verify.tilted`), as opposed to the discretisations of the guided process in :data:`SAMPLERS`, whose
+    laws are the process's (not :math:`\pi`).
+
+    * ``function``: the sampler, with the common signature (the spec is callable and forwards to it); it takes the
+      same guided denoiser as the process samplers (``rules.get("cfg", w=3).guide(base, cond)``) and reads the rule
+      and the branch conditions from it;
+    * ``limit``: the limit in which its output law is :math:`\pi` (e.g. "steps -> inf, particles -> inf");
+    * ``analytic_only``: whether it needs the exact noised laws of a world (the base denoiser an
+      :class:`~toy_models.denoiser.AnalyticDenoiser`) rather than any denoiser (a trained network included).
+    """
+
+    name: str
+    function: Callable[..., Tensor]
+    limit: str
+    analytic_only: bool = False
+
+    def __call__(self, *args, **kw) -> Tensor:
+        return self.function(*args, **kw)
+
+
+#: samplers of the tilted target, by name (registered by the modules that define them, imported by ``verify``)
+TILTED_SAMPLERS: dict[str, TiltedSamplerSpec] = {}
+
+
+def register_tilted_sampler(name: str, *, limit: str, analytic_only: bool = False
+                            ) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: register a sampler of the tilted target under ``name`` (:class:`TiltedSamplerSpec`). The names
+    share one namespace with :data:`SAMPLERS`."""
+
+    def decorate(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        if name in SAMPLERS or name in TILTED_SAMPLERS:
+            raise ValueError(f"name: a sampler named {name!r} is already registered")
+        TILTED_SAMPLERS[name] = TiltedSamplerSpec(name, function, limit, analytic_only)
+        return function
+
+    return decorate
+
+
+def get_sampler(name: str) -> SamplerSpec | TiltedSamplerSpec:
+    """The registered sampler ``name``: a discretisation of the guided process (:data:`SAMPLERS`) or a sampler of
+    the tilted target (:data:`TILTED_SAMPLERS`)."""
+    if isinstance(name, str) and name in SAMPLERS:
+        return SAMPLERS[name]
+    if isinstance(name, str) and name in TILTED_SAMPLERS:
+        return TILTED_SAMPLERS[name]
+    raise ValueError(f"name: unknown sampler {name!r}; choose one of {sorted(SAMPLERS) + sorted(TILTED_SAMPLERS)}")
 
 
 def _ode(eta: float) -> float:
@@ -559,7 +606,8 @@ def dpmpp_2m(denoiser: Denoiser, x: Tensor, timesteps, *, condition: Condition =
 
 
 def sample(name: str, denoiser: Denoiser, x: Tensor, timesteps, **kw) -> Tensor:
-    """Run the sampler called ``name`` (a key of :data:`SAMPLERS`) with the common signature."""
+    """Run the sampler called ``name`` (a key of :data:`SAMPLERS` or :data:`TILTED_SAMPLERS`) with the common
+    signature."""
     return get_sampler(name)(denoiser, x, timesteps, **kw)
 
 
