@@ -198,7 +198,7 @@ def test_refusals_name_the_argument(call, match: str) -> None:
 
 def test_type_refusals() -> None:
     x = torch.zeros(4, 1, dtype=F64)
-    with pytest.raises(TypeError, match="^guided_denoiser:"):
+    with pytest.raises(TypeError, match="^denoiser:"):
         cfg_langevin("den", x, [1.0, 0.5], corrector_steps=1, step_size=0.1, generator=torch.Generator())
     with pytest.raises(TypeError, match="^generator:"):
         cfg_langevin(_guided(3.0), x, [1.0, 0.5], corrector_steps=1, step_size=0.1, generator=0)

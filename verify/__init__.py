@@ -11,5 +11,8 @@ from .audit import AuditResult, audit_cfg
 from .conformance import RuleAudit, audit_rule
 from .exact_law import exact_gaussian_cfg_law, exact_gaussian_law
 
+# the samplers of the tilted target register themselves (verify.samplers.TILTED_SAMPLERS) when imported
+from . import tilted_exact, tilted_langevin, tilted_smc  # noqa: E402, F401  isort: skip
+
 __all__ = ["AuditResult", "audit_cfg", "audit_rule", "RuleAudit", "rules", "exact_gaussian_law",
            "exact_gaussian_cfg_law"]

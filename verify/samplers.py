@@ -65,6 +65,8 @@ from toy_models.schedules import Schedule, get_schedule
 __all__ = [
     "SAMPLERS",
     "SamplerSpec",
+    "TimeGrid",
+    "check_times",
     "TILTED_SAMPLERS",
     "TiltedSamplerSpec",
     "register_sampler",
@@ -93,8 +95,9 @@ F64 = torch.float64
 # Validation and the per-step coefficients
 # --------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Grid:
-    """Validated times and their schedule coefficients, all Python floats (formed in float64)."""
+class TimeGrid:
+    """Validated times and their schedule coefficients, all Python floats (formed in float64): what
+    :func:`check_times` returns, shared by every sampler that steps along a grid."""
 
     times: list[float]
     alpha: list[float]
@@ -111,7 +114,9 @@ class _Grid:
         return -math.expm1(self.log_snr[i] - self.log_snr[i + 1])
 
 
-def _check_times(timesteps, schedule: Schedule) -> _Grid:
+def check_times(timesteps, schedule: Schedule) -> TimeGrid:
+    """``timesteps`` checked against the sampler contract (module docstring) with their coefficients on
+    ``schedule``; refusals name ``timesteps``."""
     times = as_real_tensor(timesteps, "timesteps", F64).detach()
     if times.ndim != 1 or times.numel() < 2:
         raise ValueError(f"timesteps: expected a 1-D sequence of at least 2 times, got shape {list(times.shape)}")
@@ -130,17 +135,17 @@ def _check_times(timesteps, schedule: Schedule) -> _Grid:
         raise ValueError("timesteps: sigma(t) must be > 0 at every time but the last (the denoiser's eps is "
                          "undefined at sigma = 0)")
     log_snr = schedule.log_snr(times)
-    return _Grid(times.tolist(), alpha.tolist(), sigma.tolist(), log_snr.tolist(), schedule)
+    return TimeGrid(times.tolist(), alpha.tolist(), sigma.tolist(), log_snr.tolist(), schedule)
 
 
-def _check_inputs(denoiser: Denoiser, x: Tensor, timesteps) -> tuple[Tensor, _Grid]:
+def _check_inputs(denoiser: Denoiser, x: Tensor, timesteps) -> tuple[Tensor, TimeGrid]:
     if not callable(getattr(denoiser, "eps", None)) or not hasattr(denoiser, "schedule"):
         raise TypeError(f"denoiser: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
     x = as_real_tensor(x, "x", real_dtype_of(x, F64), copy=False)
     dim = getattr(denoiser, "dim", None)
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"x: expected shape [N, {dim if dim is not None else 'd'}], got {list(x.shape)}")
-    return x, _check_times(timesteps, get_schedule(denoiser.schedule))
+    return x, check_times(timesteps, get_schedule(denoiser.schedule))
 
 
 def _check_callback(callback) -> None:
@@ -155,7 +160,7 @@ def _check_eta(eta) -> float:
     return eta
 
 
-def _noise_source(grid: _Grid, x: Tensor, generator: torch.Generator | None, noise: Tensor | None,
+def _noise_source(grid: TimeGrid, x: Tensor, generator: torch.Generator | None, noise: Tensor | None,
                   name: str) -> Callable[[int], Tensor]:
     """``i -> z_i`` of shape ``x.shape``: rows of ``noise``, or one draw from ``generator`` per step."""
     if noise is not None:
@@ -218,7 +223,7 @@ def _checked(pred, what: str, x: Tensor, where: str) -> Tensor:
     return pred.to(x.dtype)
 
 
-def _predict(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int, state,
+def _predict(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: TimeGrid, i: int, state,
              second: bool = False) -> tuple[Tensor, Tensor]:
     """The denoiser's prediction at ``(x, t)``, checked: ``(eps, renoise)``, each a real tensor of ``x``'s shape,
     finite in every entry; ``renoise`` is the eps to re-noise with (``eps`` itself unless a guided denoiser's rule
@@ -234,13 +239,13 @@ def _predict(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid
     return eps, eps
 
 
-def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: _Grid, i: int, state,
+def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: TimeGrid, i: int, state,
          second: bool = False) -> Tensor:
     """The checked guided eps (samplers with no re-noising step)."""
     return _predict(denoiser, x, t, condition, grid, i, state, second)[0]
 
 
-def _check_state(x: Tensor, grid: _Grid, i: int) -> Tensor:
+def _check_state(x: Tensor, grid: TimeGrid, i: int) -> Tensor:
     """Refuse a state that overflowed in step ``i`` (finite inputs and predictions near the dtype's maximum)."""
     if not bool(torch.isfinite(x.detach()).all()):
         rows = int((~torch.isfinite(x.detach())).any(dim=1).sum())
@@ -250,7 +255,7 @@ def _check_state(x: Tensor, grid: _Grid, i: int) -> Tensor:
     return x
 
 
-def _pf_ode_velocity(grid: _Grid, i: int, x: Tensor, eps: Tensor, *, sde: bool = False) -> Tensor:
+def _pf_ode_velocity(grid: TimeGrid, i: int, x: Tensor, eps: Tensor, *, sde: bool = False) -> Tensor:
     r"""Probability-flow velocity :math:`f x - \tfrac{g^2}{2}\hat s` at time index ``i`` (reverse-SDE drift
     :math:`f x - g^2 \hat s` when ``sde``)."""
     t = grid.times[i]
@@ -303,7 +308,7 @@ class SamplerSpec:
 
     def nfe(self, timesteps, schedule: str | Schedule) -> int:
         """Denoiser calls on ``timesteps``."""
-        grid = _check_times(timesteps, get_schedule(schedule))
+        grid = check_times(timesteps, get_schedule(schedule))
         if self.evaluations_per_step == 2:  # the second evaluation is skipped on a last step to sigma = 0
             return 2 * grid.steps - (1 if grid.sigma[-1] == 0 else 0)
         return self.evaluations_per_step * grid.steps

@@ -27,6 +27,18 @@ what this module measures: the unadjusted step is biased (on a Gaussian :math:`q
 invariant law is :math:`\mathcal N(\mu, [A(1 - hA/2)]^{-1})`, variance too large by a factor
 :math:`1/(1 - hA/2)`), and K steps contract the distance to that law by :math:`(1 - hA)^K` in the mean.
 
+Metropolis adjustment (the registered ``mcmc``). With ``metropolis=True`` each corrector proposal is accepted with
+MALA's probability (Roberts & Tweedie 1996, eqs. 2.2-2.3), so :math:`q_s` is invariant at every step size and the
+bias of the unadjusted step disappears. A denoiser gives :math:`\nabla\log q_s` but not :math:`\log q_s`, so the
+log-density difference in the acceptance ratio is the trapezoid rule along the proposal's segment,
+:math:`\log q_s(y) - \log q_s(x) \approx \tfrac12(\tilde s(x) + \tilde s(y))\cdot(y - x)`: exact when the score
+is affine (every Gaussian world), otherwise off by :math:`\tfrac1{12}` of the third directional derivative of
+:math:`\log q_s` times :math:`|y - x|^3`, a few percent of a step's log-ratio at the step sizes used here. This is
+the annealed MCMC of Du et al. 2023 ("Reduce, Reuse, Recycle: Compositional Generation with Energy-Based Diffusion
+Models and MCMC", ICML, section 4), who need an energy-parametrised model for the exact ratio; the score-only
+trapezoid estimate is this module's. The noise levels act as a tempering ladder, so chains reach separated modes
+while the levels are still smooth; whether they end in the right proportions is measured, not assumed.
+
 The corrector needs :math:`\tilde s_s = -\tilde\varepsilon/\sigma_s`, which the eps parametrisation does not give at
 :math:`\sigma_s = 0`: a step to such a time (``t_end = 0`` on VP) runs its predictor only. To let the corrector act
 at the end, end the grid at a small ``t_end > 0``; the output is then a draw near :math:`q_{t_{end}}`, whose moments
@@ -58,10 +70,11 @@ from toy_models.gaussian_mixture import Condition
 
 from .exact_law import discrete_sampler_law
 from .rules import get as get_rule
-from .samplers import _check_times, ddim, ddpm, time_grid
+from .samplers import check_times, ddim, ddpm, register_tilted_sampler, time_grid
 from .tilted import tilted_law
 
-__all__ = ["PREDICTORS", "cfg_langevin", "cfg_langevin_law", "AffineEps", "CorrectorRow", "corrector_table"]
+__all__ = ["PREDICTORS", "PCResult", "pc_run", "langevin", "mcmc", "cfg_langevin",
+           "cfg_langevin_law", "AffineEps", "CorrectorRow", "corrector_table"]
 
 F64 = torch.float64
 PREDICTORS = ("ddpm", "ddim")
@@ -71,16 +84,15 @@ StepSize = float | Callable[[float, float, float], float]
 # ----------------------------------------------------------------------------------------------------------------
 # Checks
 # ----------------------------------------------------------------------------------------------------------------
-def _check_denoiser(guided_denoiser) -> None:
-    if not callable(getattr(guided_denoiser, "eps", None)) or not hasattr(guided_denoiser, "schedule"):
-        raise TypeError(f"guided_denoiser: expected a Denoiser (with eps() and schedule), got "
-                        f"{type(guided_denoiser).__name__}")
-    if getattr(guided_denoiser, "stateful", False):
-        raise ValueError("guided_denoiser: its rule keeps state across the steps of a run; the corrector's extra "
-                         "evaluations have no place in that state, so stateful rules are refused")
-    if getattr(guided_denoiser, "renoises", False):
-        raise ValueError("guided_denoiser: its rule re-noises with another prediction than the guided one (CFG++); "
-                         "the corrector reads one score, so such rules are refused")
+def _check_denoiser(denoiser, name: str = "denoiser") -> None:
+    if not callable(getattr(denoiser, "eps", None)) or not hasattr(denoiser, "schedule"):
+        raise TypeError(f"{name}: expected a Denoiser (with eps() and schedule), got {type(denoiser).__name__}")
+    if getattr(denoiser, "stateful", False):
+        raise ValueError(f"{name}: its rule keeps state across the steps of a run; the corrector's extra evaluations "
+                         f"have no place in that state, so stateful rules are refused")
+    if getattr(denoiser, "renoises", False):
+        raise ValueError(f"{name}: its rule re-noises with another prediction than the guided one (CFG++); the "
+                         f"corrector reads one score, so such rules are refused")
 
 
 def _check_k(corrector_steps) -> int:
@@ -124,53 +136,161 @@ def _step_at(step_size: StepSize, s: float, alpha: float, sigma: float) -> float
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# The sampler
+# The samplers
 # ----------------------------------------------------------------------------------------------------------------
-def cfg_langevin(guided_denoiser: Denoiser, x: torch.Tensor, timesteps, *, corrector_steps: int,
-                 step_size: StepSize | None = None, snr: float | None = None, predictor: str = "ddpm",
-                 condition: Condition = None, generator: torch.Generator | None = None) -> torch.Tensor:
+@dataclass(frozen=True)
+class PCResult:
+    """One predictor-corrector run: the final state, and per step the corrector's step size and acceptance rate
+    (1 for the unadjusted corrector; NaN where no corrector ran)."""
+
+    x: torch.Tensor
+    step_sizes: torch.Tensor  # [steps]
+    acceptance: torch.Tensor  # [steps]
+
+
+def _snr_step(score: torch.Tensor, z: torch.Tensor, snr: float) -> float:
+    r"""Song et al.'s step: :math:`2 (r\,\overline{|z|}/\overline{|\tilde s|})^2`, batch means of per-row norms."""
+    ratio = float(z.norm(dim=1).mean()) / max(float(score.norm(dim=1).mean()), 1e-300)
+    return 2.0 * (snr * ratio) ** 2
+
+
+def pc_run(denoiser: Denoiser, x: torch.Tensor, timesteps, *, corrector_steps: int, step_size: StepSize | None = None,
+           snr: float | None = None, predictor: str = "ddpm", metropolis: bool = False, condition: Condition = None,
+           generator: torch.Generator | None = None, callback=None) -> PCResult:
     r"""Predictor-corrector sampling with a guided denoiser (module docstring): per step ``timesteps[i] ->
     timesteps[i + 1] = s``, one ``predictor`` step with the guided eps, then ``corrector_steps`` Langevin steps
-    :math:`x \leftarrow x + h\,\tilde s_s(x) + \sqrt{2h}\,z` with :math:`\tilde s_s = -\tilde\varepsilon(x, s)/
-    \sigma_s` (none where :math:`\sigma_s = 0`).
+    :math:`y = x + h\,	ilde s_s(x) + \sqrt{2h}\,z` with :math:`	ilde s_s = -	ildearepsilon(x, s)/\sigma_s`
+    (none where :math:`\sigma_s = 0`): each accepted as is (``metropolis=False``) or with the Metropolis-Hastings
+    probability of MALA (``metropolis=True``, module docstring), which makes :math:`q_s` invariant at every h.
 
     Randomness: ``generator`` only. Each step draws, in order, the predictor's noise (one ``torch.randn(x.shape)``
-    for DDPM, none for DDIM) and then one per corrector step, so ``corrector_steps=0`` with DDPM reproduces
-    :func:`verify.samplers.ddpm` on the same grid and generator draw for draw.
-
-    ``x``: the state at ``timesteps[0]``, ``[N, d]``; computed in its dtype. ``step_size``: :math:`h_s > 0`, a number
-    or a function of ``(s, alpha_s, sigma_s)``; or ``snr``: Song et al.'s rule (module docstring). Exactly one."""
-    _check_denoiser(guided_denoiser)
+    for DDPM, none for DDIM) and then per corrector step one ``torch.randn(x.shape)`` (and with ``metropolis`` one
+    ``torch.rand(N)``), so ``corrector_steps=0`` with DDPM reproduces :func:`verify.samplers.ddpm` on the same grid
+    and generator draw for draw. ``x``: the state at ``timesteps[0]``, ``[N, d]``; computed in its dtype.
+    ``step_size``: :math:`h_s > 0`, a number or a function of ``(s, alpha_s, sigma_s)``; or ``snr``: Song et al.'s
+    rule (module docstring; with ``metropolis`` it is computed once per level, at its first corrector step, and
+    then frozen, so that the kernel of each chain does not move during the level). Exactly one.
+    ``callback(i, s, x, eps)`` after each step (predictor and correctors), ``eps`` the predictor's."""
+    _check_denoiser(denoiser)
     k = _check_k(corrector_steps)
     step = _check_predictor(predictor)
     _check_step_rule(step_size, snr, exact=False)
     check_generator(generator, optional=False)
+    if not isinstance(metropolis, bool):
+        raise TypeError(f"metropolis: expected a bool, got {type(metropolis).__name__}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
     x = as_real_tensor(x, "x", real_dtype_of(x, F64), copy=False)
-    dim = getattr(guided_denoiser, "dim", None)
+    dim = getattr(denoiser, "dim", None)
     if x.ndim != 2 or (dim is not None and x.shape[1] != dim):
         raise ValueError(f"x: expected shape [N, {dim if dim is not None else 'd'}], got {list(x.shape)}")
-    grid = _check_times(timesteps, guided_denoiser.schedule)
+    grid = check_times(timesteps, denoiser.schedule)
     times = torch.tensor(grid.times, dtype=F64)
+    sizes = torch.full((grid.steps,), math.nan, dtype=F64)
+    rates = torch.full((grid.steps,), math.nan, dtype=F64)
     for i in range(grid.steps):
         kw = {"generator": generator} if predictor == "ddpm" else {}
-        x = step(guided_denoiser, x, times[i:i + 2], condition=condition, **kw)
+        seen: list[torch.Tensor] = []
+        x = step(denoiser, x, times[i:i + 2], condition=condition, callback=lambda *a, seen=seen: seen.append(a[3]),
+                 **kw)
         s, alpha, sigma = grid.times[i + 1], grid.alpha[i + 1], grid.sigma[i + 1]
-        if sigma == 0.0 or k == 0:
+        if sigma != 0.0 and k > 0:
+            x, sizes[i], rates[i] = _correct(denoiser, x, s, alpha, sigma, k, step_size, snr, metropolis, condition,
+                                             generator)
+        if callback is not None:
+            callback(i, s, x, seen[0])
+    return PCResult(x, sizes, rates)
+
+
+def _correct(denoiser: Denoiser, x: torch.Tensor, s: float, alpha: float, sigma: float, k: int,
+             step_size: StepSize | None, snr: float | None, metropolis: bool, condition: Condition,
+             generator: torch.Generator) -> tuple[torch.Tensor, float, float]:
+    """``k`` corrector steps at level ``s``: ``(x, the last step size, the mean acceptance rate)``."""
+    def score_at(points: torch.Tensor) -> torch.Tensor:
+        return param.eps_to_score(denoiser.eps(points, s, condition), sigma).to(points.dtype)
+
+    score = score_at(x)
+    h = None if snr is not None else _step_at(step_size, s, alpha, sigma)
+    accepted = 0.0
+    for j in range(k):
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        if snr is not None and (not metropolis or j == 0):
+            h = _snr_step(score, z, float(snr))
+        y = x + h * score + math.sqrt(2.0 * h) * z
+        if not metropolis:
+            x = y
+            accepted += 1.0
+            if j + 1 < k:
+                score = score_at(x)
             continue
-        for _ in range(k):
-            score = param.eps_to_score(guided_denoiser.eps(x, s, condition), sigma).to(x.dtype)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            if snr is not None:
-                # Song et al.'s rule: batch means of the per-sample norms
-                ratio = float(z.norm(dim=1).mean()) / max(float(score.norm(dim=1).mean()), 1e-300)
-                h = 2.0 * (float(snr) * ratio) ** 2
-            else:
-                h = _step_at(step_size, s, alpha, sigma)
-            x = x + h * score + math.sqrt(2.0 * h) * z
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"step_size: the corrector diverged at s = {s:.6g} (non-finite state); the step is "
-                             f"too large for the curvature of q_s")
-    return x
+        score_y = score_at(y)
+        # log target ratio by the trapezoid rule along the segment (exact for an affine score), plus the proposal
+        # ratio log q(x | y) - log q(y | x) of the Gaussian Langevin proposals
+        step = y - x
+        log_ratio = 0.5 * ((score + score_y) * step).sum(1)
+        back = x - y - h * score_y
+        log_ratio = log_ratio - (back * back).sum(1) / (4.0 * h) + (z * z).sum(1) / 2.0
+        u = torch.rand(x.shape[0], generator=generator, dtype=F64, device=x.device)
+        take = torch.log(u) < log_ratio.to(F64)
+        x = torch.where(take[:, None], y, x)
+        score = torch.where(take[:, None], score_y, score)
+        accepted += float(take.to(F64).mean())
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"step_size: the corrector diverged at s = {s:.6g} (non-finite state); the step is too "
+                         f"large for the curvature of q_s")
+    return x, float(h), accepted / k
+
+
+def _common(name: str, noise, eta) -> None:
+    if noise is not None:
+        raise ValueError(f"noise: {name} draws its corrector noise from generator; pass generator")
+
+
+#: Song et al.'s released configurations (score_sde, ``configs/default_*_configs.py``): one corrector step per
+#: predictor step, signal-to-noise ratio 0.16; the defaults of the registered samplers
+DEFAULT_CORRECTOR_STEPS, DEFAULT_SNR = 1, 0.16
+
+
+@register_tilted_sampler("langevin", limit="corrector steps -> infinity and step size -> 0 at every level, "
+                                           "last time -> 0 (no exactness at finite K: unadjusted Langevin is biased)")
+def langevin(denoiser: Denoiser, x: torch.Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+             generator: torch.Generator | None = None, noise: torch.Tensor | None = None, callback=None,
+             corrector_steps: int = DEFAULT_CORRECTOR_STEPS, step_size: StepSize | None = None,
+             snr: float | None = None, predictor: str = "ddpm") -> torch.Tensor:
+    """CFG with an unadjusted Langevin corrector (:func:`pc_run` with ``metropolis=False``), as a registered sampler.
+    Without ``step_size`` or ``snr`` it uses ``snr = DEFAULT_SNR``; ``eta`` is ignored, ``noise`` refused."""
+    _common("langevin", noise, eta)
+    if step_size is None and snr is None:
+        snr = DEFAULT_SNR
+    return pc_run(denoiser, x, timesteps, corrector_steps=corrector_steps, step_size=step_size, snr=snr,
+                  predictor=predictor, condition=condition, generator=generator, callback=callback).x
+
+
+@register_tilted_sampler("mcmc", limit="corrector steps -> infinity at the last level (exact there for any step "
+                                       "size when the score is affine; else up to the trapezoid rule's error)")
+def mcmc(denoiser: Denoiser, x: torch.Tensor, timesteps, *, condition: Condition = None, eta: float = 0.0,
+         generator: torch.Generator | None = None, noise: torch.Tensor | None = None, callback=None,
+         corrector_steps: int = 10, step_size: StepSize | None = None, snr: float | None = None,
+         predictor: str = "ddpm") -> torch.Tensor:
+    """Annealed MALA on the guided product: :func:`pc_run` with ``metropolis=True``, as a registered sampler. The
+    chains follow the noise levels of ``timesteps`` (the annealing that lets them find the modes; Du et al. 2023,
+    "Reduce, Reuse, Recycle", section 4) and at every level their kernel leaves :math:`q_s` invariant. Without
+    ``step_size`` or ``snr`` it uses ``snr = DEFAULT_SNR``; ``eta`` is ignored, ``noise`` refused. The data-level
+    reference on the exact density (t = 0, where a denoiser has no score) is :func:`verify.tilted_mcmc.mcmc_tilted`."""
+    _common("mcmc", noise, eta)
+    if step_size is None and snr is None:
+        snr = DEFAULT_SNR
+    return pc_run(denoiser, x, timesteps, corrector_steps=corrector_steps, step_size=step_size, snr=snr,
+                  predictor=predictor, metropolis=True, condition=condition, generator=generator,
+                  callback=callback).x
+
+
+def cfg_langevin(denoiser: Denoiser, x: torch.Tensor, timesteps, *, corrector_steps: int,
+                 step_size: StepSize | None = None, snr: float | None = None, predictor: str = "ddpm",
+                 condition: Condition = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`pc_run`'s state with the unadjusted corrector (the step rule required: ``step_size`` or ``snr``)."""
+    return pc_run(denoiser, x, timesteps, corrector_steps=corrector_steps, step_size=step_size, snr=snr,
+                  predictor=predictor, condition=condition, generator=generator).x
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,33 +304,34 @@ def cfg_langevin_law(guided_denoiser: Denoiser, timesteps, mean: torch.Tensor | 
     in x (a linear rule on a Gaussian world).
 
     Predictor: :func:`verify.exact_law.discrete_sampler_law` on the one-step grid. Corrector: at time s the guided
-    score is affine, :math:`\tilde s(x) = \tilde s(m) + J(x - m)`, J read from the scores at m and
-    :math:`m + e_j`; one Langevin step maps :math:`\mathcal N(m, \Sigma)` to :math:`\mathcal N(m + h\tilde s(m),\
-    M\Sigma M^\top + 2h I)`, :math:`M = I + hJ`; K steps repeat it."""
-    _check_denoiser(guided_denoiser)
+    score is affine, :math:`\tilde s(x) = \tilde s(0) + J x` (read at 0 and the :math:`e_j`); one Langevin step
+    maps :math:`\mathcal N(m, \Sigma)` to :math:`\mathcal N(m + h\tilde s(m),\
+    M\Sigma M^\top + 2h I)`, :math:`M = I + hJ`; K steps repeat it. The eps is read through :class:`AffineEps`, which
+    refuses one that is not affine (a mixture world, a non-linear rule): the law would not be Gaussian."""
+    _check_denoiser(guided_denoiser, "guided_denoiser")
+    affine = AffineEps(guided_denoiser)  # refuses an eps that is not affine in x (the law would not be Gaussian)
     k = _check_k(corrector_steps)
     _check_predictor(predictor)
     _check_step_rule(step_size, None, exact=True)
     d = getattr(guided_denoiser, "dim", None)
     if not isinstance(d, int):
         raise TypeError(f"guided_denoiser: expected an int dim, got {d!r}")
-    grid = _check_times(timesteps, guided_denoiser.schedule)
+    grid = check_times(timesteps, guided_denoiser.schedule)
     times = torch.tensor(grid.times, dtype=F64)
     mean = torch.zeros(d, dtype=F64) if mean is None else as_real_tensor(mean, "mean")
     cov = torch.eye(d, dtype=F64) if cov is None else as_real_tensor(cov, "cov")
     eye = torch.eye(d, dtype=F64)
     for i in range(grid.steps):
-        mean, cov = discrete_sampler_law(predictor, guided_denoiser, times[i:i + 2], mean, cov, condition=condition)
+        mean, cov = discrete_sampler_law(predictor, affine, times[i:i + 2], mean, cov, condition=condition)
         s, alpha, sigma = grid.times[i + 1], grid.alpha[i + 1], grid.sigma[i + 1]
         if sigma == 0.0 or k == 0:
             continue
         h = _step_at(step_size, s, alpha, sigma)
-        points = torch.cat([mean[None], mean[None] + eye])
-        score = param.eps_to_score(guided_denoiser.eps(points, s, condition).to(F64), sigma)
-        jac = (score[1:] - score[0]).T  # column j: s(m + e_j) - s(m)
+        b, jac_eps = affine.coefficients(s, condition)
+        jac = -jac_eps / sigma  # the score -eps / sigma = -(b + J_eps x) / sigma
         step_map = eye + h * jac
         for _ in range(k):
-            mean = mean + h * (score[0] + jac @ (mean - points[0]))
+            mean = mean + h * (-b / sigma + jac @ mean)
             cov = step_map @ cov @ step_map.T + 2.0 * h * eye
             cov = 0.5 * (cov + cov.T)
     return mean, cov
@@ -259,6 +380,8 @@ class AffineEps:
 
     def eps(self, x: torch.Tensor, t, condition: Condition = None) -> torch.Tensor:
         times = torch.as_tensor(t, dtype=F64).reshape(-1)
+        if not bool((times == times[0]).all()):
+            raise ValueError("t: AffineEps takes one time per call")
         b, jac = self.coefficients(float(times[0]), condition)
         return (b + x.to(F64) @ jac.T).to(x.dtype)
 
