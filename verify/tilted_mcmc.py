@@ -45,7 +45,6 @@ toy worlds' CFG targets at the data level (gauss1d, bimodal1d with ``cond = 1`` 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -53,11 +52,11 @@ import numpy as np
 import torch
 
 from toy_models import World
-from toy_models._checks import Tensorish, as_real_tensor, as_scalar, check_generator
+from toy_models._checks import Tensorish, as_int, as_real_tensor, as_scalar, check_generator
 from toy_models.gaussian_mixture import Condition
 
 from .rules import Rule
-from .tilted import NotNormalisableError, linear_terms, tilted_law
+from .tilted import NotNormalisableError, tilted_law
 
 __all__ = ["MALAResult", "MCMCResult", "mala", "tilted_log_density", "mcmc_tilted", "effective_sample_size"]
 
@@ -98,12 +97,6 @@ class MCMCResult:
     trace: torch.Tensor  # [N, n_steps]
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _evaluate(log_density_and_grad: LogDensity, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log density [N], gradient [N, d])`` with shapes checked; non-finite log densities become -inf (a proposal
     there is rejected) and their gradients 0 (never used: the state is never accepted)."""
@@ -136,14 +129,14 @@ def mala(log_density_and_grad: LogDensity, x0: Tensorish, n_steps: int, step_siz
     x = as_real_tensor(x0, "x0", F64).detach().clone()
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
         raise ValueError(f"x0: expected [N, d] with N >= 1 and d >= 1, got shape {list(x.shape)}")
-    n_steps = _check_int(n_steps, "n_steps", 2)
+    n_steps = as_int(n_steps, "n_steps", 2)
     h = as_scalar(step_size, "step_size")
     if not h > 0.0:
         raise ValueError(f"step_size: must be > 0, got {step_size!r}")
     check_generator(generator, optional=False)
     if not isinstance(adapt, bool):
         raise TypeError(f"adapt: expected a bool, got {type(adapt).__name__}")
-    n_burn = n_steps // 2 if n_burn is None else _check_int(n_burn, "n_burn", 0)
+    n_burn = n_steps // 2 if n_burn is None else as_int(n_burn, "n_burn", 0)
     if n_burn >= n_steps:
         raise ValueError(f"n_burn: must be < n_steps = {n_steps}, got {n_burn}")
 
@@ -212,22 +205,19 @@ def effective_sample_size(chains: Tensorish) -> torch.Tensor:
 
 def tilted_log_density(world: World, rule: Rule, conditions: Mapping[str, Condition] | Condition = None
                        ) -> LogDensity:
-    r"""``f(x) -> (log pi~(x) [N], grad log pi~(x) [N, d])`` with :math:`\log\tilde\pi = \sum_b a_b \log p(x \mid
-    c_b)` and :math:`\nabla\log\tilde\pi = \sum_b a_b \nabla\log p(x \mid c_b)` over :func:`verify.tilted.linear_terms`
-    ``(rule, conditions)`` (the data-level laws, t = 0, of ``world``). Refusals: those of
+    r"""``f(x) -> (log pi~(x) [N], grad log pi~(x) [N, d])``: :meth:`verify.tilted.TiltedLaw.log_unnormalized` and
+    :meth:`~verify.tilted.TiltedLaw.score` of :func:`verify.tilted.tilted_law` ``(world, rule, conditions)`` (the
+    data-level laws, t = 0), with ``x`` checked. Refusals: those of
     :func:`verify.tilted.linear_terms` (``rule:``), a ``world`` that is not a :class:`toy_models.World`."""
     if not isinstance(world, World):
         raise TypeError(f"world: expected a World, got {type(world).__name__}")
-    terms = [(world.law(cond).to(F64), weight) for cond, weight in linear_terms(rule, conditions)]
-    dim = terms[0][0].dim
+    law = tilted_law(world, rule, conditions)
 
     def log_density_and_grad(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = as_real_tensor(x, "x", F64)
-        if x.ndim != 2 or x.shape[1] != dim:
-            raise ValueError(f"x: expected [N, {dim}], got shape {list(x.shape)}")
-        logp = sum(weight * law.log_prob(x) for law, weight in terms)
-        grad = sum(weight * law.score(x) for law, weight in terms)
-        return logp, grad
+        if x.ndim != 2 or x.shape[1] != law.dim:
+            raise ValueError(f"x: expected [N, {law.dim}], got shape {list(x.shape)}")
+        return law.log_unnormalized(x), law.score(x)
 
     return log_density_and_grad
 
@@ -243,9 +233,9 @@ def mcmc_tilted(world: World, rule: Rule, conditions: Mapping[str, Condition] | 
     :math:`\log\tilde\pi`'s quadratic parts). Refused: a target that is not certified normalisable or that has
     more than one local maximum (``ValueError`` naming ``rule``; parallel tempering is not built), ``n_chains`` below
     2, ``n_steps`` below 16 (eight kept steps, the least the ESS estimator is given), a negative ``seed``."""
-    n_chains = _check_int(n_chains, "n_chains", 2)
-    n_steps = _check_int(n_steps, "n_steps", 16)
-    seed = _check_int(seed, "seed", 0)
+    n_chains = as_int(n_chains, "n_chains", 2)
+    n_steps = as_int(n_steps, "n_steps", 16)
+    seed = as_int(seed, "seed", 0)
     target = tilted_law(world, rule, conditions)
     label = f"{rule.describe()} on {world.name}"
     try:
