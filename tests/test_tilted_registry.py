@@ -122,3 +122,28 @@ def test_metropolis_corrector_keeps_the_product_law_where_unadjusted_langevin_is
     assert 0.2 < float(out[True].acceptance[0]) < 0.95
     z_biased = (float(out[False].x.var()) - v) / (v * math.sqrt(2.0 / n))
     assert z_biased > 50.0, z_biased
+
+
+class _BreaksAfter:
+    """A base denoiser that returns NaN from its ``calls``-th evaluation on (a model diverging mid-run)."""
+
+    def __init__(self, calls: int):
+        self.inner, self.left = AnalyticDenoiser(get_world("gauss1d"), "vp-linear"), calls
+        self.schedule, self.dim = self.inner.schedule, 1
+
+    def eps(self, x, t, condition=None):
+        self.left -= 1
+        out = self.inner.eps(x, t, condition)
+        return out if self.left > 0 else torch.full_like(out, math.nan)
+
+
+@pytest.mark.parametrize("name", ["fkc", "langevin", "mcmc"])
+@pytest.mark.parametrize("calls", [3, 9])
+def test_a_non_finite_prediction_stops_the_run_naming_the_denoiser(name: str, calls: int) -> None:
+    """Every evaluation is checked as it arrives (the predictor's, the corrector's, the start weights'), so the run
+    stops at the first NaN with a message that names what broke (``denoiser:`` from the sampler's check, or the
+    branch, e.g. ``eps_uncond:``, from the guidance rule's own input check) instead of carrying NaN to the end."""
+    guided = rules.get("cfg", w=3.0).guide(_BreaksAfter(calls), 1)
+    x = torch.randn(16, 1, dtype=F64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"^(denoiser: non-finite prediction|eps_\w+: contains NaN)"):
+        sample(name, guided, x, time_grid(10, 1.0, 1e-3), generator=torch.Generator().manual_seed(1))

@@ -67,6 +67,7 @@ __all__ = [
     "SamplerSpec",
     "TimeGrid",
     "check_times",
+    "check_prediction",
     "TILTED_SAMPLERS",
     "TiltedSamplerSpec",
     "register_sampler",
@@ -206,7 +207,9 @@ def _refuse_renoise(denoiser: Denoiser, name: str) -> None:
                          f"sampler {name!r} has no re-noising step: use one of {supported}")
 
 
-def _checked(pred, what: str, x: Tensor, where: str) -> Tensor:
+def check_prediction(pred, what: str, x: Tensor, where: str) -> Tensor:
+    """``pred`` if it is a finite real tensor of ``x``'s shape (in ``x``'s dtype); else a ``ValueError`` starting
+    ``denoiser:`` that says ``what`` was returned ``where`` (the step and time) and how many rows are bad."""
     if not isinstance(pred, Tensor):
         raise ValueError(f"denoiser: {what} returned {type(pred).__name__}, not a tensor, {where}")
     if pred.shape != x.shape:
@@ -232,10 +235,12 @@ def _predict(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid
     where = (f"at step {i + 1} of {grid.steps} ({'second evaluation, ' if second else ''}t = {t:.6g})")
     if getattr(denoiser, "renoises", False):
         pred = denoiser.predict(x, t, condition, state=state)
-        eps = _checked(pred.eps, "eps", x, where)
-        return eps, (eps if pred.renoise is pred.eps else _checked(pred.renoise, "the re-noising eps", x, where))
+        eps = check_prediction(pred.eps, "eps", x, where)
+        if pred.renoise is pred.eps:
+            return eps, eps
+        return eps, check_prediction(pred.renoise, "the re-noising eps", x, where)
     eps = denoiser.eps(x, t, condition, state=state) if state is not None else denoiser.eps(x, t, condition)
-    eps = _checked(eps, "eps", x, where)
+    eps = check_prediction(eps, "eps", x, where)
     return eps, eps
 
 

@@ -70,7 +70,7 @@ from toy_models.gaussian_mixture import Condition
 
 from .exact_law import discrete_sampler_law
 from .rules import get as get_rule
-from .samplers import check_times, ddim, ddpm, register_tilted_sampler, time_grid
+from .samplers import check_prediction, check_times, ddim, ddpm, register_tilted_sampler, time_grid
 from .tilted import tilted_law
 
 __all__ = ["PREDICTORS", "PCResult", "pc_run", "langevin", "mcmc", "cfg_langevin",
@@ -207,7 +207,9 @@ def _correct(denoiser: Denoiser, x: torch.Tensor, s: float, alpha: float, sigma:
              generator: torch.Generator) -> tuple[torch.Tensor, float, float]:
     """``k`` corrector steps at level ``s``: ``(x, the last step size, the mean acceptance rate)``."""
     def score_at(points: torch.Tensor) -> torch.Tensor:
-        return param.eps_to_score(denoiser.eps(points, s, condition), sigma).to(points.dtype)
+        eps = check_prediction(denoiser.eps(points, s, condition), "eps", points,
+                               f"in a corrector step at s = {s:.6g}")
+        return param.eps_to_score(eps, sigma)
 
     score = score_at(x)
     h = None if snr is not None else _step_at(step_size, s, alpha, sigma)

@@ -96,7 +96,7 @@ from toy_models.schedules import Schedule
 
 from .rules import Rule
 from .rules._base import GuidedDenoiser
-from .samplers import check_times, register_tilted_sampler, time_grid
+from .samplers import check_prediction, check_times, register_tilted_sampler, time_grid
 from .tilted import NotNormalisableError, linear_terms, tilted_law
 
 __all__ = ["SMCMoments", "SMCResult", "fkc", "smc_run", "smc_tilted", "systematic_resample", "fk_log_weight_rate",
@@ -221,13 +221,10 @@ class _Branches:
         """``(branch scores, guided score, guided eps)`` at ``(x, t)``; each prediction checked as it arrives."""
         self.calls += 1
         sigma = float(self.schedule.sigma(t))
-        eps = predict_many(self.base, x, t, list(self.conditions))
-        for e in eps:
-            if not isinstance(e, Tensor) or e.shape != x.shape or not bool(torch.isfinite(e).all()):
-                raise ValueError(f"denoiser: the base model returned a non-finite or misshapen prediction at "
-                                 f"t = {t:.6g}")
-        guided_eps = sum(a * e.to(x.dtype) for a, e in zip(self.weights, eps, strict=True))
-        scores = [-e.to(x.dtype) / sigma for e in eps]
+        eps = [check_prediction(e, f"eps of condition {c!r}", x, f"at t = {t:.6g} (evaluation {self.calls})")
+               for e, c in zip(predict_many(self.base, x, t, list(self.conditions)), self.conditions, strict=True)]
+        guided_eps = sum(a * e for a, e in zip(self.weights, eps, strict=True))
+        scores = [-e / sigma for e in eps]
         return scores, -guided_eps / sigma, guided_eps
 
 
