@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from toy_models import AnalyticDenoiser, Denoiser, GaussianMixture, get_schedule, get_world
+from toy_models import parametrization as param
+from toy_models.denoiser import NOISED_LAW_CACHE
 from verify.tolerances import score_rounding_bound, unit_roundoff
 
 F64 = torch.float64
@@ -119,3 +121,41 @@ def test_t_zero_gives_the_data_score():
     assert torch.equal(den.eps(x, 0.0), torch.zeros_like(x))
     torch.testing.assert_close(den.x0(x, 0.0), x, rtol=0, atol=0)
     assert math.isinf(float(get_schedule("vp-linear").log_snr(0.0)))
+
+
+@pytest.mark.parametrize("t", [0.3, torch.tensor([0.1, 0.5, 0.1, 0.9, 0.5, 0.1], dtype=F64)], ids=["scalar", "per-row"])
+def test_eps_is_the_conversion_of_the_law_score_to_the_bit(t):
+    """eps and eps_multi (which check x once for all conditions) give the bits of score_to_eps applied to the noised
+    law's own score (evaluated, as the denoiser does, on the rows that share a time), for every condition."""
+    world = get_world("ring2d")
+    den = AnalyticDenoiser(world)
+    x = 2.0 * torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(4))
+    conditions = [None, 0, 5]
+    times = t if isinstance(t, torch.Tensor) else torch.full((6,), t, dtype=F64)
+    alpha, sigma = get_schedule("vp-linear").alpha_sigma(times)
+    for cond, multi in zip(conditions, den.eps_multi(x, t, conditions), strict=True):
+        score = torch.empty_like(x)
+        for value in torch.unique(times):
+            rows = times == value
+            i = int(torch.nonzero(rows)[0])
+            score[rows] = world.law(cond).noised(float(alpha[i]), float(sigma[i])).score(x[rows])
+        expected = param.score_to_eps(score, sigma[:, None] if isinstance(t, torch.Tensor) else sigma[0])
+        assert torch.equal(den.eps(x, t, cond), expected)
+        assert torch.equal(multi, expected)
+
+
+def test_noised_laws_are_kept_and_rebuilt_alike():
+    """A noised law asked for again (same time and condition) is the same object; once NOISED_LAW_CACHE other laws
+    have been asked for, it is built again, with the same parameters to the bit."""
+    den = AnalyticDenoiser(get_world("ring2d"))
+    first = den.noised_law(0.25, 3)
+    assert den.noised_law(0.25, 3) is first
+    assert den.noised_law(0.25, None) is not first
+    for i in range(NOISED_LAW_CACHE):
+        den.noised_law(0.5 + 0.01 * i, 3)
+    again = den.noised_law(0.25, 3)
+    assert again is not first
+    for name in ("weights", "means", "covariances", "cholesky_factors"):
+        assert torch.equal(getattr(again, name), getattr(first, name))
+    alpha, sigma = (float(v) for v in get_schedule("vp-linear").alpha_sigma(0.25))
+    assert torch.equal(again.covariances, get_world("ring2d").law(3).noised(alpha, sigma).covariances)

@@ -383,6 +383,58 @@ def test_narrow_far_mode_log_prob_regression():
 
 
 # --------------------------------------------------------------------------------------------------------------
+# The two engines: blocks of points (d <= 4, no autograd) and the batched product (autograd, or larger d)
+# --------------------------------------------------------------------------------------------------------------
+def _batched(gm: GaussianMixture, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log_prob, score and the log joints from the batched engine: the same calls on points that require grad
+    (autograd recording selects it), detached."""
+    xr = x.clone().requires_grad_(True)
+    lp, s = gm.log_prob_and_score(xr)
+    return lp.detach(), s.detach(), gm.component_log_prob(xr).detach()
+
+
+def _assert_engines_agree(gm: GaussianMixture, x: torch.Tensor) -> None:
+    """Each engine is within its forward rounding bound of the exact values (verify.tolerances: both follow the
+    chains counted there), so they differ by at most twice the bound; the log joints by at most twice Delta, which
+    log_prob_rounding_bound exceeds."""
+    lp, s = gm.log_prob_and_score(x)
+    lp_b, s_b, lj_b = _batched(gm, x)
+    x64 = x.to(F64)
+    tol_s = 2 * score_rounding_bound(gm, x64)
+    tol_lp = 2 * log_prob_rounding_bound(gm, x64)
+    err_s = torch.linalg.vector_norm((s - s_b).to(F64), dim=-1)
+    assert bool((err_s <= tol_s).all()), f"score: {float((err_s / tol_s).max()):.3g} of the bound"
+    assert bool(((lp - lp_b).to(F64).abs() <= tol_lp).all())
+    assert bool(((gm.component_log_prob(x) - lj_b).to(F64).abs() <= tol_lp[:, None]).all())
+    assert torch.equal(gm.log_prob(x), lp)  # one engine, one answer: log_prob is log_prob_and_score's
+
+
+@given(mixtures(dims=st.integers(1, 4), components=st.integers(1, 6)), st.sampled_from([F64, torch.float32]),
+       st.data())
+def test_block_engine_agrees_with_batched_engine(gm, dtype, data):
+    gm = gm.to(dtype)
+    x = torch.as_tensor(data.draw(points(gm.dim, n=16, scale=8.0)), dtype=dtype)
+    _assert_engines_agree(gm, x)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.3, 0.9])
+def test_block_engine_across_blocks(t):
+    """Batches of several blocks (8192 points per block at K = 8, 32768 at K = 1) and a partial last block agree
+    with the batched engine; a point too far for every component is named by its row in the whole batch."""
+    a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
+    world = get_world("ring2d")
+    x = 3.0 * torch.randn(70_001, 2, dtype=F64, generator=torch.Generator().manual_seed(11))
+    for law in (world.law(None).noised(a, s), world.law(0).noised(a, s)):
+        n = 20_001 if law.n_components > 1 else 70_001
+        _assert_engines_agree(law, x[:n])
+        far = x[:n].clone()
+        far[n - 2] = 1e200
+        for call in (law.score, law.log_prob, law.component_log_prob):
+            with pytest.raises(ValueError, match=f"^x: point {n - 2} is so far"):
+                call(far)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # Bad input: a ValueError naming the argument
 # --------------------------------------------------------------------------------------------------------------
 GOOD_W, GOOD_MU, GOOD_COV = [0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]], [np.eye(2), np.eye(2)]
@@ -530,6 +582,7 @@ def test_zero_weight_component_is_inert():
     x = torch.tensor([[0.3, -0.2], [5.0, 5.0]], dtype=F64)
     single = GaussianMixture([1.0], GOOD_MU[:1], GOOD_COV[:1])
     torch.testing.assert_close(gm.score(x), single.score(x), rtol=0, atol=0)
+    torch.testing.assert_close(gm.log_prob(x), single.log_prob(x), rtol=0, atol=0)
     assert gm.class_posterior(x)[:, 1].eq(0).all()
     with pytest.raises(ValueError, match="condition.*positive weight"):
         gm.given(1)

@@ -12,17 +12,24 @@ denoising loss :math:`E\|\varepsilon_\theta(x_t, t, c) - \varepsilon\|^2` (Vince
 
 from __future__ import annotations
 
+import math
+from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from . import parametrization as param
 from ._checks import COMPUTE_DTYPES, Tensorish, as_tensor, check_points, real_dtype_of
-from .gaussian_mixture import Condition, GaussianMixture
+from .gaussian_mixture import Condition, GaussianMixture, normalize_condition
 from .schedules import Schedule, get_schedule
 from .world import World
 
 __all__ = ["Denoiser", "AnalyticDenoiser", "WrappedDenoiser", "CountingDenoiser", "predict_many"]
+
+#: noised laws an AnalyticDenoiser keeps (the most recently used): a sampler's step asks for every branch at one
+#: time, and x0() for the same law again, so a few suffice; a law is small (K d^2 numbers per parameter)
+NOISED_LAW_CACHE = 8
 
 
 @runtime_checkable
@@ -51,6 +58,11 @@ class AnalyticDenoiser:
     world : World or GaussianMixture
     schedule : a schedule name (``"vp-linear"``, ...) or a :class:`~toy_models.schedules.Schedule`
     dtype : compute dtype (float64 default; float32 supported)
+
+    The law of each condition and the last :data:`NOISED_LAW_CACHE` noised laws (keyed by condition, alpha_t and
+    sigma_t) are kept, so a sampler's step builds each noised law once; the laws are immutable, so a kept law is the
+    one that would be built again. The points are checked once per call (once for all conditions of
+    :meth:`eps_multi`).
     """
 
     def __init__(self, world: World | GaussianMixture, schedule: str | Schedule = "vp-linear",
@@ -64,6 +76,8 @@ class AnalyticDenoiser:
         self.world = world.to(dtype)
         self.schedule = get_schedule(schedule)
         self.dtype = dtype
+        self._laws: dict[Hashable, GaussianMixture] = {}
+        self._noised: OrderedDict[tuple[Hashable, float, float], GaussianMixture] = OrderedDict()
 
     @property
     def dim(self) -> int:
@@ -72,34 +86,66 @@ class AnalyticDenoiser:
     def noised_law(self, t: float, condition: Condition = None) -> GaussianMixture:
         r""":math:`p_t(x \mid c)`: the world's law of ``condition`` pushed through the forward process to ``t``."""
         alpha, sigma = self.schedule.alpha_sigma(t)
-        if float(alpha) <= 0:
+        alpha, sigma = float(alpha), float(sigma)
+        if alpha <= 0:
             raise ValueError(f"t: alpha(t) = 0 at t = {float(t)!r} on schedule {self.schedule.name!r}; "
                              f"the noised law is not a Gaussian mixture there (pure noise)")
-        return self.world.law(condition).noised(float(alpha), float(sigma))
+        key = normalize_condition(condition)
+        law = self._laws.get(key)
+        if law is None:
+            law = self._laws[key] = self.world.law(condition)
+        cache_key = (key, alpha, sigma)
+        noised = self._noised.get(cache_key)
+        if noised is None:
+            noised = self._noised[cache_key] = law.noised(alpha, sigma)
+            if len(self._noised) > NOISED_LAW_CACHE:
+                self._noised.popitem(last=False)
+        else:
+            self._noised.move_to_end(cache_key)
+        return noised
 
     def score(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\nabla_x \log p_t(x \mid c)`, ``[N, d]``. ``t`` a float or ``[N]``."""
-        x = self._points(x)
+        return self._score(self._points(x), t, condition)
+
+    def _score(self, x: torch.Tensor, t: Tensorish, condition: Condition) -> torch.Tensor:
+        """:meth:`score` of points already checked by :meth:`_points`."""
         times = as_tensor(t, "t", copy=False)
         if times.numel() == 1:
-            return self.noised_law(float(times.reshape(())), condition).score(x).to(x.dtype)
+            return self._law_score(self.noised_law(float(times.reshape(())), condition), x)
         if times.shape != (x.shape[0],):
             raise ValueError(f"t: expected a scalar or shape [N] = [{x.shape[0]}], got {list(times.shape)}")
         out = torch.empty(x.shape, dtype=x.dtype)
         for value in torch.unique(times):  # group equal times: one noised law each
             rows = times == value
-            out[rows] = self.noised_law(float(value), condition).score(x[rows]).to(x.dtype)
+            out[rows] = self._law_score(self.noised_law(float(value), condition), x[rows])
         return out
+
+    @staticmethod
+    def _law_score(law: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
+        """``law.score(x)`` in ``x``'s dtype, for checked points (converted to the law's dtype as ``law.score`` would:
+        exactly from float32 to float64, rounded the other way); the law does not check them again."""
+        return law._checked_score(x.to(law.dtype)).to(x.dtype)
 
     def eps(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\hat\varepsilon = -\sigma_t \nabla_x \log p_t(x \mid c)`, ``[N, d]``."""
         x = self._points(x)
-        sigma = self._per_row(self.schedule.sigma(t), x)
-        return param.score_to_eps(self.score(x, t, condition), sigma)
+        return self._eps(x, t, condition, self._per_row(self.schedule.sigma(t), x))
 
     def eps_multi(self, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
         """The predictions for several conditions at the same points, in one call (the batched interface)."""
-        return [self.eps(x, t, c) for c in conditions]
+        x = self._points(x)
+        sigma = self._per_row(self.schedule.sigma(t), x)
+        return [self._eps(x, t, c, sigma) for c in conditions]
+
+    def _eps(self, x: torch.Tensor, t: Tensorish, condition: Condition, sigma: torch.Tensor) -> torch.Tensor:
+        """eps of checked points: ``(-sigma) * score`` (the formula of ``parametrization.score_to_eps``, to the bit,
+        computed in place: the score is this call's own tensor); a result that overflows goes through that function
+        with the score computed again, which rescales or refuses it."""
+        eps = self._score(x, t, condition).mul_(-sigma)
+        if math.isfinite(float(eps.sum())) or bool(torch.isfinite(eps).all()):
+            return eps
+        return param.score_to_eps(self._score(x, t, condition), sigma)
 
     def x0(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`E[x_0 \mid x_t = x, c]` by Tweedie's formula, ``[N, d]``."""

@@ -21,15 +21,27 @@ Numerics
 * Parameters (Cholesky factors, their inverses, log-determinants, and the noised covariances of
   :meth:`GaussianMixture.noised`) are always computed in float64 and only then cast to the mixture's compute
   dtype, so the float32 path loses precision only in the per-point arithmetic.
-* One engine for every dimension, centred before it squares: per component, the residual :math:`x - \mu_k`,
-  then :math:`g_k = P_k (x - \mu_k)` (:math:`P_k = \Sigma_k^{-1}`) and the quadratic form
-  :math:`(x - \mu_k) \cdot g_k`; the component score is :math:`s_k = -g_k`. Expanding the quadratic form instead
-  (:math:`x^\top P x - 2\mu^\top P x + \mu^\top P \mu`) cancels catastrophically at a narrow mode far from the
-  origin (covariance 1e-12 I at (1e3, 1e3): three terms of size 1e18 for a result of size 1), so the log density
-  there would be wrong in every digit while the score stayed right. Centred, the rounding is proportional to
-  :math:`|x - \mu_k|^2 \|P_k\|` (and :math:`x - \mu_k` is exact when the two are within a factor 2 of each other,
-  Sterbenz's lemma). Cost :math:`N K d^2`; memory :math:`O(N K d)` for the residuals and the :math:`g_k`, no
-  ``[N, K, d, d]`` intermediate.
+* Centred before it squares: per component, the residual :math:`c_k = x - \mu_k` first, then the quadratic form
+  :math:`c_k^\top P_k c_k` (:math:`P_k = \Sigma_k^{-1}`) and the component score :math:`s_k = -P_k c_k`.
+  Expanding the quadratic form instead (:math:`x^\top P x - 2\mu^\top P x + \mu^\top P \mu`) cancels
+  catastrophically at a narrow mode far from the origin (covariance 1e-12 I at (1e3, 1e3): three terms of size 1e18
+  for a result of size 1), so the log density there would be wrong in every digit while the score stayed right.
+  Centred, the rounding is proportional to :math:`|x - \mu_k|^2 \|P_k\|` (and :math:`x - \mu_k` is exact when the
+  two are within a factor 2 of each other, Sterbenz's lemma). Two engines compute this, with chains of roundings
+  that ``verify.tolerances`` bounds alike:
+
+  - the *block engine* (d <= 4, autograd not recording): the points in blocks of a few thousand, each quantity a
+    ``[K, n]`` block with one row per component, the coordinates one at a time; the quadratic form summed over the
+    upper triangle of :math:`P_k`, the score as :math:`-\sum_j P_{\cdot j}\,(e \odot c_j)` (one ``[d, K] x [K, n]``
+    product per coordinate) divided by the softmax's normaliser. Its temporaries stay in the core's cache and are
+    recycled by the allocator: about 15 passes over each block, no ``[K, d, N]`` array (on ring2d at 10^6 points,
+    one thread: 5x faster than the batched engine for the eight components, 3x for one);
+  - the *batched engine* (larger d, or autograd): points as columns, :math:`g_k = P_k c_k` for all components in
+    one batched product, the quadratic form :math:`c_k \cdot g_k`. Cost :math:`N K d^2`; memory :math:`O(N K d)`
+    for the residuals and the :math:`g_k`, no ``[N, K, d, d]`` intermediate.
+
+  The two agree within the rounding bound (tests/test_gaussian_mixture.py), not to the bit; neither is invariant to
+  the batch to the bit either (matrix products over K may sum in an order that depends on the number of points).
 * A point so far from every component that its quadratic form overflows the compute dtype for every k is refused with
   a ``ValueError`` naming ``x`` (its log density is below the dtype's range) rather than returning NaN.
 
@@ -43,7 +55,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -58,6 +70,16 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: up to this dimension, reductions over d are written as whole-row operations (measured faster in
 #: benchmarks/score.py); above it, torch's batched kernels
 _SMALL_DIM = 8
+#: up to this dimension the block engine (_block_log_joint) evaluates every point; above it, and whenever autograd
+#: is recording, the batched engine (_components). The block engine makes d^2 + d passes over [K, n] blocks for the
+#: log joint, so its advantage over the batched product shrinks with d
+_BLOCK_ENGINE_MAX_DIM = 4
+#: the block engine walks the points in blocks of at most this many [K, n] entries (512 KiB in float64) and points:
+#: its ~15 passes over a block then stay in the core's cache, its temporaries are recycled by the allocator instead
+#: of being mapped afresh (page faults: on ring2d blocks of 2^18 entries took 20,000 minor faults and 2x the time per
+#: 10^6 points), and an operation on a block of 2^15 entries or more is still split over two threads
+_BLOCK_ENTRIES = 2**16
+_BLOCK_POINTS = 2**15
 
 
 def normalize_condition(condition: Any) -> Hashable:
@@ -77,6 +99,13 @@ def normalize_condition(condition: Any) -> Hashable:
         return tokens if tokens else None
     raise ValueError(f"condition: expected None, an int label, a token string or a sequence of tokens, "
                      f"got {condition!r}")
+
+
+def _scalar(value: Tensorish, name: str) -> float:
+    """``as_scalar(value, name)``, with a shortcut for a finite Python float (what samplers pass at every step)."""
+    if type(value) is float and math.isfinite(value):
+        return value
+    return as_scalar(value, name)
 
 
 def _input_roundoff(value: Tensorish) -> float:
@@ -161,7 +190,10 @@ class GaussianMixture:
                               _read_attributes(attributes, n_comp), dtype)
 
     # --- construction ---------------------------------------------------------------------------------
-    def _init_from_valid(self, w, mu, cov, chol, labels, attributes, dtype):
+    def _init_from_valid(self, w, mu, cov, chol, labels, attributes, dtype, parent: GaussianMixture | None = None):
+        """Set every field from validated float64 parameters. ``parent``: a mixture with the same labels (and, if
+        ``w`` is its weight tensor, the same weights), whose classes and log-weights are reused instead of being
+        derived again (``noised`` and ``to``: each step of a sampler builds noised laws)."""
         if dtype not in _UNIT_ROUNDOFF:
             raise ValueError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
         self._w64, self._mu64, self._cov64, self._chol64 = w, mu, cov, chol
@@ -182,7 +214,10 @@ class GaussianMixture:
             raise ValueError(f"covariances: component {k} is too close to singular for {dtype}: its precision "
                              f"matrix has entries beyond {limit:.3g} (smallest Cholesky pivot "
                              f"{float(torch.diagonal(chol[k]).min()):.3g})")
-        self._log_w = torch.log(w).to(dtype)  # -inf for a zero weight; the softmax handles it
+        if parent is not None and w is parent._w64 and dtype == parent._dtype:
+            self._log_w = parent._log_w
+        else:
+            self._log_w = torch.log(w).to(dtype)  # -inf for a zero weight; the softmax handles it
         # Centred engine (see _components): the residual x - mu_k is formed first, then g_k = P_k (x - mu_k) and
         # the quadratic form (x - mu_k) . g_k. In float32 the means are held as hi + lo (hi = mu rounded to
         # float32, lo = the rest): x - hi is exact near the mode (Sterbenz) and subtracting lo leaves a rounding
@@ -191,8 +226,13 @@ class GaussianMixture:
         self._mu_lo = (mu - self._mu_hi.double()).to(dtype) if dtype != mu.dtype else None  # [K, d]
         self._precision = precision.contiguous().to(dtype)  # [K, d, d]
         self._log_joint_const = (self._log_w + (-log_det_half - 0.5 * dim * _LOG_2PI).to(dtype))  # [K]
-        self._classes = torch.unique(labels)
-        self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
+        if parent is not None and labels is parent._labels:
+            self._classes, self._membership = parent._classes, parent._membership
+        else:
+            self._classes = torch.unique(labels)
+            self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
+        self._block_params: _BlockParams | None = None  # built on the block engine's first use
+        self._cov_abs_max: float | None = None  # max |Sigma_ij|, built on noised's first use
 
     def _derived(self, w, mu, cov, chol, mask=None, dtype=None) -> GaussianMixture:
         new = object.__new__(GaussianMixture)
@@ -201,7 +241,7 @@ class GaussianMixture:
             labels = labels[mask]
             idx = torch.nonzero(mask).flatten().tolist()
             attrs = {name: tuple(values[i] for i in idx) for name, values in attrs.items()}
-        new._init_from_valid(w, mu, cov, chol, labels, attrs, dtype or self._dtype)
+        new._init_from_valid(w, mu, cov, chol, labels, attrs, dtype or self._dtype, parent=self)
         return new
 
     def noised(self, alpha: Tensorish, sigma: Tensorish) -> GaussianMixture:
@@ -210,7 +250,7 @@ class GaussianMixture:
 
         Raises ``ValueError`` if ``alpha <= 0``, ``sigma < 0`` or either is not finite.
         """
-        a, s = as_scalar(alpha, "alpha"), as_scalar(sigma, "sigma")
+        a, s = _scalar(alpha, "alpha"), _scalar(sigma, "sigma")
         if a <= 0:
             raise ValueError(f"alpha: must be > 0, got {a!r}")
         if s < 0:
@@ -220,7 +260,9 @@ class GaussianMixture:
         # whose square overflows, instead of returning a mixture of NaN
         big = math.sqrt(torch.finfo(torch.float64).max) / 4.0  # squares and sums of two of them stay finite
         check_magnitude(s, big, "sigma", "sigma**2 would overflow float64")
-        check_magnitude(a * math.sqrt(float(self._cov64.abs().max())), big, "alpha",
+        if self._cov_abs_max is None:
+            self._cov_abs_max = float(self._cov64.abs().max())
+        check_magnitude(a * math.sqrt(self._cov_abs_max), big, "alpha",
                         "alpha**2 times the largest covariance entry would overflow float64")
         cov = (self._cov64 * a) * a + s * s * torch.eye(dim, dtype=torch.float64)  # (S a) a: a^2 alone may overflow
         chol, info = torch.linalg.cholesky_ex(cov)
@@ -339,12 +381,130 @@ class GaussianMixture:
                 f"attributes={list(self._attributes)}, dtype={self._dtype})")
 
     # --- densities and scores -------------------------------------------------------------------------
-    # One engine for every dimension, centred before it squares: the residuals x - mu_k, then g_k = P_k (x - mu_k)
-    # (one batched product) and the quadratic forms (x - mu_k) . g_k; the score is -sum_k r_k g_k. Points are laid
-    # out as columns ([K, d, N]) so that every reduction over d adds whole rows. verify.tolerances bounds
-    # the rounding, and the tests compare against 50-digit mpmath at narrow modes far from the origin.
+    # Two engines, both centred before they square (the residuals x - mu_k first, then g_k = P_k (x - mu_k) and the
+    # quadratic forms (x - mu_k) . g_k; the score is -sum_k r_k g_k), with the same chains of roundings, so
+    # verify.tolerances bounds both and the tests compare both against 50-digit mpmath at narrow modes far from
+    # the origin:
+    # * the block engine (d <= _BLOCK_ENGINE_MAX_DIM, no autograd): points in blocks, every quantity a [K, n] block
+    #   with one row per component, coordinates one at a time (_block_log_joint);
+    # * the batched engine (larger d, or autograd recording): points as columns ([K, d, N]), one batched product
+    #   for the g_k (_components).
+    def _uses_block_engine(self, x: torch.Tensor) -> bool:
+        return self.dim <= _BLOCK_ENGINE_MAX_DIM and not x.requires_grad
+
+    def _block_parameters(self) -> _BlockParams:
+        """The parameters laid out for the block engine, built once per mixture (a few [K, 1] and [d, K] tensors)."""
+        if self._block_params is None:
+            prec, dim = self._precision, self.dim
+            self._block_params = _BlockParams(
+                mu=tuple(self._mu_hi[:, j:j + 1].contiguous() for j in range(dim)),
+                mu_lo=None if self._mu_lo is None else tuple(self._mu_lo[:, j:j + 1].contiguous()
+                                                             for j in range(dim)),
+                # quad[i][i] = -P_ii / 2 and quad[i][j] = -P_ij (j > i): the quadratic form's coefficients over the
+                # upper triangle, the halving of the log density folded in (both scalings exact)
+                quad=tuple(tuple((-0.5 * prec[:, i, i:i + 1] if j == i else -prec[:, i, j:j + 1]).contiguous()
+                                 if j >= i else None for j in range(dim)) for i in range(dim)),
+                const=self._log_joint_const[:, None].contiguous(),
+                # neg_prec[j][i, k] = -P_k[j, i] = -P_k[i, j]: P_k is symmetric to the bit (symmetrised as
+                # (P + P^T) / 2, and floating-point addition commutes); negating is exact
+                neg_prec=tuple((-prec[:, j, :]).T.contiguous() for j in range(dim)),
+                block_points=max(1, min(_BLOCK_POINTS, _BLOCK_ENTRIES // self.n_components)))
+        return self._block_params
+
+    def _unreachable(self, row: int) -> ValueError:
+        return ValueError(f"x: point {row} is so far from every component that its quadratic form overflows "
+                          f"{self._dtype} (log p(x) is below the dtype's range)"
+                          + ("; float64 has a far larger range" if self._dtype == torch.float32 else ""))
+
+    def _blocks(self, n: int):
+        size = self._block_parameters().block_points
+        return ((start, min(start + size, n)) for start in range(0, n, size))
+
+    def _block_log_joint(self, xt: torch.Tensor, start: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        r"""The block engine on a block of points given by coordinates, ``xt`` ``[d, n]`` (points ``start``.. of the
+        caller's).
+
+        Returns the log joints ``[K, n]``, the residuals :math:`c_{k,j} = x_j - \mu_{k,j}` (one ``[K, n]`` block
+        per coordinate j) and the maxima over k of the log joints ``[1, n]``. The log joint is the centred quadratic
+        form summed over the upper triangle of the symmetric :math:`P_k`,
+
+        .. math::  l_k = \kappa_k + \sum_i c_{k,i}\Big(-\tfrac12 P_{k,ii} c_{k,i} - \sum_{j>i} P_{k,ij} c_{k,j}\Big)
+                   = \kappa_k - \tfrac12 c_k^\top P_k c_k,
+
+        (d(d+1)/2 + d passes over the block instead of the d^2 + d of :math:`c_k \cdot P_k c_k`). Rounding: the
+        residual (two steps in float32, hi then lo), at most d roundings in the bracket, one for the product with
+        :math:`c_{k,i}` and d in the sum over i after :math:`\kappa_k`: a chain of at most 2d + 2 roundings, and the
+        terms' absolute values add up to :math:`|c_k|^\top |P_k| |c_k| + |\kappa_k|`, within the
+        :math:`\gamma_{2d+4} (S_k + C_k)` that verify.tolerances charges the log joint (the scalings by -1/2 and -1
+        are exact). Refuses a point whose quadratic form overflows for every component, as :meth:`_components`
+        does.
+        """
+        par = self._block_parameters()
+        cols = []
+        for j in range(self.dim):
+            c = xt[j] - par.mu[j]  # [K, n]
+            if par.mu_lo is not None:  # float32: the low part of the means (see _init_from_valid)
+                c.sub_(par.mu_lo[j])
+            cols.append(c)
+        log_joint = par.const
+        for i in range(self.dim):  # kappa_k + sum_i c_i (-P_ii c_i / 2 - sum_{j > i} P_ij c_j)
+            inner = cols[i] * par.quad[i][i]  # [K, n]
+            for j in range(i + 1, self.dim):
+                inner.addcmul_(cols[j], par.quad[i][j])
+            log_joint = (torch.addcmul(log_joint, inner, cols[i]) if i == 0
+                         else log_joint.addcmul_(inner, cols[i]))
+        top = log_joint if self.n_components == 1 else log_joint.amax(0, keepdim=True)  # [1, n]; NaN propagates
+        # a point's log joints are all -inf exactly when every quadratic form overflowed (NaN: inf - inf or 0 * inf
+        # in the products); the sum of the maxima is finite in the common case, one cheap test
+        if not math.isfinite(float(top.sum())) and not bool(torch.isfinite(top).all()):
+            raise self._unreachable(start + int(torch.nonzero(~torch.isfinite(top.reshape(-1)))[0]))
+        return log_joint, cols, top
+
+    def _block_score(self, coef: torch.Tensor | None, cols: list[torch.Tensor]) -> torch.Tensor:
+        r""":math:`\sum_k a_k s_k = -\sum_j \sum_k P_{k,j\cdot}\, a_k c_{k,j}` as ``[d, n]``, for weights ``coef``
+        ``[K, n]`` (all 1 when ``None``): one ``[d, K] x [K, n]`` product per coordinate j, then d - 1 elementwise
+        additions. Per term: the weight (1 rounding), the product with :math:`P` and the sum over k (K roundings),
+        the sum over j (d - 1): within the chain verify.tolerances counts for :math:`\sum_k r_k g_k`. One component
+        takes a broadcast product instead of the matrix product (the same single rounding; a product over an inner
+        dimension of 1 is several times slower). Overwrites ``cols`` (scratch)."""
+        neg_prec = self._block_parameters().neg_prec
+        product = torch.mul if self.n_components == 1 else torch.mm
+        out = None
+        for j, c in enumerate(cols):
+            term = product(neg_prec[j], c if coef is None else c.mul_(coef))  # [d, n]
+            out = term if out is None else out.add_(term)
+        return out
+
+    def _block_evaluate(self, x: torch.Tensor, *, log_p: bool, score: bool
+                        ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        r"""``log p(x)`` ``[N]`` (if ``log_p``) and the score ``[N, d]`` (if ``score``) by the block engine.
+
+        With :math:`e_k = \exp(l_k - \max_k l_k)` (flushed to 0 below :math:`\sqrt{\text{tiny}}`, as
+        :func:`_logsumexp_softmax` does) and :math:`E = \sum_k e_k`: :math:`\log p = \max_k l_k + \log E` and
+        :math:`s = (\sum_k e_k s_k)/E`. A single component has :math:`e = E = 1` exactly, so it skips that
+        arithmetic and returns the same bits. Either output is the same whether or not the other is asked for."""
+        n = x.shape[0]
+        log_p_out = torch.empty(n, dtype=x.dtype) if log_p else None
+        score_out = torch.empty(n, self.dim, dtype=x.dtype) if score else None
+        for start, stop in self._blocks(n):
+            log_joint, cols, top = self._block_log_joint(_coordinates(x[start:stop]), start)
+            if self.n_components == 1:
+                if log_p_out is not None:
+                    log_p_out[start:stop] = top[0]
+                if score_out is not None:
+                    _store_coordinates(self._block_score(None, cols), score_out[start:stop])
+                continue
+            e = torch.nn.functional.threshold_(log_joint.sub_(top).exp_(), _flush_below(x.dtype), 0.0)  # [K, n]
+            total = e.sum(0, keepdim=True)  # [1, n]
+            if score_out is not None:
+                _store_coordinates(self._block_score(e, cols).div_(total), score_out[start:stop])
+            if log_p_out is not None:
+                torch.add(top[0], total[0].log_(), out=log_p_out[start:stop])
+        return log_p_out, score_out
+
     def _components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log joints ``log pi_k + log N(x; mu_k, Sigma_k)`` ``[N, K]`` and ``g_k = P_k (x - mu_k)`` ``[K, d, N]``.
+        """The batched engine: log joints ``log pi_k + log N(x; mu_k, Sigma_k)`` ``[N, K]`` and
+        ``g_k = P_k (x - mu_k)`` ``[K, d, N]``.
 
         Refuses (``ValueError`` naming ``x``) a point whose quadratic form overflows the dtype for every
         component: its log density is below the dtype's range, and a softmax of all -inf would be NaN.
@@ -361,10 +521,7 @@ class GaussianMixture:
         # inf - inf in the dot product); the sum of the minima is finite in the common case, one cheap test
         top = quads.detach().amin(0)  # [N]
         if not math.isfinite(float(top.sum())) and not bool(torch.isfinite(top).all()):
-            row = int(torch.nonzero(~torch.isfinite(top))[0])
-            raise ValueError(f"x: point {row} is so far from every component that its quadratic form overflows "
-                             f"{self._dtype} (log p(x) is below the dtype's range)"
-                             + ("; float64 has a far larger range" if self._dtype == torch.float32 else ""))
+            raise self._unreachable(int(torch.nonzero(~torch.isfinite(top))[0]))
         return log_joint, grads
 
     @staticmethod
@@ -380,11 +537,20 @@ class GaussianMixture:
 
     def component_log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log \pi_k + \log\mathcal N(x; \mu_k, \Sigma_k)` for every component, ``[N, K]``."""
-        return self._components(self._points(x))[0]
+        x = self._points(x)
+        if not self._uses_block_engine(x):
+            return self._components(x)[0]
+        out = torch.empty(x.shape[0], self.n_components, dtype=x.dtype)
+        for start, stop in self._blocks(x.shape[0]):
+            out[start:stop] = self._block_log_joint(_coordinates(x[start:stop]), start)[0].T
+        return out
 
     def log_prob(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\log p(x) = \operatorname{logsumexp}_k(\log\pi_k + \log\mathcal N_k(x))`, ``[N, d] -> [N]``."""
-        return _logsumexp_softmax(self.component_log_prob(x))[0]
+        x = self._points(x)
+        if self._uses_block_engine(x):
+            return self._block_evaluate(x, log_p=True, score=False)[0]
+        return _logsumexp_softmax(self._components(x)[0])[0]
 
     def responsibilities(self, x: Tensorish) -> torch.Tensor:
         r""":math:`r_k(x) = \pi_k\mathcal N_k(x)/p(x)`, a softmax of the log joint, ``[N, K]``."""
@@ -392,11 +558,25 @@ class GaussianMixture:
 
     def score(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\nabla_x \log p(x) = -\sum_k r_k(x)\, \Sigma_k^{-1}(x - \mu_k)`, ``[N, d] -> [N, d]``."""
-        return self.log_prob_and_score(x)[1]
+        return self._checked_score(self._points(x))
+
+    def _checked_score(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`score` of points already checked by the input policy (``[N, d]``, finite, of this mixture's
+        dtype): what :class:`~toy_models.denoiser.AnalyticDenoiser` calls after its own check. The bits of
+        ``log_prob_and_score(x)[1]``."""
+        if self._uses_block_engine(x):
+            return self._block_evaluate(x, log_p=False, score=True)[1]
+        return self._batched_log_prob_and_score(x)[1]
 
     def log_prob_and_score(self, x: Tensorish) -> tuple[torch.Tensor, torch.Tensor]:
         """``log p(x)`` and the score from one pass of the engine."""
-        log_joint, grads = self._components(self._points(x))
+        x = self._points(x)
+        if self._uses_block_engine(x):
+            return self._block_evaluate(x, log_p=True, score=True)
+        return self._batched_log_prob_and_score(x)
+
+    def _batched_log_prob_and_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_joint, grads = self._components(x)
         log_p, r = _logsumexp_softmax(log_joint)  # [N], [N, K]
         return log_p, self._weighted_component_score(r, grads)
 
@@ -431,10 +611,19 @@ class GaussianMixture:
         weighted sum, without subtracting two large scores.
         """
         mask = self.matches(condition)
-        log_joint, grads = self._components(self._points(x))
-        r = _logsumexp_softmax(log_joint)[1]
-        r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
-        return self._weighted_component_score(r_c - r, grads)
+        x = self._points(x)
+        if not self._uses_block_engine(x):
+            log_joint, grads = self._components(x)
+            r = _logsumexp_softmax(log_joint)[1]
+            r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
+            return self._weighted_component_score(r_c - r, grads)
+        out = torch.empty(x.shape, dtype=x.dtype)
+        for start, stop in self._blocks(x.shape[0]):
+            log_joint, cols, _ = self._block_log_joint(_coordinates(x[start:stop]), start)
+            log_joint = log_joint.T  # [n, K]
+            r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
+            _store_coordinates(self._block_score((r_c - _logsumexp_softmax(log_joint)[1]).T, cols), out[start:stop])
+        return out
 
     # --- sampling -------------------------------------------------------------------------------------
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -476,6 +665,37 @@ class GaussianMixture:
         return check_points(x, self.dim, self._dtype)
 
 
+class _BlockParams(NamedTuple):
+    """A mixture's parameters as the block engine reads them (``GaussianMixture._block_parameters``)."""
+
+    mu: tuple[torch.Tensor, ...]  # mu[j][k, 0] = mu_{k,j} (the high part in float32), [K, 1]
+    mu_lo: tuple[torch.Tensor, ...] | None  # the low part of the means in float32, [K, 1] each; else None
+    quad: tuple[tuple[torch.Tensor | None, ...], ...]  # quad[i][i] = -P_{k,ii} / 2, quad[i][j] = -P_{k,ij} (j > i)
+    const: torch.Tensor  # kappa_k, [K, 1]
+    neg_prec: tuple[torch.Tensor, ...]  # neg_prec[j][i, k] = -P_{k,ji}, [d, K]
+    block_points: int  # points per block: _BLOCK_ENTRIES // K, at most _BLOCK_POINTS
+
+
+def _coordinates(x: torch.Tensor) -> torch.Tensor:
+    """Points ``[n, d]`` as coordinate rows ``[d, n]``, contiguous. Copied a column at a time: a strided 1-D copy
+    is several times faster than torch's copy of the transposed matrix when d is small."""
+    out = torch.empty(x.shape[1], x.shape[0], dtype=x.dtype)
+    for j in range(x.shape[1]):
+        out[j].copy_(x[:, j])
+    return out
+
+
+def _store_coordinates(rows: torch.Tensor, out: torch.Tensor) -> None:
+    """Write coordinate rows ``[d, n]`` into points ``out`` ``[n, d]``, a column at a time (:func:`_coordinates`)."""
+    for j in range(out.shape[1]):
+        out[:, j].copy_(rows[j])
+
+
+def _flush_below(dtype: torch.dtype) -> float:
+    """Responsibilities below ``sqrt(tiny)`` of the dtype are set to 0 (see :func:`_logsumexp_softmax`)."""
+    return math.sqrt(torch.finfo(dtype).tiny)
+
+
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``sum_i a[:, i] * b[:, i]`` for ``[K, d, N]`` inputs, ``[K, N]``.
 
@@ -503,7 +723,7 @@ def _logsumexp_softmax(log_joint: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     the mixture's by ``u / (K sqrt(tiny))`` (3e10 in float32): a zero-measure corner of no practical reach. The
     log-density is unaffected beyond ``K sqrt(tiny)`` relative.
     """
-    cut = math.sqrt(torch.finfo(log_joint.dtype).tiny)
+    cut = _flush_below(log_joint.dtype)
     shift = log_joint.detach().amax(dim=-1, keepdim=True)  # [N, 1], finite: some weight is positive
     if log_joint.requires_grad:
         e = torch.exp(log_joint - shift)
