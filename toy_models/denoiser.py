@@ -30,6 +30,8 @@ __all__ = ["Denoiser", "AnalyticDenoiser", "WrappedDenoiser", "CountingDenoiser"
 #: noised laws an AnalyticDenoiser keeps (the most recently used): a sampler's step asks for every branch at one
 #: time, and x0() for the same law again, so a few suffice; a law is small (K d^2 numbers per parameter)
 NOISED_LAW_CACHE = 8
+#: scalar times whose schedule coefficients an AnalyticDenoiser keeps (two floats each; emptied when full)
+COEFFICIENT_CACHE = 1024
 
 
 @runtime_checkable
@@ -78,6 +80,7 @@ class AnalyticDenoiser:
         self.dtype = dtype
         self._laws: dict[Hashable, GaussianMixture] = {}
         self._noised: OrderedDict[tuple[Hashable, float, float], GaussianMixture] = OrderedDict()
+        self._coefficients: dict[float, tuple[float, float]] = {}
 
     @property
     def dim(self) -> int:
@@ -85,8 +88,10 @@ class AnalyticDenoiser:
 
     def noised_law(self, t: float, condition: Condition = None) -> GaussianMixture:
         r""":math:`p_t(x \mid c)`: the world's law of ``condition`` pushed through the forward process to ``t``."""
-        alpha, sigma = self.schedule.alpha_sigma(t)
-        alpha, sigma = float(alpha), float(sigma)
+        if type(t) is float:
+            alpha, sigma = self._scalar_coefficients(t)
+        else:
+            alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(t))
         if alpha <= 0:
             raise ValueError(f"t: alpha(t) = 0 at t = {float(t)!r} on schedule {self.schedule.name!r}; "
                              f"the noised law is not a Gaussian mixture there (pure noise)")
@@ -104,12 +109,32 @@ class AnalyticDenoiser:
             self._noised.move_to_end(cache_key)
         return noised
 
+    def _scalar_coefficients(self, t: float) -> tuple[float, float]:
+        """``(alpha_t, sigma_t)`` of a time given as a Python float, from the schedule (which checks ``t``) the first
+        time, then kept: the schedule is immutable."""
+        found = self._coefficients.get(t)
+        if found is None:
+            alpha, sigma = self.schedule.alpha_sigma(t)
+            found = (float(alpha), float(sigma))
+            if len(self._coefficients) >= COEFFICIENT_CACHE:
+                self._coefficients.clear()
+            self._coefficients[t] = found
+        return found
+
+    def _sigma(self, t: Tensorish, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`\sigma_t` in ``x``'s dtype, one value or one per row ``[N, 1]`` (the schedule's float64, cast)."""
+        if type(t) is float:
+            return torch.tensor(self._scalar_coefficients(t)[1], dtype=torch.float64).to(x.dtype)
+        return self._per_row(self.schedule.sigma(t), x)
+
     def score(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\nabla_x \log p_t(x \mid c)`, ``[N, d]``. ``t`` a float or ``[N]``."""
         return self._score(self._points(x), t, condition)
 
     def _score(self, x: torch.Tensor, t: Tensorish, condition: Condition) -> torch.Tensor:
         """:meth:`score` of points already checked by :meth:`_points`."""
+        if type(t) is float:
+            return self._law_score(self.noised_law(t, condition), x)
         times = as_tensor(t, "t", copy=False)
         if times.numel() == 1:
             return self._law_score(self.noised_law(float(times.reshape(())), condition), x)
@@ -130,12 +155,12 @@ class AnalyticDenoiser:
     def eps(self, x: torch.Tensor, t: Tensorish, condition: Condition = None) -> torch.Tensor:
         r""":math:`\hat\varepsilon = -\sigma_t \nabla_x \log p_t(x \mid c)`, ``[N, d]``."""
         x = self._points(x)
-        return self._eps(x, t, condition, self._per_row(self.schedule.sigma(t), x))
+        return self._eps(x, t, condition, self._sigma(t, x))
 
     def eps_multi(self, x: torch.Tensor, t: Tensorish, conditions: list[Condition]) -> list[torch.Tensor]:
         """The predictions for several conditions at the same points, in one call (the batched interface)."""
         x = self._points(x)
-        sigma = self._per_row(self.schedule.sigma(t), x)
+        sigma = self._sigma(t, x)
         return [self._eps(x, t, c, sigma) for c in conditions]
 
     def _eps(self, x: torch.Tensor, t: Tensorish, condition: Condition, sigma: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ claims, figures and the network checks all use it; it accepts the analytic groun
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -262,7 +263,13 @@ class LinearRule(Rule):
 # ----------------------------------------------------------------------------------------------------------------
 # The guided denoiser
 # ----------------------------------------------------------------------------------------------------------------
+#: scalar times whose schedule coefficients a guided denoiser keeps (two floats each; emptied when full)
+_COEFFICIENT_CACHE = 1024
+
+
 def _scalar_time(t) -> float:
+    if type(t) is float and math.isfinite(t):  # what samplers pass: no tensor to build
+        return t
     tt = as_real_tensor(t, "t", copy=False)
     if tt.numel() != 1:
         raise ValueError("t: guided denoisers take one time per call (samplers step all points together)")
@@ -313,6 +320,7 @@ class GuidedDenoiser(WrappedDenoiser):
             raise ValueError(f"weak: rule {rule.name!r} reads no weak branch")
         self.weak = weak
         self._model_branches = [b for b in rule.branches if b != "weak"]
+        self._coefficients: dict[float, tuple[float, float]] = {}  # t -> (alpha_t, sigma_t): the schedule is fixed
 
     @property
     def stateful(self) -> bool:
@@ -329,7 +337,13 @@ class GuidedDenoiser(WrappedDenoiser):
     def context(self, x: Tensor, t, state: GuidanceState | None = None) -> StepContext:
         """The :class:`StepContext` of one evaluation at ``(x, t)``."""
         tt = _scalar_time(t)
-        alpha, sigma = (float(v) for v in self.schedule.alpha_sigma(tt))
+        coefficients = self._coefficients.get(tt)
+        if coefficients is None:
+            coefficients = tuple(float(v) for v in self.schedule.alpha_sigma(tt))
+            if len(self._coefficients) >= _COEFFICIENT_CACHE:
+                self._coefficients.clear()
+            self._coefficients[tt] = coefficients
+        alpha, sigma = coefficients
         return StepContext(x, tt, alpha, sigma, self.schedule, self.conditions, state)
 
     def branch_eps(self, x: Tensor, t) -> dict[str, Tensor]:
