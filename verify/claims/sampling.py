@@ -27,6 +27,7 @@ from verify.evidence.laws import (
 from verify.evidence.network import CFGSampling, NetworkQuality
 from verify.evidence.quality import QualityDiversity
 from verify.evidence.thresholding import Thresholding
+from verify.evidence.tilted_samplers import TiltedSamplers
 
 from . import Decision, claim
 from .sources import S0, S1
@@ -65,37 +66,65 @@ def _zero_is_the_conditional(worlds: tuple[CFGLaws1D, ...]) -> bool:
     return all(not differs(lw.law(k, "0"), lw.law("tilted", "0")) for lw in worlds for k in ("ode", "sde"))
 
 
+def _exact_sampler_json(ts: TiltedSamplers) -> dict:
+    """``{world: {w: {mean, var, se_mean, se_var, target_t_end, z}}}``: the exact sampler of the tilted target (its
+    first coordinate; L-TILTED-EXACT's evidence) beside the CFG laws."""
+    out: dict = {}
+    for world, by_w in ts.exact.items():
+        out[world] = {}
+        for w, case in by_w.items():
+            target = ts.target[world][w]
+            out[world][w] = {"mean": case.mean[0], "se_mean": case.se_mean[0], "var": case.var[0],
+                             "se_var": case.se_var[0], "target_t_end": {"mean": target.mean_t_end,
+                                                                        "var": target.var_t_end},
+                             "z_mean": case.z["mean[0]"], "z_var": case.z["var[0]"], "ks_pvalue": case.ks_pvalue}
+    return out
+
+
 @claim("S0-PROP2-SAMPLES", order=116, source=f"{S0}, 명제 2 (Proposition 2), proof",
        statement="the trajectory following the augmented score converges to p(x|c)^(1+w) p(x)^(-w)",
-       tests=("tests/test_exact_law.py", TESTS),
-       figure=("figures/cfg_law_vs_tilted.png", "figures/network_cfg_samples.png"))
+       tests=("tests/test_exact_law.py", TESTS,
+              "tests/test_tilted_claims.py::test_prop2_samples_shows_the_exact_sampler"),
+       figure=("figures/cfg_law_vs_tilted.png", "figures/network_cfg_samples.png", "figures/tilted_samplers.png"))
 def prop2_samples(gauss1d_laws: CFGLaws1D, bimodal1d_laws: CFGLaws1D,
-                  network_cfg_sampling_by_limit: CFGSampling) -> Decision:
+                  network_cfg_sampling_by_limit: CFGSampling, tilted_samplers: TiltedSamplers) -> Decision:
     """Fails when, for every w > 0, neither the ODE's nor the SDE's law is the tilted target (beyond 10x their
     error estimates) while at w = 0 all three agree; conditional otherwise. (That discrete samplers reach these
-    continuous-time laws, not the target, is L-DDIM-DDPM's evidence.)"""
+    continuous-time laws, not the target, is L-DDIM-DDPM's evidence.) The exact sampler of the target (DDPM on the
+    score of the noised target, L-TILTED-EXACT) is shown beside them as the reference that does reach it; it does
+    not enter the verdict, which is about the augmented score's trajectory."""
     worlds = (gauss1d_laws, bimodal1d_laws)
     mismatch = _mismatch(worlds)
     all_mismatch = all(v for world in mismatch.values() for row in world.values() for v in row.values())
     at_zero_ok = _zero_is_the_conditional(worlds)
     g = gauss1d_laws
+    exact3 = tilted_samplers.exact["gauss1d"]["3"]
     decision = Decision(
         verdict="fails" if all_mismatch and at_zero_ok else "conditional",
         headline=(f"gauss1d w = 3: ODE N({g.law('ode', '3').mean:.3g}, {g.law('ode', '3').var:.3g}), SDE "
                   f"N({g.law('sde', '3').mean:.3g}, {g.law('sde', '3').var:.3g}), tilted "
-                  f"N({g.law('tilted', '3').mean:.3g}, {g.law('tilted', '3').var:.3g})"),
+                  f"N({g.law('tilted', '3').mean:.3g}, {g.law('tilted', '3').var:.3g}); exact sampler of the "
+                  f"target N({exact3.mean[0]:.3f}, {exact3.var[0]:.3f})"),
         procedure=("continuous-time guided PF-ODE and reverse SDE on vp-linear from t = 1 (noised conditional) to 0: "
                    "gauss1d by the moment ODEs, bimodal1d by the flow map and a Fokker-Planck solve (error estimates "
                    "by halving), each against the tilted target (closed form, quadrature); a law differs when its "
-                   f"mean does by more than {SEPARATION:g}x the larger error estimate"),
+                   f"mean does by more than {SEPARATION:g}x the larger error estimate; beside them, the exact "
+                   "sampler of the target (DDPM on the score of the noised target, Richardson-extrapolated, "
+                   "L-TILTED-EXACT) on gauss1d, bimodal1d and ring2d"),
         conditions=("holds only at w = 0; for w > 0 neither the ODE nor the SDE law is the tilted target (the guided "
-                    "score at time t is that of tilted noised laws, which are not the noising of one tilted law)"),
+                    "score at time t is that of tilted noised laws, which are not the noising of one tilted law); a "
+                    "sampler driven by the score of the noised target itself does reach it (evidence: "
+                    "exact_sampler)"),
         evidence={"laws": {lw.world: _laws_json(lw) for lw in worlds}, "differs_from_tilted": mismatch,
                   "w_zero_is_the_conditional": at_zero_ok,
+                  "exact_sampler": _exact_sampler_json(tilted_samplers),
                   "see_also": {"L-DDIM-DDPM": "every discrete sampler's exact law on gauss1d, Monte Carlo of every "
                                               "sampler on bimodal1d, ring2d fine-step references",
-                               "S0-WINF": "the bimodal1d ODE law at w = 15 and 30"}},
-        uncertainty="deterministic references with halving error estimates (in evidence)")
+                               "S0-WINF": "the bimodal1d ODE law at w = 15 and 30",
+                               "L-TILTED-EXACT": "the exact sampler's tests against the target",
+                               "L-FKC-EXACT, L-BN-LANGEVIN": "corrected samplers of the target"}},
+        uncertainty=("deterministic references with halving error estimates (in evidence); the exact sampler's "
+                     "Monte Carlo standard errors"))
     return decision.with_block("network", network_cfg_sampling_by_limit.block())
 
 
