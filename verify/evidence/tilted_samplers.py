@@ -87,7 +87,8 @@ T_END = 1e-3
 LEVELS, QUICK_LEVELS = (25, 50, 100), (10, 20, 40)
 COEF = (1.0 / 3.0, -2.0, 8.0 / 3.0)
 #: draws per run of the exact sampler (quick: 2000); ring2d, whose tilted score is a 2-D quadrature per call (one
-#: run of 1e5 draws x 100 steps takes about 7 s, the three runs at 1e5 would take about 40 s), 1e4 (quick: 1000)
+#: run of 1e5 draws x 100 steps takes about 6.5 s, the three runs of 25/50/100 steps at 1e5 for three w about 35 s),
+#: 1e4 (quick: 1000)
 EXACT_N, QUICK_EXACT_N = 100_000, 2_000
 RING_EXACT_N, QUICK_RING_EXACT_N = 10_000, 1_000
 #: fkc: particles and uniform steps to t = 0 for the table
