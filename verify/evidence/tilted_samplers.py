@@ -63,7 +63,8 @@ from .shared import first_sampler_by_limit, one_thread
 
 __all__ = ["WORLDS", "CONDITIONS", "WS", "SAMPLER_NAMES", "T_END", "LEVELS", "COEF", "SamplerMoments",
            "TargetMoments", "ExactCase", "TiltedSamplers", "FKCConvergence", "LangevinConvergence",
-           "TabulatedEps", "exact_runs", "exact_case", "richardson_moments", "richardson_ks", "noised_cdf",
+           "TabulatedEps", "exact_runs", "exact_case", "richardson_moments", "richardson_ks", "richardson_bias",
+           "noised_cdf",
            "first_coordinate_density", "fit_slope", "tilted_samplers", "fkc_convergence", "langevin_convergence"]
 
 F64 = torch.float64
