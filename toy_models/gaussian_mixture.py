@@ -74,11 +74,12 @@ _SMALL_DIM = 8
 #: is recording, the batched engine (_components). The block engine makes d^2 + d passes over [K, n] blocks for the
 #: log joint, so its advantage over the batched product shrinks with d
 _BLOCK_ENGINE_MAX_DIM = 4
-#: the block engine walks the points in blocks of at most this many [K, n] entries (512 KiB in float64) and points:
-#: its ~15 passes over a block then stay in the core's cache, its temporaries are recycled by the allocator instead
-#: of being mapped afresh (page faults: on ring2d blocks of 2^18 entries took 20,000 minor faults and 2x the time per
-#: 10^6 points), and an operation on a block of 2^15 entries or more is still split over two threads
-_BLOCK_ENTRIES = 2**16
+#: the block engine walks the points in blocks of at most this many [K, n] entries per intra-op thread (512 KiB in
+#: float64) and at most _BLOCK_POINTS points: its ~15 passes over a block then stay in the cores' caches and its
+#: temporaries are recycled by the allocator instead of being mapped afresh (on ring2d at 10^6 points, one thread:
+#: blocks of 2^16 entries 78 ms, 2^17 92 ms, 2^20 with 21,000 minor page faults 235 ms; two threads: 2^17 55 ms,
+#: 2^16 63 ms)
+_BLOCK_ENTRIES_PER_THREAD = 2**16
 _BLOCK_POINTS = 2**15
 
 
@@ -407,8 +408,7 @@ class GaussianMixture:
                 const=self._log_joint_const[:, None].contiguous(),
                 # neg_prec[j][i, k] = -P_k[j, i] = -P_k[i, j]: P_k is symmetric to the bit (symmetrised as
                 # (P + P^T) / 2, and floating-point addition commutes); negating is exact
-                neg_prec=tuple((-prec[:, j, :]).T.contiguous() for j in range(dim)),
-                block_points=max(1, min(_BLOCK_POINTS, _BLOCK_ENTRIES // self.n_components)))
+                neg_prec=tuple((-prec[:, j, :]).T.contiguous() for j in range(dim)))
         return self._block_params
 
     def _unreachable(self, row: int) -> ValueError:
@@ -417,8 +417,13 @@ class GaussianMixture:
                           + ("; float64 has a far larger range" if self._dtype == torch.float32 else ""))
 
     def _blocks(self, n: int):
-        size = self._block_parameters().block_points
-        return ((start, min(start + size, n)) for start in range(0, n, size))
+        """``(start, stop)`` of blocks of at most ``_BLOCK_ENTRIES_PER_THREAD`` [K, n] entries per intra-op thread and
+        ``_BLOCK_POINTS`` points, all of nearly the same size (a small last block would pay the per-operation cost
+        of a whole one)."""
+        limit = max(1, min(_BLOCK_POINTS, _BLOCK_ENTRIES_PER_THREAD * torch.get_num_threads() // self.n_components))
+        count = -(-n // limit)
+        size = -(-n // count) if count else 0
+        return ((start, min(start + size, n)) for start in range(0, n, max(size, 1)))
 
     def _block_log_joint(self, xt: torch.Tensor, start: int) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
         r"""The block engine on a block of points given by coordinates, ``xt`` ``[d, n]`` (points ``start``.. of the
@@ -485,21 +490,24 @@ class GaussianMixture:
         arithmetic and returns the same bits. Either output is the same whether or not the other is asked for."""
         n = x.shape[0]
         log_p_out = torch.empty(n, dtype=x.dtype) if log_p else None
+        totals = torch.empty(n, dtype=x.dtype) if log_p and self.n_components > 1 else None
         score_out = torch.empty(n, self.dim, dtype=x.dtype) if score else None
         for start, stop in self._blocks(n):
             log_joint, cols, top = self._block_log_joint(_coordinates(x[start:stop]), start)
+            if log_p_out is not None:
+                log_p_out[start:stop] = top[0]
             if self.n_components == 1:
-                if log_p_out is not None:
-                    log_p_out[start:stop] = top[0]
                 if score_out is not None:
-                    _store_coordinates(self._block_score(None, cols), score_out[start:stop])
+                    _store(self._block_score(None, cols), score_out[start:stop])
                 continue
             e = torch.nn.functional.threshold_(log_joint.sub_(top).exp_(), _flush_below(x.dtype), 0.0)  # [K, n]
             total = e.sum(0, keepdim=True)  # [1, n]
             if score_out is not None:
-                _store_coordinates(self._block_score(e, cols).div_(total), score_out[start:stop])
-            if log_p_out is not None:
-                torch.add(top[0], total[0].log_(), out=log_p_out[start:stop])
+                _store(self._block_score(e, cols).div_(total), score_out[start:stop])
+            if totals is not None:
+                totals[start:stop] = total[0]
+        if totals is not None:  # one logarithm for all points
+            log_p_out.add_(totals.log_())
         return log_p_out, score_out
 
     def _components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -622,7 +630,7 @@ class GaussianMixture:
             log_joint, cols, _ = self._block_log_joint(_coordinates(x[start:stop]), start)
             log_joint = log_joint.T  # [n, K]
             r_c = _logsumexp_softmax(log_joint.masked_fill(~mask, -math.inf))[1]
-            _store_coordinates(self._block_score((r_c - _logsumexp_softmax(log_joint)[1]).T, cols), out[start:stop])
+            _store(self._block_score((r_c - _logsumexp_softmax(log_joint)[1]).T, cols), out[start:stop])
         return out
 
     # --- sampling -------------------------------------------------------------------------------------
@@ -673,11 +681,10 @@ class _BlockParams(NamedTuple):
     quad: tuple[tuple[torch.Tensor | None, ...], ...]  # quad[i][i] = -P_{k,ii} / 2, quad[i][j] = -P_{k,ij} (j > i)
     const: torch.Tensor  # kappa_k, [K, 1]
     neg_prec: tuple[torch.Tensor, ...]  # neg_prec[j][i, k] = -P_{k,ji}, [d, K]
-    block_points: int  # points per block: _BLOCK_ENTRIES // K, at most _BLOCK_POINTS
 
 
 def _coordinates(x: torch.Tensor) -> torch.Tensor:
-    """Points ``[n, d]`` as coordinate rows ``[d, n]``, contiguous. Copied a column at a time: a strided 1-D copy
+    """Points ``[N, d]`` as coordinate rows ``[d, N]``, contiguous. Copied a column at a time: a strided 1-D copy
     is several times faster than torch's copy of the transposed matrix when d is small."""
     out = torch.empty(x.shape[1], x.shape[0], dtype=x.dtype)
     for j in range(x.shape[1]):
@@ -685,9 +692,10 @@ def _coordinates(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _store_coordinates(rows: torch.Tensor, out: torch.Tensor) -> None:
-    """Write coordinate rows ``[d, n]`` into points ``out`` ``[n, d]``, a column at a time (:func:`_coordinates`)."""
-    for j in range(out.shape[1]):
+def _store(rows: torch.Tensor, out: torch.Tensor) -> None:
+    """Write coordinate rows ``[d, n]`` into points ``out`` ``[n, d]``, a column at a time (see
+    :func:`_coordinates`)."""
+    for j in range(rows.shape[0]):
         out[:, j].copy_(rows[j])
 
 
