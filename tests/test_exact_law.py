@@ -226,3 +226,68 @@ def test_fine_step_reference_measures_its_own_error():
         fine_step_reference(den, x1, "ode", steps=3)
     with pytest.raises(ValueError, match="kind"):
         fine_step_reference(den, x1, "ddim")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The shared integrators (also behind verify.tilted_noised's moment and flow laws)
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler", ["ode", "sde"])
+def test_moment_ode_law_is_the_integrator_of_the_cfg_law(sampler):
+    """moment_ode_law with CFG's weights {cond: 1 + w, uncond: -w} from the noised conditional is the CFG law of
+    exact_gaussian_cfg_law: the same ODE through the same integrator, its weights only read another way, so the two
+    agree to the integrator's own error (1e3 rtol relative, module docstring) on the 2-D ring world; the weights of
+    w + 0.5 do not."""
+    from verify.exact_law import moment_ode_law
+
+    world = get_world("ring2d")
+    cond, uncond = world.law(2), world.law(None).given(3)
+    w, nu = 3.0, 0.0 if sampler == "ode" else 1.0
+    a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(1.0))
+    start = cond.noised(a, s)
+    laws = {"cond": cond, "uncond": uncond}
+    mean, cov = moment_ode_law(laws, {"cond": 1 + w, "uncond": -w}, nu, "vp-linear", start.mean(),
+                               start.covariance(), rtol=RTOL)
+    ref_mean, ref_cov = exact_gaussian_cfg_law(cond, uncond, w, sampler, start="marginal", rtol=RTOL)
+    tol_m, tol_c = 1e3 * RTOL * float(ref_mean.abs().max()), 1e3 * RTOL * float(ref_cov.abs().max())
+    torch.testing.assert_close(mean, ref_mean, rtol=0, atol=tol_m)
+    torch.testing.assert_close(cov, ref_cov, rtol=0, atol=tol_c)
+    other, _ = moment_ode_law(laws, {"cond": 1.5 + w, "uncond": -0.5 - w}, nu, "vp-linear", start.mean(),
+                              start.covariance(), rtol=RTOL)
+    assert float((other - ref_mean).abs().max()) > tol_m
+
+
+def test_flow_map_law_is_the_integrator_of_the_pf_ode_law():
+    """flow_map_law_1d run with the guided score and the start law of pf_ode_law_1d gives its moments exactly (one
+    computation), and its coarse run is the error estimate pf_ode_law_1d reports; refusals name their argument."""
+    from verify.exact_law import flow_map_law_1d, guided_score_1d, moment_ode_law, pf_ode_law_1d
+
+    world = get_world("bimodal1d")
+    rule, laws = rules.get("cfg", w=3.0), {"cond": world.law(1), "uncond": world.law(None)}
+    ref = pf_ode_law_1d(rule, laws, n_nodes=201)
+    a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(1.0))
+    start = world.law(1).noised(a, s)
+    m, v = float(start.mean()[0]), float(start.covariance()[0, 0])
+    score = guided_score_1d(rule, laws, "vp-linear")
+    fine, coarse = flow_map_law_1d(lambda x, t, piece: score(x, t), "vp-linear",
+                                   lambda x: start.log_prob(torch.as_tensor(x[:, None])).numpy(),
+                                   m - 12 * math.sqrt(v), m + 12 * math.sqrt(v), n_nodes=201, rtol=1e-10)
+    assert (fine.mean, fine.var) == (ref.mean, ref.var)
+    assert abs(fine.var - coarse.var) == ref.error["var"]
+    gauss = world.law(1)
+    for call, match in (
+        (lambda: flow_map_law_1d(score, "vp-linear", np.log, 1.0, 1.0), "^lo, hi"),
+        (lambda: flow_map_law_1d(score, "vp-linear", np.log, 0.0, 1.0, n_nodes=2), "^n_nodes"),
+        (lambda: flow_map_law_1d(score, "vp-linear", np.log, 0.0, 1.0, rtol=0.1), "^rtol"),
+        (lambda: moment_ode_law({"c": gauss}, [1.0], 0.0, "vp-linear", gauss.mean(), gauss.covariance()),
+         "^weights"),
+        (lambda: moment_ode_law({"c": gauss}, {"d": 1.0}, 0.0, "vp-linear", gauss.mean(), gauss.covariance()),
+         "^laws"),
+        (lambda: moment_ode_law({"c": world.law(None)}, {"c": 1.0}, 0.0, "vp-linear", gauss.mean(),
+                                gauss.covariance()), "^laws"),
+        (lambda: moment_ode_law({"c": gauss}, {"c": 1.0}, 1.5, "vp-linear", gauss.mean(), gauss.covariance()),
+         "^nu"),
+        (lambda: moment_ode_law({"c": gauss}, {"c": 1.0}, 0.0, "vp-linear", torch.zeros(2), gauss.covariance()),
+         "^mean"),
+    ):
+        with pytest.raises((ValueError, TypeError), match=match):
+            call()

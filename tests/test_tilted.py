@@ -132,7 +132,7 @@ def test_importance_sampling_of_a_target_wider_than_its_positive_factor():
     The naive proposal fails all three (measured: ESS 2 to 14 of 200000, log Z 9 to 33 standard errors off)."""
     law, (mean, cov, log_z) = _wide_target()
     lam = torch.linalg.inv(cov)
-    proposal = law._proposal()
+    proposal = law.proposal()
     finite = [bool(torch.linalg.eigvalsh(2 * lam - torch.linalg.inv(c)).min() > 0) for c in proposal.covariances]
     assert any(finite), "no proposal component gives the weights a finite variance"
 
@@ -220,3 +220,76 @@ def test_linear_terms_merge_branches_that_share_a_condition():
     assert terms == ((("dog", "red"), 1.0), (("blue", "dog"), 1.0), (None, -1.0))
     q = tilted_law(world, rules.get("cfg", w=3.0), 1)  # a bare condition is the cond branch's
     assert q.exponents == [4.0, -3.0] and q.name == "cfg(guidance_scale=4)"
+
+
+def _shared_covariance_worlds():
+    """p(x|c) a mixture with one shared covariance per dimension, p(x) one Gaussian (1-D and 2-D)."""
+    from toy_models import World
+
+    cond1 = GaussianMixture([0.3, 0.7], [[-1.0], [1.5]], [[[0.3]], [[0.3]]], labels=[1, 1])
+    uncond1 = GaussianMixture([1.0], [[0.0]], [[[2.0]]], labels=[0])
+    c = [[0.3, 0.1], [0.1, 0.2]]
+    cond2 = GaussianMixture([0.2, 0.5, 0.3], [[-1.0, 0.0], [1.2, 0.5], [0.0, -1.3]], [c, c, c], labels=[1, 1, 1])
+    uncond2 = GaussianMixture([1.0], [[0.0, 0.0]], [[[2.0, 0.3], [0.3, 1.5]]], labels=[0])
+    return [World("mix1d", uncond1, conditionals={1: cond1}), World("mix2d", uncond2, conditionals={1: cond2})]
+
+
+@pytest.mark.parametrize("w", [1.0, 3.0])
+@pytest.mark.parametrize("world", _shared_covariance_worlds(), ids=["1d", "2d"])
+def test_as_mixture_is_the_tilted_law(world, w):
+    """The finite-mixture closed form (multinomial expansion) against the law's own density and quadrature:
+
+    * log q~(x) - log Z equals the mixture's log density at points spread over the mass, within the two sides'
+      rounding bounds (verify.tolerances for the mixture; for log q~ the factors' bounds times |exponent|; u |log Z|
+      for the subtraction);
+    * log Z, mean and covariance agree with the trapezoid quadrature within its own halving estimates (plus 1e3 u
+      relative for the closed form's few sums);
+    * the closed form of the law at w + 1 does not (a wrong multinomial weight or exponent would be caught)."""
+    from verify.tolerances import log_prob_rounding_bound
+
+    law = tilted_law(world, rules.get("cfg", w=w), 1)
+    mixture, log_z = law.as_mixture()
+    assert mixture.n_components > 1
+    summary = law.summary()
+    x = mixture.sample(50, torch.Generator().manual_seed(0)) * 1.3
+    bound = (log_prob_rounding_bound(mixture, x) + 4 * 2.0**-53 * abs(log_z)
+             + sum(abs(e) * log_prob_rounding_bound(f, x) for f, e in law.factors))
+    assert bool(((law.log_unnormalized(x) - log_z - mixture.log_prob(x)).abs() <= bound).all())
+    closed_round = 1e3 * 2.0**-53
+    assert abs(log_z - summary.log_normaliser) <= summary.log_normaliser_error + closed_round * (1 + abs(log_z))
+    tol = summary.moment_error + closed_round * (1 + float(mixture.covariance().abs().max()))
+    torch.testing.assert_close(mixture.mean(), summary.mean, rtol=0, atol=tol)
+    torch.testing.assert_close(mixture.covariance(), summary.cov, rtol=0, atol=tol)
+    _, wrong_log_z = tilted_law(world, rules.get("cfg", w=w + 1), 1).as_mixture()
+    assert abs(wrong_log_z - summary.log_normaliser) > summary.log_normaliser_error + closed_round * (1 + abs(log_z))
+
+
+def test_as_mixture_refuses_laws_that_are_not_finite_mixtures():
+    world = _shared_covariance_worlds()[0]
+    bimodal = get_world("bimodal1d")
+    for rule, w_world in ((rules.get("cfg", w=1.5), world),  # 2.5th power of a mixture
+                          (rules.get("cfg", w=1.0), bimodal)):  # a mixture to the power -1
+        with pytest.raises(ValueError, match="^factors"):
+            tilted_law(w_world, rule, 1).as_mixture()
+    unshared = TiltedLaw(((GaussianMixture([0.5, 0.5], [[0.0], [1.0]], [[[1.0]], [[2.0]]]), 2.0),))
+    with pytest.raises(ValueError, match="^factors"):
+        unshared.as_mixture()
+    with pytest.raises(ValueError, match="^factors"):
+        tilted_law(world, rules.get("cfg", w=7.0), 1).as_mixture(max_components=3)
+    with pytest.raises(ValueError, match="^max_components"):
+        tilted_law(world, rules.get("cfg", w=1.0), 1).as_mixture(max_components=0)
+
+
+def test_window_and_laplace_components_are_public():
+    """window holds every mode with the tail radius around it; laplace_components finds one maximum per mode
+    (bimodal1d's CFG target at w = 0 is N(2, 0.5): one mode at 2 with covariance 2 x 0.5; the unconditional law has
+    two), and the former private name is the same method."""
+    law = tilted_law(get_world("bimodal1d"), rules.get("cfg", w=0.0), 1)
+    lo, hi = law.window
+    modes = law.modes()
+    assert bool((modes >= lo).all() and (modes <= hi).all())
+    (mode, cov), = law.laplace_components()
+    assert abs(float(mode[0]) - 2.0) < 1e-6 and abs(float(cov[0, 0]) - 1.0) < 1e-6
+    assert TiltedLaw._laplace_components is TiltedLaw.laplace_components
+    both = TiltedLaw(((get_world("bimodal1d").unconditional, 1.0),))
+    assert len(both.laplace_components()) == 2

@@ -58,7 +58,8 @@ from .rules import Rule
 
 __all__ = ["exact_gaussian_law", "exact_gaussian_cfg_law", "closed_form_ode_variance_1d", "Law1D", "pf_ode_law_1d",
            "reverse_sde_law_1d", "reverse_sde_density_1d", "discrete_sampler_law", "FineStepReference",
-           "fine_step_reference", "guided_score_1d"]
+           "fine_step_reference", "guided_score_1d", "moment_ode_law",
+           "flow_map_law_1d", "FlowMap1D"]
 
 F64 = torch.float64
 CONTINUOUS = ("ode", "sde")
@@ -221,12 +222,31 @@ def _start(schedule: Schedule, start: str, m_c: np.ndarray | None, s_c: np.ndarr
 
 def _moment_law(rule: Rule, laws: dict[str, GaussianMixture], nu: float, sched: Schedule, start: str,
                 t_end: float, rtol: float, pieces, blame: str, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The moment ODEs (module docstring) integrated piece by piece; a diverging solution is refused naming
-    ``blame``."""
+    """The moment ODEs (module docstring) of ``rule`` from ``start``, integrated piece by piece; a diverging solution
+    is refused naming ``blame``."""
+    gauss = _gaussian_parameters(laws)
+    d = len(next(iter(gauss.values()))[0])
+    m_c, s_c = gauss.get("cond", (None, None))
+    mu0, cov0 = _start(sched, start, m_c, s_c, d)
+    return _integrate_moments(lambda t, hi, lo: _weights_in(rule, sched, t, hi, lo), gauss, nu, sched, mu0, cov0,
+                              pieces, rtol, blame, what)
+
+
+def _gaussian_parameters(laws: Mapping[str, GaussianMixture]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{branch: (mean [d], covariance [d, d])}`` of single-Gaussian laws, in float64 numpy."""
+    return {b: (law.means[0].to(F64).numpy(), law.covariances[0].to(F64).numpy()) for b, law in laws.items()}
+
+
+def _integrate_moments(weights_of: Callable[[float, float, float], Mapping[str, float]],
+                       gauss: dict[str, tuple[np.ndarray, np.ndarray]], nu: float, sched: Schedule, mu0: np.ndarray,
+                       cov0: np.ndarray, pieces, rtol: float, blame: str, what: str
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one integrator of the moment ODEs: ``weights_of(t, hi, lo)`` gives the branch weights at ``t`` of the
+    piece ``[lo, hi]``, ``gauss`` the branches' ``(mean, covariance)``; DOP853 at ``rtol`` from ``(mu0, cov0)`` at
+    t = 1 through ``pieces``."""
     from scipy.integrate import solve_ivp  # local: keeps `import verify` light
 
-    gauss = {b: (law.means[0].to(F64).numpy(), law.covariances[0].to(F64).numpy()) for b, law in laws.items()}
-    d = len(next(iter(gauss.values()))[0])
+    d = len(mu0)
     # C_b(t)^{-1} = Q_b diag(1 / (alpha^2 l_b + sigma^2)) Q_b^T from one eigendecomposition of each S_b
     eig = {b: np.linalg.eigh(s) for b, (_, s) in gauss.items()}
     eye = np.eye(d)
@@ -238,7 +258,7 @@ def _moment_law(rule: Rule, laws: dict[str, GaussianMixture], nu: float, sched: 
             f, g2 = float(sched.drift(tt)), float(sched.diffusion_squared(tt))
             a_mat = np.zeros((d, d))
             b_vec = np.zeros(d)
-            for branch, weight in _weights_in(rule, sched, t, hi, lo).items():
+            for branch, weight in weights_of(t, hi, lo).items():
                 lam, q = eig[branch]
                 inv = (q / (alpha**2 * lam + sigma**2)) @ q.T
                 a_mat += weight * inv
@@ -259,9 +279,7 @@ def _moment_law(rule: Rule, laws: dict[str, GaussianMixture], nu: float, sched: 
 
     overflowing.terminal = True
 
-    m_c, s_c = gauss.get("cond", (None, None))
-    mu0, cov0 = _start(sched, start, m_c, s_c, d)
-    state = np.concatenate([mu0, cov0.ravel()])
+    state = np.concatenate([np.asarray(mu0, dtype=np.float64), np.asarray(cov0, dtype=np.float64).ravel()])
     for hi, lo in pieces:
         sol = solve_ivp(rhs_in(hi, lo), (hi, lo), state, method="DOP853", rtol=rtol, atol=rtol * 1e-2,
                         events=overflowing)
@@ -273,6 +291,47 @@ def _moment_law(rule: Rule, laws: dict[str, GaussianMixture], nu: float, sched: 
     cov = state[d:].reshape(d, d)
     # the ODE keeps Sigma symmetric in exact arithmetic; the integrator's rounding does not, by ~rtol: symmetrise
     return torch.as_tensor(state[:d], dtype=F64), torch.as_tensor(0.5 * (cov + cov.T), dtype=F64)
+
+
+def moment_ode_law(laws: Mapping[str, GaussianMixture], weights: Mapping[str, float], nu: float,
+                   schedule: str | Schedule, mean: torch.Tensor, cov: torch.Tensor, *, t_end: float = 0.0,
+                   rtol: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Mean ``[d]`` and covariance ``[d, d]`` at ``t_end`` of :math:`dx = (f x - \tfrac{1+\nu}{2} g^2 \tilde s)\,dt
+    + \sqrt\nu\, g\, d\bar W` from :math:`\mathcal N(` ``mean``, ``cov`` :math:`)` at t = 1, with the score
+    :math:`\tilde s = \sum_b a_b \nabla\log p_t(x|b)` of fixed ``weights`` :math:`a_b` (``{branch: a_b}``, any
+    real numbers) over single-Gaussian ``laws`` (``{branch: GaussianMixture}``): the moment ODEs of the module
+    docstring, by the same integrator as :func:`exact_gaussian_law` (DOP853 at ``rtol``; global error below about
+    1e3 ``rtol``). ``nu`` in [0, 1] is the fraction of the reverse SDE's noise (0: the probability-flow ODE).
+    A diverging solution is refused naming ``weights``."""
+    if not isinstance(weights, Mapping) or not weights:
+        raise TypeError(f"weights: expected a non-empty mapping from branch names to weights, got "
+                        f"{type(weights).__name__}")
+    if not isinstance(laws, Mapping):
+        raise TypeError(f"laws: expected a mapping from branch names to GaussianMixture laws, got "
+                        f"{type(laws).__name__}")
+    checked_weights = {b: as_scalar(a, "weights") for b, a in weights.items()}
+    missing = sorted(set(checked_weights) - set(laws))
+    if missing:
+        raise ValueError(f"laws: no law for the weighted branches {missing}")
+    for branch in checked_weights:
+        _single_gaussian(laws[branch], "laws")
+    nu = as_scalar(nu, "nu")
+    if not 0.0 <= nu <= 1.0:
+        raise ValueError(f"nu: must lie in [0, 1], got {nu!r}")
+    sched = _check_schedule(schedule)
+    t_end, rtol = _check_t_end_rtol(t_end, rtol)
+    gauss = _gaussian_parameters({b: laws[b] for b in checked_weights})
+    dims = {len(m) for m, _ in gauss.values()}
+    if len(dims) != 1:
+        raise ValueError(f"laws: dimensions differ ({sorted(dims)})")
+    d = dims.pop()
+    mean, cov = as_real_tensor(mean, "mean").to(F64), as_real_tensor(cov, "cov").to(F64)
+    if mean.shape != (d,):
+        raise ValueError(f"mean: expected shape [{d}], got {list(mean.shape)}")
+    if cov.shape != (d, d):
+        raise ValueError(f"cov: expected shape [{d}, {d}], got {list(cov.shape)}")
+    return _integrate_moments(lambda t, hi, lo: checked_weights, gauss, nu, sched, mean.numpy(), cov.numpy(),
+                              [(1.0, t_end)], rtol, "weights", "dynamics")
 
 
 def _check_t_end_rtol(t_end, rtol) -> tuple[float, float]:
@@ -479,6 +538,69 @@ def _start_law_1d(laws: dict[str, GaussianMixture], sched: Schedule, start: str)
     return GaussianMixture([1.0], [[0.0]], [[[_prior_variance(sched)]]])
 
 
+@dataclass(frozen=True)
+class FlowMap1D:
+    """One run of a 1-D probability-flow map: starts ``x1`` at t = 1, their images ``x0`` at the end, and the
+    normalised trapezoid weights of the start density at ``x1``; ``mean`` and ``var`` of the pushed-forward law."""
+
+    x1: np.ndarray
+    x0: np.ndarray
+    weights: np.ndarray
+    mean: float
+    var: float
+
+
+def flow_map_law_1d(score: Callable[[np.ndarray, float, tuple[float, float]], np.ndarray],
+                    schedule: str | Schedule, start_log_density: Callable[[np.ndarray], np.ndarray], lo: float,
+                    hi: float, *, n_nodes: int = 4001, rtol: float = 1e-10,
+                    pieces: list[tuple[float, float]] | None = None) -> tuple[FlowMap1D, FlowMap1D]:
+    r"""``(fine, coarse)``: the law at the end of the 1-D probability-flow ODE :math:`\dot x = f x - \tfrac12 g^2
+    s(x, t)` started from the density :math:`p_1 \propto` ``exp(start_log_density)`` at t = 1, by its flow map.
+
+    The map :math:`\Phi` is monotone (trajectories of a 1-D ODE cannot cross; checked), so
+    :math:`E\,h(x_{end}) = \int h(\Phi(x_1))\,p_1(x_1)\,dx_1`: a trapezoid sum over ``n_nodes`` uniform starts on
+    [``lo``, ``hi``], each integrated by DOP853 at ``rtol`` (``atol`` the same) through ``pieces``
+    (``[(t_hi, t_lo), ...]`` from 1 down; default ``[(1, 0)]``), calling ``score(x, t, piece)``. ``coarse`` repeats it
+    on half the nodes at 100 ``rtol``: the differences estimate the fine run's error. The one integrator behind
+    :func:`pf_ode_law_1d` and :func:`verify.tilted_noised.tilted_flow_law_1d`."""
+    from scipy.integrate import solve_ivp
+
+    n_nodes = _check_int(n_nodes, "n_nodes", 3)
+    rtol = as_scalar(rtol, "rtol")
+    if not 0.0 < rtol < 1e-2:
+        raise ValueError(f"rtol: must lie in (0, 0.01) (the error estimate runs at 100 rtol), got {rtol!r}")
+    lo, hi = as_scalar(lo, "lo"), as_scalar(hi, "hi")
+    if not lo < hi:
+        raise ValueError(f"lo, hi: need lo < hi, got lo={lo!r}, hi={hi!r}")
+    sched = get_schedule(schedule)
+    pieces = [(1.0, 0.0)] if pieces is None else list(pieces)
+
+    def rhs_in(piece: tuple[float, float]):
+        def rhs(t, x):
+            tt = torch.tensor(t, dtype=F64)
+            return float(sched.drift(tt)) * x - 0.5 * float(sched.diffusion_squared(tt)) * score(x, t, piece)
+        return rhs
+
+    def run(nodes: int, tol: float) -> FlowMap1D:
+        x1 = np.linspace(lo, hi, nodes)
+        x0 = x1
+        for piece in pieces:
+            sol = solve_ivp(rhs_in(piece), piece, x0, method="DOP853", rtol=tol, atol=tol)
+            if not sol.success:
+                raise RuntimeError(f"probability-flow ODE failed: {sol.message}")
+            x0 = sol.y[:, -1]
+        log_dens = np.asarray(start_log_density(x1), dtype=np.float64)
+        weights = np.exp(log_dens - log_dens.max()) * np.gradient(x1)
+        weights[[0, -1]] *= 0.5
+        weights /= weights.sum()
+        if np.any(np.diff(x0) <= 0):
+            raise RuntimeError("probability-flow map is not monotone: the integration is not resolved")
+        mean = float(weights @ x0)
+        return FlowMap1D(x1, x0, weights, mean, float(weights @ (x0 - mean) ** 2))
+
+    return run(n_nodes, rtol), run((n_nodes + 1) // 2, rtol * 100)
+
+
 def pf_ode_law_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule: str | Schedule = "vp-linear",
                   start: str = "marginal", *, n_nodes: int = 4001, rtol: float = 1e-10) -> Law1D:
     r"""The law at t = 0 of the probability-flow ODE guided by the linear ``rule`` over 1-D mixtures ``laws``
@@ -486,49 +608,27 @@ def pf_ode_law_1d(rule: Rule, laws: Mapping[str, GaussianMixture], schedule: str
 
     The flow map :math:`\Phi` from t = 1 to 0 is monotone (ODE trajectories cannot cross), so moments are
     :math:`\int h(\Phi(x_1)) p_1(x_1) dx_1`, by the trapezoid rule over ``n_nodes`` starting points spanning 12
-    standard deviations of the start law, and the mass below 0 is :math:`F_1(\Phi^{-1}(0))`. The ODE is
-    integrated piece by piece between the rule's breakpoints (weights jumping in a guidance interval). Errors: the
-    difference from half the nodes and 100x looser integration tolerance."""
-    from scipy.integrate import solve_ivp
-
+    standard deviations of the start law (:func:`flow_map_law_1d`), and the mass below 0 is
+    :math:`F_1(\Phi^{-1}(0))`. The ODE is integrated piece by piece between the rule's breakpoints (weights jumping
+    in a guidance interval). Errors: the difference from half the nodes and 100x looser integration tolerance."""
     rule, checked, sched, pieces = _setup_1d(rule, laws, schedule, start)
     n_nodes = _check_int(n_nodes, "n_nodes", 3)
     rtol = as_scalar(rtol, "rtol")
     if not 0.0 < rtol < 1e-2:
         raise ValueError(f"rtol: must lie in (0, 0.01) (the error estimate runs at 100 rtol), got {rtol!r}")
     start_law = _start_law_1d(checked, sched, start)
+    scores = {piece: _piece_score_1d(rule, checked, sched, *piece) for piece in pieces}
+    m, v = float(start_law.mean()[0]), float(start_law.covariance()[0, 0])
+    runs = flow_map_law_1d(lambda x, t, piece: scores[piece](x, t), sched,
+                           lambda x: start_law.log_prob(torch.as_tensor(x[:, None])).numpy(),
+                           m - 12 * math.sqrt(v), m + 12 * math.sqrt(v), n_nodes=n_nodes, rtol=rtol, pieces=pieces)
 
-    def rhs_in(hi: float, lo: float):
-        score = _piece_score_1d(rule, checked, sched, hi, lo)
-
-        def rhs(t, x):
-            tt = torch.tensor(t, dtype=F64)
-            return float(sched.drift(tt)) * x - 0.5 * float(sched.diffusion_squared(tt)) * score(x, t)
-        return rhs
-
-    def run(nodes: int, tol: float):
-        m, v = float(start_law.mean()[0]), float(start_law.covariance()[0, 0])
-        x1 = np.linspace(m - 12 * math.sqrt(v), m + 12 * math.sqrt(v), nodes)
-        x0 = x1
-        for hi, lo in pieces:
-            sol = solve_ivp(rhs_in(hi, lo), (hi, lo), x0, method="DOP853", rtol=tol, atol=tol)
-            if not sol.success:
-                raise RuntimeError(f"probability-flow ODE failed: {sol.message}")
-            x0 = sol.y[:, -1]
-        dens = np.exp(start_law.log_prob(torch.as_tensor(x1[:, None])).numpy())
-        weights = dens * np.gradient(x1)
-        weights[[0, -1]] *= 0.5
-        weights /= weights.sum()
-        mean = float(weights @ x0)
-        var = float(weights @ (x0 - mean) ** 2)
-        if np.any(np.diff(x0) <= 0):
-            raise RuntimeError("probability-flow map is not monotone: the integration is not resolved")
+    def below(run: FlowMap1D) -> float:
+        x0, x1 = run.x0, run.x1
         root = np.interp(0.0, x0, x1) if x0[0] < 0 < x0[-1] else (x1[-1] if x0[-1] < 0 else x1[0])
-        below = float(start_law.cdf(torch.tensor([[root]], dtype=F64))[0])
-        return mean, var, below
+        return float(start_law.cdf(torch.tensor([[root]], dtype=F64))[0])
 
-    fine = run(n_nodes, rtol)
-    coarse = run((n_nodes + 1) // 2, rtol * 100)
+    fine, coarse = ((run.mean, run.var, below(run)) for run in runs)
     err = {k: abs(a - b) for k, a, b in zip(("mean", "var", "mass_below_0"), fine, coarse, strict=True)}
     return Law1D(*fine, error=err, method=f"PF-ODE flow map on {n_nodes} nodes (DOP853, rtol {rtol:g})")
 

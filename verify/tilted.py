@@ -49,7 +49,7 @@ __all__ = ["TiltedLaw", "TiltedSummary", "NotNormalisableError", "tilted_law", "
 F64 = torch.float64
 #: margin of the quadrature window around every factor component, in its standard deviations
 _WINDOW_SPAN = 12.0
-#: weight of the tail-covering components in the importance-sampling proposal (see TiltedLaw._proposal)
+#: weight of the tail-covering components in the importance-sampling proposal (see TiltedLaw.proposal)
 _DEFENSIVE = 0.1
 
 
@@ -230,13 +230,91 @@ class TiltedLaw:
         log_z = const + 0.5 * float(torch.logdet(2 * math.pi * cov)) + 0.5 * float(eta @ mean)
         return mean, cov, log_z
 
+    def as_mixture(self, max_components: int = 20_000) -> tuple[GaussianMixture, float]:
+        r"""Closed form of a tilted law that is a finite Gaussian mixture: ``(mixture, log_Z)``, the normalised law
+        and :math:`\log\int\prod_i p_i^{e_i}`.
+
+        Holds when every factor with more than one component has one covariance :math:`S_i` shared by its
+        components and a positive integer exponent :math:`n_i` (single-Gaussian factors take any real exponent).
+        Then :math:`p_i^{n_i} = \sum_{c} \binom{n_i}{c} \prod_k \pi_{ik}^{c_k} \exp\big(-\tfrac{n_i}{2} x^\top
+        P_i x + (P_i \textstyle\sum_k c_k \mu_{ik})^\top x - \tfrac12 \sum_k c_k \mu_{ik}^\top P_i \mu_{ik}\big)
+        |2\pi S_i|^{-n_i/2}` over the count vectors :math:`c` (:math:`\sum_k c_k = n_i`; the multinomial
+        theorem), and a single Gaussian to the power :math:`e_i` is :math:`\exp` of a quadratic. Every term of the
+        product is :math:`\exp(-\tfrac12 x^\top\Lambda x + \eta_c^\top x + \kappa_c)` with one precision
+        :math:`\Lambda = \sum_i e_i P_i` (positive definite, or the law is refused as not normalisable), whose
+        integral is :math:`\exp(\kappa_c + \tfrac12 \eta_c^\top\Lambda^{-1}\eta_c) |2\pi\Lambda^{-1}|^{1/2}`:
+        the law is the mixture of :math:`\mathcal N(\Lambda^{-1}\eta_c, \Lambda^{-1})` with those weights. Used as
+        an exact, non-Gaussian reference for the quadratures. Refused (``ValueError`` naming ``factors``) otherwise,
+        or above ``max_components`` terms."""
+        if isinstance(max_components, bool) or not isinstance(max_components, int) or max_components < 1:
+            raise ValueError(f"max_components: must be an int >= 1, got {max_components!r}")
+        d = self.dim
+        lam = torch.zeros(d, d, dtype=F64)
+        # terms as (log weight, linear coefficient eta) over the product, built factor by factor
+        terms: list[tuple[float, torch.Tensor]] = [(0.0, torch.zeros(d, dtype=F64))]
+        for law, e in self.factors:
+            active = law.weights > 0
+            covs, means, weights = law.covariances[active], law.means[active], law.weights[active]
+            if not bool((covs == covs[0]).all()):
+                raise ValueError("factors: a mixture factor's components must share one covariance for the closed "
+                                 "form")
+            prec = torch.linalg.inv(covs[0])
+            log_det = float(torch.logdet(2 * math.pi * covs[0]))
+            if means.shape[0] == 1:
+                mu = means[0]
+                lam += e * prec
+                const = e * (-0.5 * log_det - 0.5 * float(mu @ prec @ mu))
+                terms = [(c + const, eta + e * prec @ mu) for c, eta in terms]
+                continue
+            if e <= 0 or e != round(e):
+                raise ValueError(f"factors: a mixture raised to the power {e!r} is a finite mixture only for a "
+                                 f"positive integer power")
+            n = int(round(e))
+            lam += n * prec
+            log_pi = torch.log(weights)
+            quad = torch.einsum("ki,ij,kj->k", means, prec, means)
+            expanded = []
+            for counts in _compositions(n, means.shape[0]):
+                c = torch.tensor(counts, dtype=F64)
+                log_coef = math.lgamma(n + 1) - sum(math.lgamma(k + 1) for k in counts)
+                const = log_coef + float(c @ log_pi) - 0.5 * float(c @ quad) - 0.5 * n * log_det
+                lin = prec @ (c @ means)
+                expanded.extend((w + const, eta + lin) for w, eta in terms)
+                if len(expanded) > max_components:
+                    raise ValueError(f"factors: the closed form has more than max_components = {max_components} "
+                                     f"terms")
+            terms = expanded
+        lam = 0.5 * (lam + lam.T)
+        if float(torch.linalg.eigvalsh(lam)[0]) <= 0:
+            raise NotNormalisableError("factors: the precision sum_i e_i P_i is not positive definite: the target is "
+                                       "not normalisable")
+        cov = torch.linalg.inv(lam)
+        cov = 0.5 * (cov + cov.T)
+        etas = torch.stack([eta for _, eta in terms])
+        means = etas @ cov
+        log_w = (torch.tensor([w for w, _ in terms], dtype=F64) + 0.5 * (etas * means).sum(1)
+                 + 0.5 * float(torch.logdet(2 * math.pi * cov)))
+        log_z = float(torch.logsumexp(log_w, 0))
+        weights = torch.exp(log_w - log_z)
+        keep = weights > 0
+        mixture = GaussianMixture(weights[keep] / weights[keep].sum(), means[keep],
+                                  cov.expand(int(keep.sum()), d, d).clone())
+        return mixture, log_z
+
     # --- normaliser, moments, masses ----------------------------------------------------------------------
+    @property
+    def window(self) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""``(lo, hi)`` ``[d]`` each: the quadrature window, computed once per law: every factor's components with
+        ``_WINDOW_SPAN`` (12) standard deviations of margin, and at least the radius :math:`\sqrt{100 / A_{lo}}`
+        around the modes (:meth:`modes`), beyond which the certified tail decay :math:`\exp(-A_{lo} r^2/2)`
+        (:meth:`tail_bounds`) has fallen below :math:`e^{-50}` (the tilted law can be wider than every factor).
+        The quadrature of :meth:`summary` refuses a law whose density on the window's edge is above
+        :math:`e^{-40}` of its peak."""
+        return self._window
+
     @functools.cached_property
     def _window(self) -> tuple[torch.Tensor, torch.Tensor]:
-        r"""``(lo, hi)`` of the quadrature window, computed once per law: every factor's components with
-        ``_WINDOW_SPAN`` standard deviations of margin, and at least the radius ``sqrt(100 / A_lower)`` around the
-        modes, beyond which the certified tail decay :math:`\exp(-A r^2/2)` has fallen below :math:`e^{-50}` (the
-        tilted law can be wider than every factor)."""
+        """The cache behind :attr:`window` (one computation per law)."""
         means = torch.cat([law.means for law, _ in self.factors])
         stds = torch.cat([torch.diagonal(law.covariances, dim1=1, dim2=2).sqrt() for law, _ in self.factors])
         modes = self.modes()
@@ -246,8 +324,8 @@ class TiltedLaw:
         return lo, hi
 
     def _grid(self, n: int) -> tuple[torch.Tensor, float]:
-        """An ``n``-point-per-axis tensor grid over :attr:`_window` and the volume of one cell."""
-        lo, hi = self._window
+        """An ``n``-point-per-axis tensor grid over :attr:`window` and the volume of one cell."""
+        lo, hi = self.window
         axes = [torch.linspace(float(lo[i]), float(hi[i]), n, dtype=F64) for i in range(self.dim)]
         cell = math.prod(float(a[1] - a[0]) for a in axes)
         mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.dim)
@@ -317,12 +395,14 @@ class TiltedLaw:
 
     @functools.cached_property
     def _proposal_law(self) -> GaussianMixture:
-        """:meth:`_proposal`, built once per law."""
-        return self._proposal()
+        """:meth:`proposal`, built once per law."""
+        return self.proposal()
 
-    def _laplace_components(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``(mode, 2 H^-1)`` at each distinct local maximum of the tilted density, H the Hessian of
-        :math:`-\\log q` there (skipped where H is not positive definite)."""
+    def laplace_components(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        r"""``[(mode [d], 2 H^-1 [d, d]), ...]`` at each distinct local maximum of the tilted density
+        (:meth:`modes`), :math:`H` the Hessian of :math:`-\log q` there by autograd of :meth:`score`; a mode where
+        :math:`H` is not positive definite is skipped, and two starts that reach the same mode (closer than a tenth
+        of the smallest Laplace scale) count once. Its length is the number of local maxima found."""
         out: list[tuple[torch.Tensor, torch.Tensor]] = []
         for mode in self.modes():
             jac = torch.autograd.functional.jacobian(lambda v: self.score(v[None, :])[0], mode)
@@ -337,7 +417,10 @@ class TiltedLaw:
             out.append((mode, 0.5 * (cov + cov.T)))
         return out
 
-    def _proposal(self) -> GaussianMixture:
+    #: the former private name, still read by :mod:`verify.tilted_mcmc`
+    _laplace_components = laplace_components
+
+    def proposal(self) -> GaussianMixture:
         r"""The importance-sampling proposal, a defensive mixture (Hesterberg 1995, "Weighted average importance
         sampling and defensive mixture distributions"): weight :data:`_DEFENSIVE` on the tail cover and the rest,
         in equal parts, on the main components.
@@ -363,14 +446,14 @@ class TiltedLaw:
                 for mu, cov in zip(law.means, law.covariances, strict=True):
                     main.append((mu, 2.0 * cov))
                     cover.append((mu, 2.0 * cov + eye / lower))
-        main += self._laplace_components()
+        main += self.laplace_components()
         weights = [(1.0 - _DEFENSIVE) / len(main)] * len(main) + [_DEFENSIVE / len(cover)] * len(cover)
         parts = main + cover
         return GaussianMixture(torch.tensor(weights, dtype=F64), torch.stack([m for m, _ in parts]),
                                torch.stack([c for _, c in parts]))
 
     def _importance_draws(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` draws from :meth:`_proposal` and their log importance weights ``log q~(x) - log proposal(x)``."""
+        """``n`` draws from :meth:`proposal` and their log importance weights ``log q~(x) - log proposal(x)``."""
         proposal = self._proposal_law
         x = proposal.sample(n, torch.Generator().manual_seed(seed))
         return x, self.log_unnormalized(x) - proposal.log_prob(x)
@@ -432,6 +515,16 @@ class TiltedLaw:
         mass = float((w * inside).sum() / w.sum())
         ess = float(w.sum() ** 2 / (w * w).sum())
         return mass, math.sqrt(max(mass * (1 - mass), 0.0) / ess)
+
+
+def _compositions(n: int, k: int):
+    """Every vector of ``k`` non-negative ints summing to ``n`` (the multinomial theorem's count vectors)."""
+    if k == 1:
+        yield (n,)
+        return
+    for first in range(n + 1):
+        for rest in _compositions(n - first, k - 1):
+            yield (first, *rest)
 
 
 def _check_numerics(n_grid, n_samples, seed) -> tuple[int | None, int, int]:
