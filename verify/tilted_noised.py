@@ -50,9 +50,12 @@ used (all nodes on the edge lines, summed); a point whose edge weight exceeds :d
 :math:`(\mathrm{dist}(X, \mathrm{box}) + 10\sqrt d\, r)/(\alpha r^2)` (the largest :math:`|y - X|` among the nodes
 that carry weight), to the score error. (iii) Rounding (Higham's :math:`\gamma_n`, *Accuracy and Stability of
 Numerical Algorithms*, Lemma 3.1): :math:`\gamma_{n+8}` relative for the sums of :math:`n = n_1 + n_2` terms, plus
-u per unit of the terms' exponents (below 60 + 50), for the log density; for the score, the same times the terms'
-size :math:`|y - X|/(\alpha r^2)`, plus the rounding of the differences :math:`y - X` themselves,
-:math:`4u(|X| + \max|y|)/(\alpha r^2)`, which grows as :math:`r \to 0` and is why small r goes to the local form.
+u per unit of the terms' exponents (below 60 + 50), plus :math:`\delta`, the factor mixtures' own rounding of
+:math:`\log\tilde\pi` (:mod:`verify.tolerances`, times :math:`|a_b|`, largest over the base grid's nodes within
+:math:`e^{-60}` of the peak: a relative error of every term), for the log density; for the score, :math:`\gamma_{n+8}
++ 2\delta` times the terms' size :math:`|y - X|/(\alpha r^2)`, plus the rounding of the differences :math:`y - X`
+themselves, :math:`4u(|X| + \max|y|)/(\alpha r^2)`, which grows as :math:`r \to 0` and is why small r goes to the
+local form.
 (iv) The normaliser :math:`\log Z` (:meth:`verify.tilted.TiltedLaw.summary`) carries its own halving estimate,
 added to the log-density error (``log_prob(..., with_error=True)``).
 
@@ -62,9 +65,10 @@ peak: with :math:`y = x/\alpha + r z`, :math:`\pi_t(x) = \alpha^{-d}\int\tilde\p
 nodes on :math:`[-9, 9]^d` (spacing 1/4) translated to the peak of the integrand found by damped Newton steps
 (:meth:`NoisedTilted._peak`), score :math:`\alpha^{-1}\sum_j\rho_j\nabla\log\tilde\pi(y_j)`, which stays accurate as
 :math:`\sigma \to 0` (no division by :math:`r^2`); its error estimate is again the halving difference plus
-:math:`\gamma_{M+8}` times the terms' size (:math:`M = 73^d` nodes), and the same edge-weight refusal applies.
-At :math:`\sigma = 0` exactly, :math:`\pi_0(x) = \alpha^{-d}\pi(x/\alpha)` is evaluated directly (the analytic
-limit, exact).
+:math:`\gamma_{M+8} + 2\delta` times the terms' size (:math:`M = 73^d` nodes, :math:`\delta` the factors' rounding of
+:math:`\log\tilde\pi` at the integrand's peak) and the factors' rounding of the score there, and the same
+edge-weight refusal applies. At :math:`\sigma = 0` exactly, :math:`\pi_0(x) = \alpha^{-d}\pi(x/\alpha)` is
+evaluated directly (the analytic limit, exact; its error is the factors' rounding bounds).
 
 **Interpolated score** (:meth:`NoisedTilted.interpolated_score`, what :class:`TiltedDenoiser` uses for many points):
 the exact score on a tensor grid of nodes spanning the points, interpolated by a tensor-product not-a-knot cubic
@@ -98,8 +102,7 @@ from .exact_law import flow_map_law_1d, moment_ode_law
 from .rules import Rule
 from .tilted import NotNormalisableError, TiltedLaw, tilted_law
 
-__all__ = ["NoisedTilted", "noised_tilted", "TiltedDenoiser", "tilted_moment_law", "tilted_flow_law_1d",
-           "METHODS"]
+__all__ = ["NoisedTilted", "noised_tilted", "TiltedDenoiser", "tilted_moment_law", "tilted_flow_law_1d"]
 
 F64 = torch.float64
 #: half-width of the low-noise quadrature in standard normal units: erfc(9 / sqrt 2) = 2.3e-19 per axis
@@ -114,7 +117,8 @@ _KERNEL_NODES = 2.0
 #: nodes farther than _REACH r from every output are dropped: the kernel there is below e^-50 of its peak
 _REACH = 10.0
 #: below r = _LOCAL_BELOW s the local quadrature is used: Tweedie's form divides the nodes' rounding, u |x|, by r^2
-#: (about 1e-6 of the score's scale 1/s there), and the grid's finest level would hold 2000 nodes per length scale
+#: (there 4e-9 / s^2 for |x| <= 10, below 1e-7 of the score's scale 1/s when s >= 0.05), and the grid's finest
+#: level would hold 2000 nodes per length scale
 _LOCAL_BELOW = 1e-3
 #: most data-grid nodes one evaluation may use (64 MB of float64); beyond, the local quadrature is used
 _MAX_GRID_NODES = 2**23
