@@ -283,13 +283,12 @@ def test_as_mixture_refuses_laws_that_are_not_finite_mixtures():
 def test_window_and_laplace_components_are_public():
     """window holds every mode with the tail radius around it; laplace_components finds one maximum per mode
     (bimodal1d's CFG target at w = 0 is N(2, 0.5): one mode at 2 with covariance 2 x 0.5; the unconditional law has
-    two), and the former private name is the same method."""
+    two)."""
     law = tilted_law(get_world("bimodal1d"), rules.get("cfg", w=0.0), 1)
     lo, hi = law.window
     modes = law.modes()
     assert bool((modes >= lo).all() and (modes <= hi).all())
     (mode, cov), = law.laplace_components()
     assert abs(float(mode[0]) - 2.0) < 1e-6 and abs(float(cov[0, 0]) - 1.0) < 1e-6
-    assert TiltedLaw._laplace_components is TiltedLaw.laplace_components
     both = TiltedLaw(((get_world("bimodal1d").unconditional, 1.0),))
     assert len(both.laplace_components()) == 2

@@ -417,9 +417,6 @@ class TiltedLaw:
             out.append((mode, 0.5 * (cov + cov.T)))
         return out
 
-    #: the former private name, still read by :mod:`verify.tilted_mcmc`
-    _laplace_components = laplace_components
-
     def proposal(self) -> GaussianMixture:
         r"""The importance-sampling proposal, a defensive mixture (Hesterberg 1995, "Weighted average importance
         sampling and defensive mixture distributions"): weight :data:`_DEFENSIVE` on the tail cover and the rest,

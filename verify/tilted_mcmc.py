@@ -242,7 +242,7 @@ def mcmc_tilted(world: World, rule: Rule, conditions: Mapping[str, Condition] | 
         target.check_normalisable()
     except NotNormalisableError as err:
         raise ValueError(f"rule: {label}: {str(err).split(': ', 1)[-1]}") from None
-    n_modes = len(target._laplace_components())
+    n_modes = len(target.laplace_components())
     if n_modes > 1:
         raise ValueError(f"rule: the target of {label} has {n_modes} local maxima; MALA without tempering does not "
                          f"mix between separated modes, so no reference is given")

@@ -403,7 +403,7 @@ def _deterministic_reference(world: World, w: str, target: NoisedTilted, quick: 
     """The same dynamics without sampling: the moment ODEs of the tilted score (Gaussian worlds), the PF-ODE flow
     map of its quadrature score (1-D; not in quick runs, where it would take most of the provider's time), or pi's
     own quadrature (2-D, no flow map; and quick 1-D)."""
-    if target.method == "closed form":
+    if target.law.is_gaussian():
         mean, cov = tilted_moment_law(target, 1.0, rtol=1e-12)
         # DOP853's global error stays below about 1e3 rtol relative (verify.exact_law): 1e-9 on O(1) moments
         return {"method": "moment ODEs of the reverse SDE with the tilted score (DOP853, rtol 1e-12)",
@@ -468,7 +468,7 @@ def exact_case(world: World, w: str, denoiser: Denoiser, *, n: int, levels: Sequ
     finest = runs[-1][:, 0].numpy()
     hist = np.histogram(finest, bins=edges)[0] / (len(finest) * np.diff(edges))
     bias = None
-    if target.method == "closed form" and isinstance(denoiser, TiltedDenoiser):
+    if target.law.is_gaussian() and isinstance(denoiser, TiltedDenoiser):
         bias = richardson_bias(denoiser, target, levels, coef, n)
     return ExactCase(world.name, w, n, tuple(levels), tuple(means), tuple(se_means), tuple(variances),
                      tuple(se_vars), z, d, p, cdf_err, reference or {},
