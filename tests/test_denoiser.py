@@ -159,3 +159,32 @@ def test_noised_laws_are_kept_and_rebuilt_alike():
         assert torch.equal(getattr(again, name), getattr(first, name))
     alpha, sigma = (float(v) for v in get_schedule("vp-linear").alpha_sigma(0.25))
     assert torch.equal(again.covariances, get_world("ring2d").law(3).noised(alpha, sigma).covariances)
+
+
+@pytest.mark.parametrize(("world", "conditions"), [
+    ("ring2d", [None, 0, 0, 5]),  # a repeated condition too
+    ("attributes2d", [None, "red", ("red", "dog")]),
+    ("gauss1d", [None, 1]),  # explicit conditionals
+    ("bimodal1d", [1, None]),
+])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_eps_multi_is_eps_per_condition_to_the_bit(world, conditions, dtype):
+    """eps_multi checks x once for all conditions; each prediction is still eps's, to the bit, in x's dtype."""
+    den = AnalyticDenoiser(get_world(world))
+    x = (3.0 * torch.randn(40, den.dim, dtype=F64, generator=torch.Generator().manual_seed(7))).to(dtype)
+    for t in (0.02, 0.5):
+        multi = den.eps_multi(x, t, conditions)
+        assert len(multi) == len(conditions)
+        for cond, eps in zip(conditions, multi, strict=True):
+            assert eps.dtype == dtype and torch.equal(eps, den.eps(x, t, cond)), (world, cond, t)
+    assert len({id(eps) for eps in multi}) == len(multi)  # every prediction is a tensor of its own
+
+
+def test_eps_multi_refuses_what_eps_refuses():
+    den = AnalyticDenoiser(get_world("ring2d"))
+    with pytest.raises(ValueError, match="^condition"):
+        den.eps_multi(torch.zeros(3, 2), 0.5, [None, 99])
+    far = torch.zeros(3, 2, dtype=F64)
+    far[1] = 1e200
+    with pytest.raises(ValueError, match="^x: point 1 is so far"):
+        den.eps_multi(far, 0.5, [None, 0])
