@@ -419,14 +419,14 @@ def test_block_engine_agrees_with_batched_engine(gm, dtype, data):
 
 @pytest.mark.parametrize("t", [0.01, 0.3, 0.9])
 def test_block_engine_across_blocks(t):
-    """Batches of several blocks (at most 8192 points per block at K = 8, 32768 at K = 1; 20,001 and 70,001 points
-    make three blocks each) agree with the batched engine; a point too far for every component is named by its
-    row in the whole batch."""
+    """Batches of several blocks (with one or two threads, at most 16,384 points per block at K = 8 and 131,072 at
+    K = 1: 50,001 and 140,001 points make at least two blocks each, of nearly equal size) agree with the batched
+    engine; a point too far for every component is named by its row in the whole batch."""
     a, s = (float(v) for v in get_schedule("vp-linear").alpha_sigma(t))
     world = get_world("ring2d")
-    x = 3.0 * torch.randn(70_001, 2, dtype=F64, generator=torch.Generator().manual_seed(11))
+    x = 3.0 * torch.randn(140_001, 2, dtype=F64, generator=torch.Generator().manual_seed(11))
     for law in (world.law(None).noised(a, s), world.law(0).noised(a, s)):
-        n = 20_001 if law.n_components > 1 else 70_001
+        n = 50_001 if law.n_components > 1 else 140_001
         _assert_engines_agree(law, x[:n])
         far = x[:n].clone()
         far[n - 2] = 1e200

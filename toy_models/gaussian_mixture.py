@@ -75,12 +75,12 @@ _SMALL_DIM = 8
 #: log joint, so its advantage over the batched product shrinks with d
 _BLOCK_ENGINE_MAX_DIM = 4
 #: the block engine walks the points in blocks of at most this many [K, n] entries per intra-op thread (512 KiB in
-#: float64) and at most _BLOCK_POINTS points: its ~15 passes over a block then stay in the cores' caches and its
-#: temporaries are recycled by the allocator instead of being mapped afresh (on ring2d at 10^6 points, one thread:
-#: blocks of 2^16 entries 78 ms, 2^17 92 ms, 2^20 with 21,000 minor page faults 235 ms; two threads: 2^17 55 ms,
-#: 2^16 63 ms)
+#: float64) and at most _BLOCK_POINTS points: its ~15 passes over a block then stay in the cores' caches, and fewer,
+#: larger blocks spend less on the dispatch of each operation (on ring2d at 10^6 points, eight components, one
+#: thread: blocks of 2^16 entries 78 ms, 2^17 92 ms, 2^20 with 21,000 minor page faults 235 ms; two threads: 2^17
+#: 55-62 ms, 2^16 63-67 ms; one component, two threads: 2^17 points 10 ms, 2^15 15 ms)
 _BLOCK_ENTRIES_PER_THREAD = 2**16
-_BLOCK_POINTS = 2**15
+_BLOCK_POINTS = 2**17
 
 
 def normalize_condition(condition: Any) -> Hashable:
