@@ -30,12 +30,13 @@ Numerics
   two are within a factor 2 of each other, Sterbenz's lemma). Two engines compute this, with chains of roundings
   that ``verify.tolerances`` bounds alike:
 
-  - the *block engine* (d <= 4, autograd not recording): the points in blocks of a few thousand, each quantity a
+  - the *block engine* (d <= 32, autograd not recording): the points in blocks of a few thousand, each quantity a
     ``[K, n]`` block with one row per component, the coordinates one at a time; the quadratic form summed over the
     upper triangle of :math:`P_k`, the score as :math:`-\sum_j P_{\cdot j}\,(e \odot c_j)` (one ``[d, K] x [K, n]``
     product per coordinate) divided by the softmax's normaliser. Its temporaries stay in the core's cache and are
-    recycled by the allocator: about 15 passes over each block, no ``[K, d, N]`` array (on ring2d at 10^6 points,
-    one thread: 5x faster than the batched engine for the eight components, 3x for one);
+    reused from block to block: for d = 2 about 15 passes over each block, no ``[K, d, N]`` array (on ring2d at
+    10^6 points, one thread: 5x faster than the batched engine for the eight components, 3x for one; 1.8x-3.6x
+    for d = 1 to 32, see ``_BLOCK_ENGINE_MAX_DIM``);
   - the *batched engine* (larger d, or autograd): points as columns, :math:`g_k = P_k c_k` for all components in
     one batched product, the quadratic form :math:`c_k \cdot g_k`. Cost :math:`N K d^2`; memory :math:`O(N K d)`
     for the residuals and the :math:`g_k`, no ``[N, K, d, d]`` intermediate.
@@ -71,9 +72,11 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: benchmarks/score.py); above it, torch's batched kernels
 _SMALL_DIM = 8
 #: up to this dimension the block engine (_block_log_joint) evaluates every point; above it, and whenever autograd
-#: is recording, the batched engine (_components). The block engine makes d^2 + d passes over [K, n] blocks for the
-#: log joint, so its advantage over the batched product shrinks with d
-_BLOCK_ENGINE_MAX_DIM = 4
+#: is recording, the batched engine (_components). The block engine makes d (d + 1) / 2 + d passes over [K, n]
+#: blocks for the log joint, so its advantage shrinks with d (one thread, K = 10-16 random full covariances, per
+#: call: 3.6x faster at d = 1, 3.1x at d = 8, 2.2x at d = 16 (tokens16d too), 1.8x at d = 32; 0.63x on highdim,
+#: d = 64)
+_BLOCK_ENGINE_MAX_DIM = 32
 #: the block engine walks the points in blocks of at most this many [K, n] entries per intra-op thread (512 KiB in
 #: float64) and at most _BLOCK_POINTS points: its ~15 passes over a block then stay in the cores' caches, and fewer,
 #: larger blocks spend less on the dispatch of each operation (on ring2d at 10^6 points, eight components, one
