@@ -30,8 +30,8 @@ once and applies :math:`x_s = \alpha_s (x_t - \sigma_t\hat\varepsilon)/\alpha_t 
   default argument validation, as a user would.
 
 *SMC*: ``sample("fkc", guided, x, time_grid(100), generator=...)`` (``verify.tilted_smc.fkc``) from
-:math:`x_1 \sim \mathcal N(0, \sigma_1^2 I)`: start weights from 12 evaluations of both branches along rays at
-t = 1 (Gauss-Legendre, 8 and 4 nodes), then per step one evaluation of both branches (the base denoiser's
+:math:`x_1 \sim \mathcal N(0, \sigma_1^2 I)`: start weights from 12 evaluations of both conditions along rays at
+t = 1 (Gauss-Legendre, 8 and 4 nodes), then per step one evaluation of both conditions (the base denoiser's
 ``eps_multi`` or ``eps``), the Feynman-Kac log-weight increment, systematic resampling when the effective sample
 size falls below N/2 and an Euler-Maruyama move of the guided reverse SDE; at the end one systematic resampling
 returns equally weighted ``[N, 2]`` particles. Both denoisers are guided by the same rule,
@@ -74,7 +74,7 @@ Where the time goes
 Always printed, before the ratios: ``torch.profiler``'s per-operator table (self CPU time, top 12) of each of
 cfgtruth's loops on 5 steps at full size (for SMC the 5 steps come after its 12 start evaluations, which the
 table includes), and from ``cProfile`` of another such run the shares of the wall time spent in the exact denoiser
-(``AnalyticDenoiser.eps_multi``, both branches), in the guidance rule (``GuidedDenoiser.predict`` less the
+(``AnalyticDenoiser.eps_multi``, both conditions), in the guidance rule (``GuidedDenoiser.predict`` less the
 denoiser) and in the rest of the loop. ``--profile`` adds the ``cProfile`` tables (Python calls, by cumulative
 time).
 
@@ -181,7 +181,7 @@ class TorchDistributionsDenoiser:
 
 
 class TorchDistributionsCFG:
-    """DDIM's baseline: CFG of the two branches of :class:`TorchDistributionsDenoiser`, written out."""
+    """DDIM's baseline: CFG of the two conditions of :class:`TorchDistributionsDenoiser`, written out."""
 
     def __init__(self, unconditional: GaussianMixture, conditional: GaussianMixture, w: float, schedule: str):
         self.base = TorchDistributionsDenoiser({None: unconditional, CONDITION: conditional}, schedule)
@@ -390,7 +390,7 @@ def cumulative(stats: pstats.Stats, path_end: str, name: str) -> float:
 
 
 def time_shares(stats: pstats.Stats, loop_name: str) -> str:
-    """The loop's time split into cfgtruth's exact denoiser (``AnalyticDenoiser.eps_multi``: both branches), the
+    """The loop's time split into cfgtruth's exact denoiser (``AnalyticDenoiser.eps_multi``: both conditions), the
     guidance rule (``GuidedDenoiser.predict`` less the denoiser: the CFG combination and its checks) and the rest
     (the sampler's own arithmetic and checks, and for SMC its weights and resampling)."""
     total = max(stats.total_tt, 1e-12)
@@ -398,7 +398,7 @@ def time_shares(stats: pstats.Stats, loop_name: str) -> str:
     predict = cumulative(stats, "verify/rules/_base.py", "predict")
     rule = max(predict - denoiser, 0.0) if predict else 0.0
     rest = total - denoiser - rule
-    parts = [("exact denoiser (both branches)", denoiser), ("guidance rule", rule), (loop_name, rest)]
+    parts = [("exact denoiser (both conditions)", denoiser), ("guidance rule", rule), (loop_name, rest)]
     return ", ".join(f"{label} {100 * seconds / total:.0f} %" for label, seconds in parts if seconds > 0)
 
 

@@ -27,7 +27,7 @@ from .world import World
 
 __all__ = ["Denoiser", "AnalyticDenoiser", "WrappedDenoiser", "CountingDenoiser", "predict_many"]
 
-#: noised laws an AnalyticDenoiser keeps (the most recently used): a sampler's step asks for every branch at one
+#: noised laws an AnalyticDenoiser keeps (the most recently used): a sampler's step asks for every condition at one
 #: time, and x0() for the same law again, so a few suffice; a law is small (K d^2 numbers per parameter)
 NOISED_LAW_CACHE = 8
 #: scalar times whose schedule coefficients an AnalyticDenoiser keeps (two floats each; emptied when full)
