@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Tensorish", "as_tensor", "as_real_tensor", "check_finite", "check_points", "as_scalar", "as_int",
-           "check_magnitude", "check_same_shape", "check_generator", "real_dtype_of"]
+__all__ = ["Tensorish", "as_tensor", "as_real_tensor", "check_finite", "all_finite", "check_points", "as_scalar",
+           "as_int", "check_magnitude", "check_same_shape", "check_generator", "real_dtype_of"]
 
 Tensorish = Any  # array-like, number or torch.Tensor
 
@@ -147,16 +147,21 @@ def as_real_tensor(value: Tensorish, name: str, dtype: torch.dtype = torch.float
 as_tensor = as_real_tensor
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether every entry is finite: a finite sum proves it (NaN and infinity propagate through a sum), so the
+    entrywise test runs only when the sum is not finite (a NaN, an infinity, or an overflowing sum of finite
+    entries)."""
+    values = tensor.detach()
+    return math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all())
+
+
 def check_finite(tensor: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` naming ``name`` if ``tensor`` holds NaN or infinity."""
     if not tensor.is_floating_point() or tensor.numel() == 0:
         return
-    values = tensor.detach()
-    # fast path: a finite sum proves every entry finite (NaN and inf propagate); only an overflowing sum of finite
-    # entries needs the entrywise test
-    if math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all()):
+    if all_finite(tensor):
         return
-    bad = "NaN" if bool(torch.isnan(values).any()) else "infinity"
+    bad = "NaN" if bool(torch.isnan(tensor.detach()).any()) else "infinity"
     raise ValueError(f"{name}: contains {bad}; every entry must be finite")
 
 

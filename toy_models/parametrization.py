@@ -54,7 +54,7 @@ from collections.abc import Callable
 
 import torch
 
-from ._checks import Tensorish, as_real_tensor, real_dtype_of
+from ._checks import Tensorish, all_finite, as_real_tensor, real_dtype_of
 from ._pow2 import ldexp
 
 __all__ = [
@@ -154,7 +154,7 @@ def _homogeneous(formula: Callable[..., Tensor], tensors: list[Tensor], name: st
     Scaling by a power of two commutes with rounding, so the answer is what the formula gives in exact-range
     arithmetic. Also used by the rule functions of :mod:`verify.rules`."""
     out = formula(*tensors)
-    if bool(torch.isfinite(out.detach()).all()):
+    if all_finite(out):
         return out
     mag = tensors[0].detach().abs()
     for tensor in tensors[1:]:

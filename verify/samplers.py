@@ -57,7 +57,7 @@ from dataclasses import dataclass
 import torch
 
 from toy_models import parametrization as param
-from toy_models._checks import as_real_tensor, as_scalar, check_generator, real_dtype_of
+from toy_models._checks import all_finite, as_real_tensor, as_scalar, check_generator, real_dtype_of
 from toy_models.denoiser import CountingDenoiser, Denoiser
 from toy_models.gaussian_mixture import Condition
 from toy_models.schedules import Schedule, get_schedule
@@ -216,8 +216,8 @@ def check_prediction(pred, what: str, x: Tensor, where: str) -> Tensor:
         raise ValueError(f"denoiser: {what} returned shape {list(pred.shape)} for x of shape {list(x.shape)} {where}")
     if pred.is_complex() or not pred.is_floating_point():
         raise ValueError(f"denoiser: {what} returned dtype {pred.dtype}, not a real floating tensor, {where}")
-    finite = torch.isfinite(pred.detach())
-    if not bool(finite.all()):
+    if not all_finite(pred):
+        finite = torch.isfinite(pred.detach())
         nan_rows = int(torch.isnan(pred.detach()).any(dim=1).sum())
         bad_rows = int((~finite).any(dim=1).sum())
         kind = (f"NaN in {nan_rows}" if nan_rows == bad_rows else
@@ -252,7 +252,7 @@ def _eps(denoiser: Denoiser, x: Tensor, t: float, condition: Condition, grid: Ti
 
 def _check_state(x: Tensor, grid: TimeGrid, i: int) -> Tensor:
     """Refuse a state that overflowed in step ``i`` (finite inputs and predictions near the dtype's maximum)."""
-    if not bool(torch.isfinite(x.detach()).all()):
+    if not all_finite(x):
         rows = int((~torch.isfinite(x.detach())).any(dim=1).sum())
         raise ValueError(f"x: the state overflows {x.dtype} at step {i + 1} of {grid.steps} (t = "
                          f"{grid.times[i + 1]:.6g}) in {rows} of {x.shape[0]} rows; the input or the predictions are "
