@@ -44,3 +44,14 @@ def ledger(quick_evidence):
         return {r.id: r for r in evaluate(quick_evidence.config, ids, quick_evidence)}
 
     return records
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests, restored afterwards. Modules whose tests push small tensors through
+    many steps use it (``pytestmark = pytest.mark.usefixtures("one_thread")``): on a loaded 2-core machine intra-op
+    threads then only add synchronisation (each module's comment gives its measurement)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -17,15 +17,10 @@ F64 = torch.float64
 RTOL = 1e-12  # the integrator's relative tolerance; global error stays within ~1e3 x rtol for these smooth ODEs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The Monte Carlo and fine-step tests push 20000 x 1 tensors through hundreds of steps: intra-op threads only
-    add synchronisation on such small ops. On the loaded 2-core machine one 100-step Heun run of 20000 points took
-    21 s with 2 threads and 0.8 s with 1 (the same measurement as test_samplers.py's fixture)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The Monte Carlo and fine-step tests push 20000 x 1 tensors through hundreds of steps: intra-op threads only
+# add synchronisation on such small ops. On the loaded 2-core machine one 100-step Heun run of 20000 points took
+# 21 s with 2 threads and 0.8 s with 1 (the same measurement as test_samplers.py's fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("w", [0.0, 1.0, 3.0, 7.0])

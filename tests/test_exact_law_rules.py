@@ -29,13 +29,8 @@ T_END = 1e-3  # sigma(T_END) = 0.0105 > 0: every solver runs at its full order (
 DIMS = (1, 2, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Per-step tensors of at most 8000 x 4: intra-op threads only add synchronisation (test_samplers.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Per-step tensors of at most 8000 x 4: intra-op threads only add synchronisation (test_samplers.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -23,15 +23,10 @@ F64, F32 = torch.float64, torch.float32
 U64, U32 = unit_roundoff(F64), unit_roundoff(F32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tests push small tensors through many steps: on the loaded 2-core machine intra-op threads only add
-    synchronisation (the SDE reference test below: 15 s with 2 threads, about 1 s with 1; as in
-    tests/test_exact_law.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# These tests push small tensors through many steps: on the loaded 2-core machine intra-op threads only add
+# synchronisation (the SDE reference test below: 15 s with 2 threads, about 1 s with 1; as in
+# tests/test_exact_law.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -51,14 +51,9 @@ BATCHING_ULPS = 64
 EVAL = {"conditions": [None, 0, 4], "n": 256, "seed": 7}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors are tiny (256 x 2 x 32): intra-op threads only add synchronisation. On a 2-core machine at load
-    average 5, one 150-step small-preset run took 58-95 s with 2 threads and 1-2 s with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The tensors are tiny (256 x 2 x 32): intra-op threads only add synchronisation. On a 2-core machine at load
+# average 5, one 150-step small-preset run took 58-95 s with 2 threads and 1-2 s with 1.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def untrained(world_name: str, **overrides) -> NeuralDenoiser:

@@ -44,14 +44,9 @@ T_END = 1e-3  # sigma(T_END) = 0.0105 > 0: every solver runs at its full order (
 REF_FLOOR = 1e-9  # the exact law integrates at rtol 1e-12; its global error stays below 1e3 x rtol (test_exact_law)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The per-step tensors are tiny (at most 20000 x 1): intra-op threads only add synchronisation. On a loaded
-    2-core machine one DDPM run of the Monte Carlo test took 17 s with 2 threads and 0.9 s with 1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The per-step tensors are tiny (at most 20000 x 1): intra-op threads only add synchronisation. On a loaded
+# 2-core machine one DDPM run of the Monte Carlo test took 17 s with 2 threads and 0.9 s with 1.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gauss1d_cfg(w: float, dtype: torch.dtype = F64) -> GuidedDenoiser:

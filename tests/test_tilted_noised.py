@@ -27,13 +27,8 @@ U = 2.0**-53
 WS = (1.0, 3.0, 7.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The samplers push 1e5 x d tensors through a hundred steps: intra-op threads only add synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The samplers push 1e5 x d tensors through a hundred steps: intra-op threads only add synchronisation.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gauss2d() -> World:
