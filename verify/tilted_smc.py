@@ -161,13 +161,16 @@ def systematic_resample(weights: Tensor, generator: torch.Generator) -> Tensor:
     return torch.searchsorted(cum, u, right=True).clamp_max(n - 1)
 
 
-def fk_log_weight_rate(scores: Sequence[Tensor], weights: Sequence[float], f: float, g2: float) -> Tensor:
+def fk_log_weight_rate(scores: Sequence[Tensor], weights: Sequence[float], f: float, g2: float,
+                       guided: Tensor | None = None) -> Tensor:
     r""":math:`-r_t(x) = \tfrac{g^2}{2}(|\sum_b a_b s_b|^2 - \sum_b a_b |s_b|^2) - f d(1 - \sum_b a_b)`, ``[N]``: the
     rate at which a particle's log-weight grows per unit of reverse time (module docstring). ``scores``: the branch
-    scores ``[N, d]`` each, ``weights`` the :math:`a_b`."""
+    scores ``[N, d]`` each, ``weights`` the :math:`a_b`; ``guided``: :math:`\sum_b a_b s_b` if the caller already
+    has it (the sampler does: it drives the move), else formed here."""
     if len(scores) != len(weights) or not scores:
         raise ValueError("scores: need one [N, d] score per weight")
-    guided = sum(a * s for a, s in zip(weights, scores, strict=True))
+    if guided is None:
+        guided = sum(a * s for a, s in zip(weights, scores, strict=True))
     spread = sum(a * (s * s).sum(1) for a, s in zip(weights, scores, strict=True))
     d = scores[0].shape[1]
     return 0.5 * g2 * ((guided * guided).sum(1) - spread) - f * d * (1.0 - sum(weights))
@@ -213,14 +216,14 @@ def guided_terms(denoiser: Denoiser, name: str = "denoiser"
 class _Branches:
     """The branch scores of a guided denoiser, one batched base-model call per evaluation, counted."""
 
-    def __init__(self, denoiser: Denoiser, schedule: Schedule):
+    def __init__(self, denoiser: Denoiser):
         self.base, self.conditions, self.weights = guided_terms(denoiser)
-        self.schedule, self.calls = schedule, 0
+        self.calls = 0
 
-    def scores(self, x: Tensor, t: float) -> tuple[list[Tensor], Tensor, Tensor]:
-        """``(branch scores, guided score, guided eps)`` at ``(x, t)``; each prediction checked as it arrives."""
+    def scores(self, x: Tensor, t: float, sigma: float) -> tuple[list[Tensor], Tensor, Tensor]:
+        """``(branch scores, guided score, guided eps)`` at ``(x, t)``, ``sigma`` the grid's sigma(t); each prediction
+        checked as it arrives."""
         self.calls += 1
-        sigma = float(self.schedule.sigma(t))
         eps = [check_prediction(e, f"eps of condition {c!r}", x, f"at t = {t:.6g} (evaluation {self.calls})")
                for e, c in zip(predict_many(self.base, x, t, list(self.conditions)), self.conditions, strict=True)]
         guided_eps = sum(a * e for a, e in zip(self.weights, eps, strict=True))
@@ -235,7 +238,7 @@ def _start_log_weights(branches: _Branches, x: Tensor, t: float, sigma: float) -
         tau, weight = np.polynomial.legendre.leggauss(nodes)
         total = torch.zeros(x.shape[0], dtype=F64)
         for node, wt in zip(0.5 * (tau + 1.0), 0.5 * weight, strict=True):
-            total += float(wt) * (x * branches.scores(float(node) * x, t)[1]).sum(1).to(F64)
+            total += float(wt) * (x * branches.scores(float(node) * x, t, sigma)[1]).sum(1).to(F64)
         return total
 
     fine, coarse = ray(_RAY_NODES), ray(_RAY_NODES_COARSE)
@@ -259,7 +262,7 @@ def smc_run(denoiser: Denoiser, x: Tensor, timesteps, *, generator: torch.Genera
     second moment of :func:`smc_limit_law` with ``power=2``). ``log_density_at_origin``: :math:`\log\tilde
     q_{t_0}(0)` if known (it only shifts the normaliser).
     ``callback(i, t, x, eps)`` after each move: the time reached, the (weighted) particles, the guided eps used."""
-    branches = _Branches(denoiser, denoiser.schedule)
+    branches = _Branches(denoiser)
     check_generator(generator, optional=False)
     x = as_real_tensor(x, "x", real_dtype_of(x, F64))
     if x.ndim != 2 or x.shape[1] != denoiser.dim or x.shape[0] < 2:
@@ -304,9 +307,9 @@ def smc_run(denoiser: Denoiser, x: Tensor, timesteps, *, generator: torch.Genera
             n_resamples += 1
         t, h = times[k], times[k] - times[k + 1]
         f, g2 = float(grid.schedule.drift(t)), float(grid.schedule.diffusion_squared(t))
-        scores, guided, eps = branches.scores(x, t)
+        scores, guided, eps = branches.scores(x, t, grid.sigma[k])
         if corrector:  # left-point rule for the integral of -r over [t_{k+1}, t_k]
-            log_w = log_w + h * fk_log_weight_rate(scores, branches.weights, f, g2).to(F64)
+            log_w = log_w + h * fk_log_weight_rate(scores, branches.weights, f, g2, guided).to(F64)
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype)
         x = x - h * (f * x - g2 * guided) + math.sqrt(g2 * h) * noise
         if not bool(torch.isfinite(x).all()):
@@ -353,10 +356,6 @@ def smc_tilted(world: World, rule: Rule, conditions: Mapping[str, Condition] | C
     n = as_int(n_particles, "n_particles", 2)
     n_steps = as_int(n_steps, "n_steps", 1)
     seed = as_int(seed, "seed", 0)
-    if isinstance(record, (str, bytes)) or not isinstance(record, Sequence):
-        raise TypeError(f"record: expected a sequence of times, got {type(record).__name__}")
-    if any(not 0.0 < as_scalar(r, "record") < 1.0 for r in record):
-        raise ValueError(f"record: times must lie in (0, 1), got {list(record)}")
     sched = get_schedule(schedule)
     terms = linear_terms(rule, conditions)
     try:
