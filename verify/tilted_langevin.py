@@ -243,7 +243,7 @@ def _correct(denoiser: Denoiser, x: torch.Tensor, s: float, alpha: float, sigma:
     return x, float(h), accepted / k
 
 
-def _common(name: str, noise, eta) -> None:
+def _refuse_noise(name: str, noise) -> None:
     if noise is not None:
         raise ValueError(f"noise: {name} draws its corrector noise from generator; pass generator")
 
@@ -261,7 +261,7 @@ def langevin(denoiser: Denoiser, x: torch.Tensor, timesteps, *, condition: Condi
              snr: float | None = None, predictor: str = "ddpm") -> torch.Tensor:
     """CFG with an unadjusted Langevin corrector (:func:`pc_run` with ``metropolis=False``), as a registered sampler.
     Without ``step_size`` or ``snr`` it uses ``snr = DEFAULT_SNR``; ``eta`` is ignored, ``noise`` refused."""
-    _common("langevin", noise, eta)
+    _refuse_noise("langevin", noise)
     if step_size is None and snr is None:
         snr = DEFAULT_SNR
     return pc_run(denoiser, x, timesteps, corrector_steps=corrector_steps, step_size=step_size, snr=snr,
@@ -279,7 +279,7 @@ def mcmc(denoiser: Denoiser, x: torch.Tensor, timesteps, *, condition: Condition
     "Reduce, Reuse, Recycle", section 4) and at every level their kernel leaves :math:`q_s` invariant. Without
     ``step_size`` or ``snr`` it uses ``snr = DEFAULT_SNR``; ``eta`` is ignored, ``noise`` refused. The data-level
     reference on the exact density (t = 0, where a denoiser has no score) is :func:`verify.tilted_mcmc.mcmc_tilted`."""
-    _common("mcmc", noise, eta)
+    _refuse_noise("mcmc", noise)
     if step_size is None and snr is None:
         snr = DEFAULT_SNR
     return pc_run(denoiser, x, timesteps, corrector_steps=corrector_steps, step_size=step_size, snr=snr,
