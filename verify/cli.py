@@ -10,10 +10,11 @@ Commands
     Regenerate every registered figure (default ``figures/``) from one run of the evidence providers.
 ``cfgtruth proofs``
     Run the sympy proofs of ``proofs/`` and print each residual; exit 1 if any result is not the expected one.
-``cfgtruth train --world NAME [--preset default|ablation|imperfect|small] [--steps N] [--p-uncond P] [--out PATH] ...``
+``cfgtruth train --world NAME [--preset NAME] [--steps N] [--p-uncond P] [--max-seconds S] [--out PATH] ...``
     Train the cross-attention network on a world (DSM, conditioning dropout, AdamW, EMA), measure its score error
-    and write ``PATH.safetensors`` + ``PATH.json`` (default ``checkpoints/NAME``). Under ``torchrun`` it runs
-    data-parallel; rank 0 writes.
+    and write ``PATH.safetensors`` + ``PATH.json`` (default ``checkpoints/NAME``). Presets: default, ablation,
+    imperfect, small, and for image worlds (which need a patch size) image, image-gpu, image-small.
+    ``--max-seconds`` caps the training time. Under ``torchrun`` it runs data-parallel; rank 0 writes.
 ``cfgtruth audit MODULE:FUNCTION [--rule NAME] [--param KEY=VALUE ...] [--json FILE] [--timeout SECONDS]``
     Audit a function (a CFG combiner ``combine(eps_uncond, eps_cond, guidance_scale, *, x, alpha, sigma)`` or a
     dict-of-branches function) against a registered rule (default ``cfg``) with a diagnosis
@@ -448,7 +449,8 @@ def _cmd_train(args: argparse.Namespace, options: dict[str, str]) -> int:
     config = _user_input(lambda: config_from_preset(
         args.world, args.preset, steps=args.steps, batch_size=args.batch_size, p_uncond=args.p_uncond,
         width=args.width, depth=args.depth, heads=args.heads, learning_rate=args.learning_rate, seed=args.seed,
-        target_error=args.target_error, schedule=args.schedule), options)
+        target_error=args.target_error, schedule=args.schedule, patch=args.patch, max_seconds=args.max_seconds,
+        eval_every=args.eval_every), options)
     device = _user_input(lambda: resolve_device(args.device), options)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if config.batch_size % world_size:
@@ -532,11 +534,14 @@ def _parser() -> argparse.ArgumentParser:
     command("proofs", help="run the sympy proofs and print each residual").set_defaults(func=_cmd_proofs)
     tr = command("train", help="train the cross-attention network on a world and write a checkpoint")
     tr.add_argument("--world", required=True, help="world name (ring2d, attributes2d, tokens16d, ...)")
-    tr.add_argument("--preset", default="default", choices=["default", "ablation", "imperfect", "small"],
-                    help="default (what ships), ablation, imperfect, small (seconds on a CPU)")
+    tr.add_argument("--preset", default="default",
+                    choices=["default", "ablation", "imperfect", "small", "image", "image-gpu", "image-small"],
+                    help="default (what ships), ablation, imperfect, small (seconds on a CPU); image worlds: image "
+                         "(the shipped CPU one), image-gpu, image-small (seconds on a CPU)")
     tr.add_argument("--out", help="checkpoint path without suffix (default: checkpoints/WORLD)")
     for flag, kind in (("--steps", int), ("--batch-size", int), ("--p-uncond", float), ("--width", int),
-                       ("--depth", int), ("--heads", int), ("--learning-rate", float), ("--target-error", float)):
+                       ("--depth", int), ("--heads", int), ("--learning-rate", float), ("--target-error", float),
+                       ("--patch", int), ("--max-seconds", float), ("--eval-every", int)):
         tr.add_argument(flag, type=kind, help="override the preset's value")
     tr.add_argument("--schedule", help="noise schedule (default: vp-linear)")
     tr.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default: 0)")

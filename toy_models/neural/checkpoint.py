@@ -213,6 +213,11 @@ def _check_structure(card_path: pathlib.Path, card: dict) -> None:
     if unknown:
         raise ValueError(f"{card_path}: network.{unknown[0]}: not a NetworkConfig field (fields: {sorted(fields)})")
     for name, value in net.items():
+        if name == "image_shape" and value is not None:  # (C, H, W) of an image network, a JSON array
+            _expect(card_path, "network.image_shape", value, list)
+            for i, size in enumerate(value):
+                _expect(card_path, f"network.image_shape[{i}]", size, int)
+            continue
         _expect(card_path, f"network.{name}", value, float if name == "data_std" else int)
     vocabulary = card["vocabulary"]
     _expect(card_path, "vocabulary.tokens", vocabulary.get("tokens"), list)

@@ -25,7 +25,7 @@ from .._checks import Tensorish, as_tensor, check_points
 from ..gaussian_mixture import Condition, normalize_condition
 from ..schedules import Schedule, get_schedule
 from ..world import World
-from .network import NULL_TOKEN_ID, CrossAttentionEpsNet
+from .network import NULL_TOKEN_ID, CrossAttentionEpsNet, attention_to_pixels
 
 __all__ = ["Vocabulary", "NeuralDenoiser", "network_inputs"]
 
@@ -185,9 +185,22 @@ class NeuralDenoiser:
         sigma = self.schedule.sigma(as_tensor(t, "t")).to(torch.as_tensor(x).dtype)
         return -self.eps(x, t, condition) / (sigma.reshape(-1, 1) if sigma.numel() > 1 else sigma)
 
+    @property
+    def attention_grid(self) -> tuple[int, ...]:
+        """The layout of the attention positions: ``(H / p, W / p)`` patches (row-major) for an image network,
+        ``(d,)`` coordinates otherwise."""
+        return self.network.config.attention_grid
+
+    def attention_to_pixels(self, maps: Tensor) -> Tensor:
+        """Per-position maps ``[..., P]`` (e.g. one token's slice of :meth:`cross_attention`) as images
+        ``[..., H, W]``: every pixel takes its patch's value. Only for image networks (``ValueError`` otherwise)."""
+        return attention_to_pixels(maps, self.network.config)
+
     @torch.no_grad()
     def cross_attention(self, x: Tensor, t: Tensorish, condition: Condition) -> tuple[Tensor, tuple[str, ...]]:
-        """Cross-attention probabilities ``[depth, N, heads, d, L]`` for ``condition`` and its token strings."""
+        """Cross-attention probabilities ``[depth, N, heads, P, L]`` for ``condition`` and its token strings; P is
+        d for a coordinate network and the number of patches for an image network (:attr:`attention_grid`,
+        :meth:`attention_to_pixels`); each row sums to 1 over the L tokens."""
         x, scaled, log_snr = self._inputs(x, t)
         ids, mask = self.vocabulary.batch([condition], repeats=x.shape[0])
         keep: list[Tensor] = []

@@ -13,6 +13,12 @@ Each step draws a fresh batch (no data set: the world is the data), so the only 
    linear warm-up and cosine decay, gradient clipping, and an exponential moving average of the weights (the EMA
    network is the one saved and checked).
 
+Image worlds (a mixture whose ``shape`` is ``(C, H, W)``, e.g. ``shapes16``) train the patch network
+(:class:`~toy_models.neural.network.NetworkConfig` ``image_shape``, ``patch``): their configuration must name the
+patch size (the ``image``/``image-small``/``image-gpu`` presets do), other worlds must not.
+``max_seconds`` stops a run once its training time (evaluations excluded) reaches the cap, whatever ``steps`` says:
+the learning rate then has not finished its cosine decay, and the card records the steps actually run.
+
 On a GPU the forward pass may run under bf16 autocast and matmuls in TF32 (``TrainConfig.reduced_precision``);
 both are switched on inside :func:`train` only and restored on exit, never in the checks. Under ``torchrun`` the
 run is data-parallel (DDP, NCCL on GPUs, gloo on CPUs): the global batch is split across ranks, each rank draws its
@@ -71,6 +77,12 @@ class TrainConfig:
     #: stop early once the EMA model's pooled relative score error (checked every ``eval_every`` steps) is below this
     target_error: float | None = None
     eval_every: int = 500
+    #: points per (time, condition) cell of those evaluations
+    eval_n: int = 512
+    #: p x p pixel patches as attention positions; image worlds only, where it is required
+    patch: int | None = None
+    #: stop once this many seconds of training (evaluations excluded) have passed
+    max_seconds: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.world, str):
@@ -88,7 +100,7 @@ class TrainConfig:
         if float(schedule.alpha(1.0)) <= 0.0:
             raise ValueError(f"schedule: {self.schedule!r} has alpha(1) = 0, where the log-SNR the network is "
                              "conditioned on is -inf; train on vp-linear, vp-cosine or ve")
-        for name in ("steps", "batch_size", "width", "depth", "heads", "eval_every"):
+        for name in ("steps", "batch_size", "width", "depth", "heads", "eval_every", "eval_n"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: must be a positive int, got {value!r}")
@@ -122,6 +134,22 @@ class TrainConfig:
                                                   and not isinstance(self.target_error, bool)
                                                   and math.isfinite(self.target_error) and self.target_error > 0):
             raise ValueError(f"target_error: must be a positive finite number, got {self.target_error!r}")
+        if self.max_seconds is not None and not (isinstance(self.max_seconds, (int, float))
+                                                 and not isinstance(self.max_seconds, bool)
+                                                 and math.isfinite(self.max_seconds) and self.max_seconds > 0):
+            raise ValueError(f"max_seconds: must be a positive finite number, got {self.max_seconds!r}")
+        shape = image_shape(world)
+        if self.patch is not None and (not isinstance(self.patch, int) or isinstance(self.patch, bool)
+                                       or self.patch < 1):
+            raise ValueError(f"patch: must be a positive int, got {self.patch!r}")
+        if shape is None and self.patch is not None:
+            raise ValueError(f"patch: {self.world!r} is not an image world; patches are for image worlds only")
+        if shape is not None:
+            if self.patch is None:
+                raise ValueError(f"patch: {self.world!r} is an image world {shape}; choose the patch size (the "
+                                 "image presets set it)")
+            if shape[1] % self.patch or shape[2] % self.patch:
+                raise ValueError(f"patch: must divide H = {shape[1]} and W = {shape[2]}, got {self.patch}")
         if not isinstance(self.reduced_precision, bool):
             raise TypeError(f"reduced_precision: expected a bool, got {type(self.reduced_precision).__name__}")
 
@@ -131,13 +159,21 @@ class TrainConfig:
 
 #: named configurations: ``default`` ships in checkpoints/; ``ablation`` is the cheaper one the p_uncond ablation
 #: retrains five times; ``imperfect`` is deliberately short-trained (S0-QUALITY-DIVERSITY, S1-FID-IS); ``small``
-#: trains on a CPU in seconds (tests)
+#: trains on a CPU in seconds (tests). Image worlds (patch 4: 16 patches of 48 values on shapes16, 64 on shapes32):
+#: ``image`` is the shipped CPU checkpoint (sized by measurement, see checkpoints/README.md), ``image-gpu`` the one
+#: checkpoints/make_gpu.sh trains, ``image-small`` trains on one CPU thread in seconds (tests).
 PRESETS: dict[str, dict] = {
     "default": {},
     "ablation": {"steps": 3000, "batch_size": 512, "width": 48},
     "imperfect": {"steps": 600, "batch_size": 512, "width": 48},
     "small": {"steps": 150, "batch_size": 256, "width": 32, "depth": 1, "heads": 2, "warmup_steps": 20,
               "ema_decay": 0.95, "eval_every": 50},
+    "image": {"patch": 4, "steps": 3000, "batch_size": 128, "width": 96, "depth": 3, "heads": 4,
+              "learning_rate": 1e-3, "warmup_steps": 200, "eval_every": 500, "eval_n": 64},
+    "image-gpu": {"patch": 4, "steps": 6000, "batch_size": 1024, "width": 192, "depth": 4, "heads": 6,
+                  "learning_rate": 1e-3, "warmup_steps": 300, "eval_every": 1000, "eval_n": 64},
+    "image-small": {"patch": 4, "steps": 60, "batch_size": 64, "width": 32, "depth": 1, "heads": 2,
+                    "warmup_steps": 10, "ema_decay": 0.9, "eval_every": 20, "eval_n": 16},
 }
 
 
@@ -155,6 +191,10 @@ class TrainResult:
     world_size: int
     time_to_target_s: float | None = None
     evaluations: list[dict] = field(default_factory=list)
+    #: bf16 autocast and TF32 were on (a GPU run with ``config.reduced_precision``)
+    reduced_precision_used: bool = False
+    #: the run stopped at ``config.max_seconds`` before ``config.steps``
+    stopped_at_time_cap: bool = False
 
 
 class ConditionSampler:
@@ -209,11 +249,21 @@ def data_std(world: World) -> float:
     return math.sqrt(float(second_moment) / gm.dim)
 
 
+def image_shape(world: World) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of an image world (its mixture's ``shape``, as :class:`~toy_models.field_mixture.FieldMixture`
+    has it), ``None`` for any other world."""
+    shape = getattr(world.unconditional, "shape", None)
+    return tuple(int(s) for s in shape) if isinstance(shape, (tuple, list)) and len(shape) == 3 else None
+
+
 def build_network(config: TrainConfig, world: World, vocabulary: Vocabulary) -> CrossAttentionEpsNet:
-    """A freshly initialised network for ``config`` (initialisation seeded by ``config.seed``)."""
+    """A freshly initialised network for ``config`` (initialisation seeded by ``config.seed``): the patch network
+    on image worlds, the coordinate network otherwise."""
+    shape = image_shape(world)
+    geometry = {} if shape is None else {"image_shape": shape, "patch": config.patch}
     net_config = NetworkConfig(dim=world.dim, vocab_size=vocabulary.size, max_tokens=vocabulary.max_tokens,
                                width=config.width, depth=config.depth, heads=config.heads,
-                               data_std=data_std(world))
+                               data_std=data_std(world), **geometry)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         return CrossAttentionEpsNet(net_config)
@@ -313,6 +363,7 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
     evaluations: list[dict] = []
     time_to_target = None
     eval_time = 0.0
+    at_cap = False
     bar = tqdm(range(config.steps), desc=f"train {config.world}", disable=not show_progress or rank != 0)
     start = time.perf_counter()
     step = 0
@@ -344,7 +395,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
                 trained_for = tick - start - eval_time  # training time so far, evaluations excluded
                 stop = torch.zeros(1, device=device)
                 if rank == 0:  # rank 0 measures; every rank learns the decision, so all leave the loop together
-                    error = score_error_table(_on_cpu(denoiser), world, n=512, seed=12345)["pooled_relative_error"]
+                    error = score_error_table(_on_cpu(denoiser), world, n=config.eval_n,
+                                              seed=12345)["pooled_relative_error"]
                     evaluations.append({"step": step + 1, "pooled_relative_error": error,
                                         "train_time_s": trained_for})
                     stop[0] = float(error <= config.target_error)
@@ -354,13 +406,22 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
                 if bool(stop[0]):
                     time_to_target = trained_for
                     break
+            if config.max_seconds is not None and step + 1 < config.steps:
+                over = torch.tensor([float(time.perf_counter() - start - eval_time >= config.max_seconds)],
+                                    device=device)
+                if world_size > 1:  # rank 0's clock decides for all, so every rank leaves at the same step
+                    dist.broadcast(over, src=0)
+                if bool(over[0]):
+                    at_cap = True
+                    break
     wall = time.perf_counter() - start
     steps_done = step + 1
     train_time = max(wall - eval_time, 1e-9)
     return TrainResult(denoiser=_on_cpu(denoiser), config=config, losses=losses, steps_done=steps_done,
                        wall_time_s=wall, samples_per_s=steps_done * config.batch_size / train_time,
                        device=_device_name(device), world_size=world_size, time_to_target_s=time_to_target,
-                       evaluations=evaluations)
+                       evaluations=evaluations, reduced_precision_used=on_gpu and config.reduced_precision,
+                       stopped_at_time_cap=at_cap)
 
 
 def _on_cpu(denoiser: NeuralDenoiser) -> NeuralDenoiser:
@@ -372,11 +433,18 @@ def _on_cpu(denoiser: NeuralDenoiser) -> NeuralDenoiser:
 
 
 def _device_name(device: torch.device) -> str:
+    """``torch.cuda.get_device_name`` on a GPU; on the CPU ``"cpu (MODEL, N threads)"`` with the model name from
+    /proc/cpuinfo where Linux has it, else ``platform.processor()`` or the machine type."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform
 
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"cpu ({model}, {torch.get_num_threads()} threads)"
 
 
 def config_from_preset(world: str, preset: str = "default", **overrides) -> TrainConfig:
@@ -405,6 +473,10 @@ def card_facts(result: TrainResult, score_error: dict) -> dict:
     return {"config": result.config.to_dict(), "seed": result.config.seed, "steps": result.steps_done,
             "device": result.device, "world_size": result.world_size,
             "trained_on": "gpu" if "cpu" not in result.device else "cpu",
+            "reduced_precision": {"used": result.reduced_precision_used,
+                                  "what": "bf16 autocast + TF32 matmuls in training" if result.reduced_precision_used
+                                  else "none: float32 throughout"},
+            "stopped_at_time_cap": result.stopped_at_time_cap,
             "wall_time_s": round(result.wall_time_s, 2), "samples_per_s": round(result.samples_per_s, 1),
             "time_to_target_s": result.time_to_target_s, "evaluations": result.evaluations,
             "final_losses": {"train_loss_last_5pct": sum(tail) / len(tail),
