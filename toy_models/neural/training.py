@@ -76,6 +76,8 @@ class TrainConfig:
     reduced_precision: bool = True
     #: stop early once the EMA model's pooled relative score error (checked every ``eval_every`` steps) is below this
     target_error: float | None = None
+    #: False: record the time the target is first reached but train on for all ``steps`` (a timing, not a stop)
+    stop_at_target: bool = True
     eval_every: int = 500
     #: points per (time, condition) cell of those evaluations
     eval_n: int = 512
@@ -150,8 +152,9 @@ class TrainConfig:
                                  "image presets set it)")
             if shape[1] % self.patch or shape[2] % self.patch:
                 raise ValueError(f"patch: must divide H = {shape[1]} and W = {shape[2]}, got {self.patch}")
-        if not isinstance(self.reduced_precision, bool):
-            raise TypeError(f"reduced_precision: expected a bool, got {type(self.reduced_precision).__name__}")
+        for name in ("reduced_precision", "stop_at_target"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {type(getattr(self, name)).__name__}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -390,7 +393,7 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
                 callback(step, losses[-1])
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-            if config.target_error is not None and (step + 1) % config.eval_every == 0:
+            if config.target_error is not None and time_to_target is None and (step + 1) % config.eval_every == 0:
                 tick = time.perf_counter()
                 trained_for = tick - start - eval_time  # training time so far, evaluations excluded
                 stop = torch.zeros(1, device=device)
@@ -405,7 +408,8 @@ def train(config: TrainConfig, device: str | torch.device | None = None, show_pr
                 eval_time += time.perf_counter() - tick
                 if bool(stop[0]):
                     time_to_target = trained_for
-                    break
+                    if config.stop_at_target:
+                        break
             if config.max_seconds is not None and step + 1 < config.steps:
                 over = torch.tensor([float(time.perf_counter() - start - eval_time >= config.max_seconds)],
                                     device=device)
