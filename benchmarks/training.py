@@ -10,7 +10,8 @@ Run from the repository root::
 
 What is measured
 ----------------
-*Throughput*: for each world (default ``ring2d attributes2d tokens16d``) and each device (the CPU, and ``cuda`` when
+*Throughput*: for each world (default ``ring2d attributes2d tokens16d``; ``shapes16``, ``shapes32`` time the
+``image`` preset's patch network) and each device (the CPU, and ``cuda`` when
 available), one call of :func:`toy_models.neural.train` with the ``default`` preset (batch 1024, width 64, depth 2,
 4 heads; on CUDA bf16 autocast and TF32 as in real training, unless ``--full-precision``) run for
 ``--warmup + --steps`` steps. Every step is a whole training step as the real run does it: drawing a fresh batch
@@ -37,6 +38,9 @@ when available, else on the CPU (the line says which). ``--max-steps`` caps the 
 it is the run's ``steps``, so it also shortens the cosine learning-rate decay: a capped run is not the first part of
 the default one.
 
+The whole GPU work package (every shipped checkpoint, its throughput and time to a target, one summary JSON) is
+``checkpoints/make_gpu.sh``.
+
 The exit code is 0 (benchmarks do not gate CI)."""
 
 from __future__ import annotations
@@ -57,6 +61,8 @@ except ImportError:  # not installed: run from a checkout
     from toy_models.neural import config_from_preset, train
 
 WORLDS = ("ring2d", "attributes2d", "tokens16d")
+#: image worlds (``--worlds shapes16``) time their own preset: the patch network needs a patch size
+IMAGE_PRESETS = {"shapes16": "image", "shapes32": "image"}
 DEFAULT_STEPS = 200
 DEFAULT_WARMUP = 20
 TARGET_WORLD = "ring2d"
@@ -92,7 +98,8 @@ def timed_training(world: str, device: str, steps: int, warmup: int, reduced_pre
                    ) -> tuple[float, str, int, float]:
     """Seconds of ``steps`` steps after ``warmup`` steps of the default preset; also the device's name, the batch
     size and the mean loss of the timed steps."""
-    config = config_from_preset(world, "default", steps=warmup + steps, reduced_precision=reduced_precision)
+    config = config_from_preset(world, IMAGE_PRESETS.get(world, "default"), steps=warmup + steps,
+                                reduced_precision=reduced_precision)
     stamps: list[float] = []
     result = train(config, device=device, show_progress=False,
                    callback=lambda step, loss: stamps.append(time.perf_counter()))
@@ -171,8 +178,9 @@ def load_note() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Training throughput of toy_models.neural, CPU and CUDA side by "
                                                  "side; optionally the time to a score-error target.")
-    parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=WORLDS, metavar="WORLD",
-                        help=f"worlds to time (default: {' '.join(WORLDS)})")
+    parser.add_argument("--worlds", nargs="+", default=list(WORLDS), choices=[*WORLDS, *IMAGE_PRESETS],
+                        metavar="WORLD", help=f"worlds to time (default: {' '.join(WORLDS)}; also "
+                                              f"{' '.join(IMAGE_PRESETS)} with the image preset)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"timed steps per world and device (default {DEFAULT_STEPS})")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,

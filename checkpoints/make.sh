@@ -18,3 +18,6 @@ export OMP_NUM_THREADS=1
   cfgtruth train --world tokens16d --steps 2500 --batch-size 512 --out checkpoints/tokens16d --no-progress
 } &
 wait
+# the image world alone (nothing else running): the image preset, ~8 minutes on one thread; the card's score-error
+# table at 256 points per cell (49 conditions x 9 times; the network's forward dominates, ~30 s)
+cfgtruth train --world shapes16 --preset image --eval-n 256 --out checkpoints/shapes16 --no-progress
