@@ -63,7 +63,7 @@ import torch
 
 from ._checks import Tensorish, as_scalar, as_tensor, check_generator, check_magnitude, check_points
 
-__all__ = ["GaussianMixture", "Condition", "normalize_condition"]
+__all__ = ["GaussianMixture", "LabelledComponents", "Condition", "normalize_condition"]
 
 Condition = None | int | str | Sequence[str]
 _UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
@@ -121,7 +121,74 @@ def _input_roundoff(value: Tensorish) -> float:
     return _UNIT_ROUNDOFF[torch.float64]
 
 
-class GaussianMixture:
+class LabelledComponents:
+    """Labels, attributes and conditions of a mixture's components: what a condition selects, written once for every
+    mixture family (:class:`GaussianMixture`, :class:`~toy_models.field_mixture.FieldMixture`).
+
+    A subclass sets ``_w64`` (weights ``[K]``), ``_labels`` (``[K]`` ints), ``_classes`` (sorted unique labels),
+    ``_attributes`` (name -> K tokens) and ``_token_attribute`` (token -> attribute name), e.g. through
+    :meth:`_set_labels`.
+    """
+
+    _w64: torch.Tensor
+    _labels: torch.Tensor
+    _classes: torch.Tensor
+    _attributes: dict[str, tuple[str, ...]]
+    _token_attribute: dict[str, str]
+
+    def _set_labels(self, labels: torch.Tensor, attributes: dict[str, tuple[str, ...]]) -> None:
+        self._labels, self._attributes = labels, attributes
+        self._token_attribute = {tok: name for name, values in attributes.items() for tok in values}
+
+    @property
+    def n_components(self) -> int:
+        return self._w64.shape[0]
+
+    def matches(self, condition: Condition) -> torch.Tensor:
+        """Boolean mask ``[K]`` of the components that ``condition`` selects (see :meth:`given`)."""
+        cond = normalize_condition(condition)
+        if cond is None:
+            return torch.ones(self.n_components, dtype=torch.bool)
+        if isinstance(cond, int):
+            mask = self._labels == cond
+            if not bool(mask.any()):
+                raise ValueError(f"condition: unknown label {cond}; this mixture's labels are {self.classes.tolist()}")
+        else:
+            mask = torch.ones(self.n_components, dtype=torch.bool)
+            for tok in cond:
+                if tok not in self._token_attribute:
+                    raise ValueError(f"condition: unknown token {tok!r}; this mixture's tokens are {self.tokens}")
+                values = self._attributes[self._token_attribute[tok]]
+                mask &= torch.tensor([v == tok for v in values])
+        if not bool((self._w64[mask] > 0).any()):
+            raise ValueError(f"condition: {condition!r} matches no component of positive weight")
+        return mask
+
+    def _sub_attributes(self, mask: torch.Tensor) -> dict[str, tuple[str, ...]]:
+        """The attributes of the components ``mask`` selects."""
+        idx = torch.nonzero(mask).flatten().tolist()
+        return {name: tuple(values[i] for i in idx) for name, values in self._attributes.items()}
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self._labels.clone()
+
+    @property
+    def classes(self) -> torch.Tensor:
+        """Sorted unique labels: the column order of :meth:`class_posterior`."""
+        return self._classes.clone()
+
+    @property
+    def attributes(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._attributes)
+
+    @property
+    def tokens(self) -> list[str]:
+        """Every token of every attribute, in attribute order."""
+        return list(self._token_attribute)
+
+
+class GaussianMixture(LabelledComponents):
     r"""A mixture of full-covariance Gaussians with class labels and optional attributes.
 
     Parameters
@@ -201,9 +268,7 @@ class GaussianMixture:
         if dtype not in _UNIT_ROUNDOFF:
             raise ValueError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
         self._w64, self._mu64, self._cov64, self._chol64 = w, mu, cov, chol
-        self._labels = labels
-        self._attributes = attributes
-        self._token_attribute = {tok: name for name, values in attributes.items() for tok in values}
+        self._set_labels(labels, attributes)
         self._dtype = dtype
         n_comp, dim = mu.shape
         eye = torch.eye(dim, dtype=torch.float64).expand(n_comp, dim, dim)
@@ -242,9 +307,7 @@ class GaussianMixture:
         new = object.__new__(GaussianMixture)
         labels, attrs = self._labels, self._attributes
         if mask is not None:
-            labels = labels[mask]
-            idx = torch.nonzero(mask).flatten().tolist()
-            attrs = {name: tuple(values[i] for i in idx) for name, values in attrs.items()}
+            labels, attrs = labels[mask], self._sub_attributes(mask)
         new._init_from_valid(w, mu, cov, chol, labels, attrs, dtype or self._dtype, parent=self)
         return new
 
@@ -298,27 +361,6 @@ class GaussianMixture:
         except ValueError as err:  # a parameter out of the new dtype's range: the caller chose the dtype
             raise ValueError(f"dtype: cannot compute this mixture in {dtype}: {err}") from None
 
-    # --- conditions -----------------------------------------------------------------------------------
-    def matches(self, condition: Condition) -> torch.Tensor:
-        """Boolean mask ``[K]`` of the components that ``condition`` selects (see :meth:`given`)."""
-        cond = normalize_condition(condition)
-        if cond is None:
-            return torch.ones(self.n_components, dtype=torch.bool)
-        if isinstance(cond, int):
-            mask = self._labels == cond
-            if not bool(mask.any()):
-                raise ValueError(f"condition: unknown label {cond}; this mixture's labels are {self.classes.tolist()}")
-        else:
-            mask = torch.ones(self.n_components, dtype=torch.bool)
-            for tok in cond:
-                if tok not in self._token_attribute:
-                    raise ValueError(f"condition: unknown token {tok!r}; this mixture's tokens are {self.tokens}")
-                values = self._attributes[self._token_attribute[tok]]
-                mask &= torch.tensor([v == tok for v in values])
-        if not bool((self._w64[mask] > 0).any()):
-            raise ValueError(f"condition: {condition!r} matches no component of positive weight")
-        return mask
-
     # --- properties -----------------------------------------------------------------------------------
     @property
     def dim(self) -> int:
@@ -349,24 +391,6 @@ class GaussianMixture:
         """Lower Cholesky factors ``L_k`` with ``Sigma_k = L_k L_k^T``, ``[K, d, d]``."""
         return self._chol64.to(self._dtype)
 
-    @property
-    def labels(self) -> torch.Tensor:
-        return self._labels.clone()
-
-    @property
-    def classes(self) -> torch.Tensor:
-        """Sorted unique labels: the column order of :meth:`class_posterior`."""
-        return self._classes.clone()
-
-    @property
-    def attributes(self) -> dict[str, tuple[str, ...]]:
-        return dict(self._attributes)
-
-    @property
-    def tokens(self) -> list[str]:
-        """Every token of every attribute, in attribute order."""
-        return list(self._token_attribute)
-
     def mean(self) -> torch.Tensor:
         r"""Mixture mean :math:`\sum_k \pi_k \mu_k`, ``[d]``."""
         return (self._w64 @ self._mu64).to(self._dtype)
@@ -379,6 +403,13 @@ class GaussianMixture:
         spread = self._mu64 - m  # centred first: sum_k pi_k mu_k mu_k^T - m m^T would cancel for far laws
         return torch.einsum("k,kij->ij", self._w64, self._cov64 + spread[:, :, None] * spread[:, None, :]
                             ).to(self._dtype)
+
+    def marginal_variance(self) -> torch.Tensor:
+        r"""The diagonal of :meth:`covariance` without the ``[d, d]`` matrix,
+        :math:`\sum_k \pi_k(\Sigma_{k,ii} + (\mu_{k,i} - m_i)^2)`, ``[d]`` (the interface every mixture family
+        offers; the dense one is :meth:`covariance`)."""
+        spread = self._mu64 - self._w64 @ self._mu64
+        return (self._w64 @ (torch.diagonal(self._cov64, dim1=1, dim2=2) + spread**2)).to(self._dtype)
 
     def __repr__(self) -> str:
         return (f"GaussianMixture(K={self.n_components}, d={self.dim}, classes={self.classes.tolist()}, "

@@ -16,6 +16,9 @@ name           d    classes what it is for
 ``tokens16d``  16   16     4 blocks of 4 positions; token ``b{j}+`` / ``b{j}-`` sets the sign of block j's mean:
                            a world in which each position is controlled by one token (cross-attention)
 ``highdim``    64   10     10 classes of 2 full-covariance components each, fixed random parameters
+``shapes16``   768  48     3 x 16 x 16 images: 3 colours x 4 shapes x 4 quadrants, DCT-diagonal texture
+                           (a :class:`~toy_models.field_mixture.FieldMixture`, see :mod:`toy_models.image_worlds`)
+``shapes32``   3072 48     the same at 3 x 32 x 32
 ============== ==== ====== ===================================================================================
 """
 
@@ -28,9 +31,11 @@ from collections.abc import Callable
 import numpy as np
 
 from .gaussian_mixture import GaussianMixture
+from .image_worlds import shapes
 from .world import World
 
-__all__ = ["WORLDS", "get_world", "gauss1d", "bimodal1d", "ring2d", "attributes2d", "tokens16d", "highdim"]
+__all__ = ["WORLDS", "get_world", "gauss1d", "bimodal1d", "ring2d", "attributes2d", "tokens16d", "highdim",
+           "shapes16", "shapes32"]
 
 
 def gauss1d() -> World:
@@ -105,6 +110,16 @@ def highdim(dim: int = 64, n_classes: int = 10, per_class: int = 2, seed: int = 
     return World("highdim", gm, f"d = {dim}, {n_classes} classes x {per_class} full-covariance components")
 
 
+def shapes16() -> World:
+    """Coloured shapes on 3 x 16 x 16 images (:func:`toy_models.image_worlds.shapes`)."""
+    return shapes(16)
+
+
+def shapes32() -> World:
+    """Coloured shapes on 3 x 32 x 32 images (:func:`toy_models.image_worlds.shapes`)."""
+    return shapes(32)
+
+
 WORLDS: dict[str, Callable[[], World]] = {
     "gauss1d": gauss1d,
     "bimodal1d": bimodal1d,
@@ -112,6 +127,8 @@ WORLDS: dict[str, Callable[[], World]] = {
     "attributes2d": attributes2d,
     "tokens16d": tokens16d,
     "highdim": highdim,
+    "shapes16": shapes16,
+    "shapes32": shapes32,
 }
 
 

@@ -1,7 +1,8 @@
 r"""A world: the unconditional law :math:`p(x)` and the conditional laws :math:`p(x \mid c)` of a toy problem.
 
-Most worlds are one labelled :class:`~toy_models.gaussian_mixture.GaussianMixture` whose conditionals are its
-sub-mixtures, so :math:`p(x) = \sum_c p(c)\, p(x \mid c)` holds and the class posterior is a proper probability.
+Most worlds are one labelled mixture (a :class:`~toy_models.gaussian_mixture.GaussianMixture`, or for image worlds
+a :class:`~toy_models.field_mixture.FieldMixture` with the same interface) whose conditionals are its sub-mixtures,
+so :math:`p(x) = \sum_c p(c)\, p(x \mid c)` holds and the class posterior is a proper probability.
 Some worlds are specified as separate Gaussians instead (``gauss1d``: :math:`p(x \mid c) = \mathcal N(1, 0.5)` beside
 :math:`p(x) = \mathcal N(0, 1)`), the setting of most one-dimensional CFG analyses. For those no joint law is
 implied; the "classifier" of the Bayes decomposition is then the implicit one,
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 
+from .field_mixture import FieldMixture
 from .gaussian_mixture import Condition, GaussianMixture, normalize_condition
 
 __all__ = ["World", "inflated"]
@@ -34,9 +36,9 @@ class World:
     """
 
     name: str
-    unconditional: GaussianMixture
+    unconditional: GaussianMixture | FieldMixture
     description: str = ""
-    conditionals: Mapping[Hashable, GaussianMixture] | None = field(default=None)
+    conditionals: Mapping[Hashable, GaussianMixture | FieldMixture] | None = field(default=None)
 
     def __post_init__(self):
         if self.conditionals is not None:
@@ -58,7 +60,7 @@ class World:
         """Whether :math:`p(x) = \\sum_c p(c) p(x \\mid c)`: the conditionals are sub-mixtures of :math:`p(x)`."""
         return self.conditionals is None
 
-    def law(self, condition: Condition = None) -> GaussianMixture:
+    def law(self, condition: Condition = None) -> GaussianMixture | FieldMixture:
         """:math:`p(x \\mid c)`, or :math:`p(x)` for the null condition ``None``."""
         cond = normalize_condition(condition)
         if cond is None:
@@ -84,7 +86,7 @@ class World:
 
 def inflated(world: World, factor: float) -> World:
     """``world`` with every covariance multiplied by ``factor``: a model of it that is too broad (underfit) for
-    ``factor > 1``, the weak model of autoguidance."""
+    ``factor > 1``, the weak model of autoguidance (GaussianMixture worlds)."""
     factor = float(factor)
     if not factor > 0.0:
         raise ValueError(f"factor: must be > 0, got {factor!r}")
