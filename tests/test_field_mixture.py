@@ -40,10 +40,16 @@ def law_mismatch(field: FieldMixture, dense, x: torch.Tensor) -> tuple[torch.Ten
     orth = cols.T @ cols - eye
     eta = float(torch.linalg.matrix_norm(orth, ord=2)) + gamma(2 * d, F64) * float(
         torch.linalg.matrix_norm(cols.abs().T @ cols.abs(), ord=2))
-    eps, prec = [], []
+    eps, prec, seen = [], [], {}
     for j in range(k):
-        p = (cols / field.spectra[j].reshape(-1)) @ cols.T
         s = dense.covariances[j].to(F64)
+        key = field.spectra[j].numpy().tobytes()
+        if key in seen and torch.equal(s, dense.covariances[seen[key]].to(F64)):  # the same law: computed once
+            eps.append(eps[seen[key]])
+            prec.append(prec[seen[key]])
+            continue
+        seen[key] = j
+        p = (cols / field.spectra[j].reshape(-1)) @ cols.T
         g = float(torch.linalg.matrix_norm(p @ s - eye, ord=2)) + gamma(2 * d, F64) * float(
             torch.linalg.matrix_norm(p.abs() @ s.abs(), ord=2))
         eps.append(g / (1 - g))

@@ -9,7 +9,7 @@ import torch
 from toy_models import WORLDS, World, get_world
 
 DOCUMENTED = {"gauss1d": (1, 1), "bimodal1d": (1, 2), "ring2d": (2, 8), "attributes2d": (2, 4),
-              "tokens16d": (16, 16), "highdim": (64, 10)}
+              "tokens16d": (16, 16), "highdim": (64, 10), "shapes16": (768, 48), "shapes32": (3072, 48)}
 
 
 @pytest.mark.parametrize("name", sorted(WORLDS))

@@ -16,7 +16,7 @@ in :data:`toy_models.scenarios.WORLDS`; ``shapes(64)`` (d = 12288) serves dimens
 Mean image, in [-1, 1]. The background is :data:`BACKGROUND` in every channel, the object is its colour
 (:data:`COLOUR_VALUES`: the named channel :data:`ON`, the other two :data:`OFF`), blended by the object's
 anti-aliased coverage a (the fraction of an 8 x 8 grid of sub-pixel samples inside the shape):
-``mean = BACKGROUND + a (colour - BACKGROUND)``. Geometry in units of the quadrant's half-width q = size / 4 around
+``mean = (1 - a) BACKGROUND + a colour``. Geometry in units of the quadrant's half-width q = size / 4 around
 the quadrant's centre: disc radius 0.75 q; ring radii 0.4 q to 0.8 q; bar half-sizes 0.85 q x 0.35 q; cross two
 bars 0.85 q x 0.25 q. :func:`object_mask` is the region a > 1/2.
 
@@ -140,7 +140,7 @@ def shapes(size: int = 16, *, dtype: torch.dtype = F64) -> World:
     for k, (colour, shape, position) in enumerate(combos):
         a = coverage(size, shape, position)
         for ch, value in enumerate(COLOUR_VALUES[colour]):
-            means[k, ch] = BACKGROUND + a * (value - BACKGROUND)
+            means[k, ch] = (1.0 - a) * BACKGROUND + a * value  # exactly the colour at a = 1, the background at 0
     spectra = texture_spectrum(size).expand(len(combos), 3, size, size)
     law = FieldMixture(torch.full((len(combos),), 1.0 / len(combos), dtype=F64), means, spectra,
                        labels=torch.arange(len(combos)),

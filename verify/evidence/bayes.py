@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from toy_models import World, get_world
-from toy_models.scenarios import WORLDS
+from toy_models.scenarios import IMAGE_WORLDS, WORLDS
 from verify.config import RunConfig
 from verify.tolerances import bayes_identity_tolerance, score_bounds
 
@@ -96,7 +96,8 @@ def bayes_identity(config: RunConfig) -> BayesIdentity:
     n_points = 128 if config.quick else 512
     generator = torch.Generator().manual_seed(config.seed)
     acc: dict[str, list[float]] = {}
-    jobs = [(name, t) for name in WORLDS for t in times if get_world(name).is_joint]
+    names = [name for name in WORLDS if name not in IMAGE_WORLDS]  # the bounds need dense covariances
+    jobs = [(name, t) for name in names for t in times if get_world(name).is_joint]
     for name, t in tqdm(jobs, desc="Bayes identity", disable=not config.show_progress, leave=False):
         world = get_world(name)
         row = acc.setdefault(name, [0.0, 0.0, 0.0, 0])
@@ -105,7 +106,7 @@ def bayes_identity(config: RunConfig) -> BayesIdentity:
             row[0], row[1], row[2] = max(row[0], err), max(row[1], ratio), max(row[2], norm)
             row[3] += x.shape[0]
     worlds = []
-    for name in WORLDS:
+    for name in names:
         world = get_world(name)
         if world.is_joint:
             err, ratio, norm, checks = acc[name]
