@@ -1,4 +1,4 @@
-r"""Portraits of the six named worlds (:data:`toy_models.scenarios.WORLDS`): what ``worlds.png`` draws.
+r"""Portraits of the named worlds (:data:`toy_models.scenarios.WORLDS`): what ``worlds.png`` draws.
 
 Each portrait holds exact densities on a grid and samples from the world's own law (one generator, seeded with the
 run's seed, consumed in the order of :data:`~toy_models.scenarios.WORLDS`):
@@ -7,7 +7,10 @@ run's seed, consumed in the order of :data:`~toy_models.scenarios.WORLDS`):
   or :math:`p(x)` and each class's share :math:`\pi_c p(x|c)` (bimodal1d);
 * 2-D worlds (ring2d, attributes2d): :math:`\log p(x)` on a square grid and samples with their component and class;
 * tokens16d: the component means, rows sorted by label, with their tokens;
-* highdim: samples projected on their first two principal components (SVD of the centred sample).
+* highdim: samples projected on their first two principal components (SVD of the centred sample);
+* image worlds (shapes16, shapes32): a few component means, a few samples of :math:`p(x \mid` red ring top-left
+  :math:`)` and of :math:`p(x)`, as ``[n, H, W, 3]`` images with values in the data's [-1, 1] scale (unclipped),
+  and the fraction of sampled pixels outside [-1, 1].
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ from verify.config import RunConfig
 from . import provider
 from .shared import one_thread
 
-__all__ = ["Curve", "LinePortrait", "PlanePortrait", "MeansPortrait", "ProjectionPortrait", "WorldPortrait",
-           "WorldPortraits", "world_portraits"]
+__all__ = ["Curve", "LinePortrait", "PlanePortrait", "MeansPortrait", "ProjectionPortrait", "ImagePortrait",
+           "WorldPortrait", "WorldPortraits", "world_portraits", "IMAGE_MEANS", "IMAGE_CONDITION"]
 
 F64 = torch.float64
 
@@ -84,11 +87,34 @@ class ProjectionPortrait:
     variance_ratio: tuple[float, float]
 
 
+#: the components whose means an image portrait shows, and the condition whose samples it shows
+IMAGE_MEANS = (("red", "ring", "top-left"), ("green", "disc", "top-right"), ("blue", "bar", "bottom-left"),
+               ("red", "cross", "bottom-right"))
+IMAGE_CONDITION = ("red", "ring", "top-left")
+#: samples per image row (conditional and unconditional); the out-of-range fraction is measured on IMAGE_RANGE_SAMPLES
+IMAGE_SAMPLES, IMAGE_RANGE_SAMPLES = 4, 200
+
+
+@dataclass(frozen=True)
+class ImagePortrait:
+    r"""An image world: component ``means`` (with their tokens), samples of :math:`p(x \mid` ``condition``
+    :math:`)` and of :math:`p(x)`, each ``[n, H, W, 3]`` in the data's scale, and the fraction of pixels outside
+    [-1, 1] among ``range_samples`` draws of :math:`p(x)`."""
+
+    means: np.ndarray
+    mean_tokens: tuple[tuple[str, ...], ...]
+    condition: tuple[str, ...]
+    conditional: np.ndarray
+    unconditional: np.ndarray
+    range_samples: int
+    out_of_range: float
+
+
 @dataclass(frozen=True)
 class WorldPortrait:
     name: str
     description: str
-    portrait: LinePortrait | PlanePortrait | MeansPortrait | ProjectionPortrait
+    portrait: LinePortrait | PlanePortrait | MeansPortrait | ProjectionPortrait | ImagePortrait
 
 
 @dataclass(frozen=True)
@@ -165,18 +191,34 @@ def _projection(world: World, gen: torch.Generator, n: int) -> ProjectionPortrai
                               (float(ratio[0]), float(ratio[1])))
 
 
+def _images(world: World, gen: torch.Generator) -> ImagePortrait:
+    gm = world.unconditional
+    c, h, w = gm.shape
+
+    def rgb(x: torch.Tensor) -> np.ndarray:
+        return x.reshape(-1, c, h, w).permute(0, 2, 3, 1).double().numpy()
+
+    means = torch.stack([gm.given(tokens).means[0] for tokens in IMAGE_MEANS])
+    conditional = world.law(IMAGE_CONDITION).sample(IMAGE_SAMPLES, gen)
+    draws = gm.sample(IMAGE_RANGE_SAMPLES, gen)
+    return ImagePortrait(rgb(means), IMAGE_MEANS, IMAGE_CONDITION, rgb(conditional), rgb(draws[:IMAGE_SAMPLES]),
+                         IMAGE_RANGE_SAMPLES, float((draws.abs() > 1).double().mean()))
+
+
 @provider
 @one_thread()
 def world_portraits(config: RunConfig) -> WorldPortraits:
-    """The six portraits (2000 samples per sampled panel, in quick runs too: drawing them takes well under a
-    second)."""
+    """Every world's portrait (2000 samples per sampled panel, in quick runs too: drawing them takes well under a
+    second; the image worlds draw 208 images each, about 0.1 s)."""
     gen = torch.Generator().manual_seed(config.seed)
     n = 2000
     out = []
     for name in WORLDS:
         world = get_world(name)
         gm = world.unconditional
-        if gm.dim == 1:
+        if hasattr(gm, "shape"):  # an image world (FieldMixture)
+            portrait = _images(world, gen)
+        elif gm.dim == 1:
             portrait = _line(world)
         elif gm.dim == 2:
             portrait = _plane(world, 4.0 if gm.attributes else 4.5, gen, n)

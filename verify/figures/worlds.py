@@ -1,4 +1,4 @@
-"""``worlds.png``: the six named ground-truth worlds, drawn from :func:`verify.evidence.worlds.world_portraits`."""
+"""``worlds.png``: the named ground-truth worlds, drawn from :func:`verify.evidence.worlds.world_portraits`."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from verify.evidence.bayes import BayesIdentity
 from verify.evidence.worlds import (
+    ImagePortrait,
     LinePortrait,
     MeansPortrait,
     PlanePortrait,
@@ -101,6 +102,34 @@ def _projection(ax: Axes, p: ProjectionPortrait) -> None:
            ylabel=f"PC 2 ({100 * p.variance_ratio[1]:.1f}% of variance)")
 
 
+def _mosaic(rows: list[np.ndarray], gap: int = 2) -> np.ndarray:
+    """Rows of ``[n, H, W, 3]`` images (data scale [-1, 1]) as one RGB array in [0, 1], white gaps between images
+    and rows; values outside [-1, 1] are clipped here, for display only."""
+    h, w = rows[0].shape[1:3]
+    width = max(len(r) for r in rows) * (w + gap) - gap
+    out = np.ones((len(rows) * (h + gap) - gap, width, 3))
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            out[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = np.clip((img + 1) / 2, 0, 1)
+    return out
+
+
+def _images(ax: Axes, p: ImagePortrait) -> None:
+    """Three rows: component means, samples of p(x | condition), samples of p(x)."""
+    rows = [p.means, p.conditional, p.unconditional]
+    ax.imshow(_mosaic(rows), interpolation="nearest")
+    h = p.means.shape[1]
+    names = ["means", "p(x | c)", "p(x)"]
+    ax.set_yticks([i * (h + 2) + h / 2 for i in range(3)], names, fontsize=9)
+    ax.set_xticks([j * (h + 2) + h / 2 for j in range(len(p.mean_tokens))],
+                  ["\n".join(t) for t in p.mean_tokens], fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_xlabel(f"c = {' '.join(p.condition)}; RGB from [-1, 1] to [0, 1], clipped for display only\n"
+                  f"pixels of {p.range_samples} p(x) draws outside [-1, 1]: {p.out_of_range:.1e}", fontsize=8)
+    for side in ax.spines.values():
+        side.set_visible(False)
+
+
 def _bayes_line(bayes: BayesIdentity, name: str) -> str:
     """S0-BAYES's result on this world: the largest error over its rounding bound, or why it is not checked."""
     entry = {w.name: w for w in bayes.worlds}.get(name)
@@ -113,11 +142,21 @@ def _bayes_line(bayes: BayesIdentity, name: str) -> str:
 
 @figure("worlds.png")
 def worlds(world_portraits: WorldPortraits, bayes_identity: BayesIdentity) -> Figure:
-    """The six worlds in a 2 x 3 grid: exact densities and samples of each world's own law, each panel with its
-    S0-BAYES result (largest error of the score decomposition over its derived rounding bound)."""
-    fig = new_figure(15, 9.5, layout="constrained")
-    axes = fig.subplots(2, 3)
-    for ax, world in zip(axes.ravel(), world_portraits.worlds, strict=True):
+    """The six low-dimensional worlds in a 2 x 3 grid (exact densities and samples of each world's own law, each
+    panel with its S0-BAYES result: largest error of the score decomposition over its derived rounding bound), the
+    image worlds in a third row (means and samples as RGB images)."""
+    dense = [w for w in world_portraits.worlds if not isinstance(w.portrait, ImagePortrait)]
+    images = [w for w in world_portraits.worlds if isinstance(w.portrait, ImagePortrait)]
+    fig = new_figure(15, 9.5 + 4.5 * bool(images), layout="constrained")
+    grid = fig.add_gridspec(2 + bool(images), 6, height_ratios=[1, 1] + [0.9] * bool(images))
+    axes = [fig.add_subplot(grid[i // 3, 2 * (i % 3):2 * (i % 3) + 2]) for i in range(len(dense))]
+    if images:
+        span = 6 // len(images)
+        for j, world in enumerate(images):
+            ax = fig.add_subplot(grid[2, j * span:(j + 1) * span])
+            _images(ax, world.portrait)
+            _title(ax, world)
+    for ax, world in zip(axes, dense, strict=True):
         p = world.portrait
         if isinstance(p, LinePortrait):
             _line(ax, p)
@@ -128,6 +167,6 @@ def worlds(world_portraits: WorldPortraits, bayes_identity: BayesIdentity) -> Fi
         else:
             _projection(ax, p)
         _title(ax, world, _bayes_line(bayes_identity, world.name))
-    fig.suptitle(f"cfgtruth worlds: the six ground-truth Gaussian-mixture worlds ({world_portraits.n_samples} samples "
+    fig.suptitle(f"cfgtruth worlds: the ground-truth Gaussian-mixture worlds ({world_portraits.n_samples} samples "
                  "per scatter panel)", fontsize=14, weight="bold")
     return fig
