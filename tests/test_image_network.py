@@ -21,15 +21,13 @@ from toy_models.neural import (
     PRESETS,
     CrossAttentionEpsNet,
     NetworkConfig,
-    NeuralDenoiser,
-    Vocabulary,
+    TrainConfig,
     config_from_preset,
     load_checkpoint,
     save_checkpoint,
     train,
 )
 from toy_models.neural.network import attention_to_pixels, patchify, unpatchify
-from toy_models.neural.training import build_network
 from verify.tolerances import unit_roundoff
 
 F32 = torch.float32
@@ -228,3 +226,81 @@ def test_presets_and_cli_choices_agree():
     preset = next(a for a in train_parser._actions if a.dest == "preset")
     assert sorted(preset.choices) == sorted(PRESETS)
     assert all(PRESETS[name].get("patch") for name in PRESETS if name.startswith("image"))
+
+
+# --- on the image world ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_shapes():
+    """The ``image-small`` preset on shapes16 (60 steps of 64 images, width 32; about a second on one thread)."""
+    return train(config_from_preset("shapes16", "image-small"), show_progress=False)
+
+
+def test_image_world_network_is_a_patch_network_and_a_denoiser(trained_shapes):
+    den = trained_shapes.denoiser
+    config = den.network.config
+    assert config.image_shape == (3, 16, 16) and config.patch == 4 and den.attention_grid == (4, 4)
+    x = get_world("shapes16").unconditional.sample(5, torch.Generator().manual_seed(0))
+    out = den.eps(x, 0.5, ("red", "ring", "top-left"))
+    assert out.shape == (5, 768) and out.dtype == x.dtype and bool(torch.isfinite(out).all())
+    probs, tokens = den.cross_attention(x, 0.5, ("red", "ring"))
+    assert probs.shape == (config.depth, 5, config.heads, 16, 2) and set(tokens) == {"red", "ring"}
+    pixels = den.attention_to_pixels(probs[..., tokens.index("ring")])
+    assert pixels.shape == (config.depth, 5, config.heads, 16, 16)
+
+
+def test_training_on_the_image_world_decreases_the_loss(trained_shapes):
+    """First 15 steps' mean loss against the last 15's: each window's mean has the standard error std / sqrt(15)
+    (fresh batches: the losses of a window are independent draws given the weights, and the weights move little
+    within 15 steps); the decrease must exceed 4 standard errors of the difference."""
+    losses = torch.tensor(trained_shapes.losses, dtype=torch.float64)
+    first, last = losses[:15], losses[-15:]
+    se = math.sqrt(first.var() / 15 + last.var() / 15)
+    assert float(first.mean() - last.mean()) > 4 * se
+
+
+def test_partial_condition_through_padding_equals_it_alone(trained_shapes):
+    den = trained_shapes.denoiser
+    x = get_world("shapes16").unconditional.sample(6, torch.Generator().manual_seed(1))
+    together = den.eps_multi(x, 0.3, [("red",), ("blue", "disc", "top-right"), None])  # "red", null padded to 3
+    alone = [den.eps(x, 0.3, c) for c in [("red",), ("blue", "disc", "top-right"), None]]
+    for a, b in zip(together, alone, strict=True):
+        assert float((a - b).abs().max()) <= BATCHING_ULPS * U32 * float(b.abs().max())
+    assert float((together[0] - together[2]).abs().max()) > 1e3 * BATCHING_ULPS * U32  # conditions differ
+
+
+def test_image_checkpoint_round_trip(trained_shapes, tmp_path):
+    den = trained_shapes.denoiser
+    weights, card_path = save_checkpoint(tmp_path / "shapes16", den, {"note": "test"})
+    card = json.loads(card_path.read_text())
+    assert card["network"]["image_shape"] == [3, 16, 16] and card["network"]["patch"] == 4
+    assert "patch_embedding.weight" in card["tensors"] and "coordinate" not in card["tensors"]
+    loaded = load_checkpoint(tmp_path / "shapes16")
+    assert loaded.network.config == den.network.config
+    for name, tensor in den.network.state_dict().items():
+        assert torch.equal(loaded.network.state_dict()[name], tensor), name
+    x = get_world("shapes16").unconditional.sample(4, torch.Generator().manual_seed(2))
+    assert torch.equal(loaded.eps(x, 0.7, "green"), den.eps(x, 0.7, "green"))
+
+
+def test_shipped_checkpoints_still_load_with_their_geometry():
+    cards = sorted(CHECKPOINTS.rglob("*.json"))
+    assert len(cards) >= 8
+    for card in cards:
+        den = load_checkpoint(card)
+        world = get_world(den.world_name)
+        is_image = getattr(world.unconditional, "shape", None) is not None
+        assert (den.network.config.image_shape is not None) == is_image, card
+        if not is_image:
+            assert "image_shape" not in json.loads(card.read_text())["network"]  # cards written before images
+
+
+@pytest.mark.parametrize(("world", "overrides", "field"), [
+    ("shapes16", {"patch": None}, "patch"),
+    ("shapes16", {"patch": 3}, "patch"),
+    ("ring2d", {"patch": 4}, "patch"),
+    ("ring2d", {"max_seconds": 0.0}, "max_seconds"),
+])
+def test_train_config_patch_and_time_cap_refusals(world, overrides, field):
+    preset = "image-small" if world.startswith("shapes") else "small"
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        TrainConfig(**{**config_from_preset(world, preset).to_dict(), **overrides})
