@@ -53,10 +53,31 @@ def _check_structure(rec, cid: str) -> None:
     assert rec.to_dict()["id"] == cid
 
 
-def test_rescale_is_pending(records):
+def test_rescale_verdict_follows_from_its_tests(records):
+    """L-RESCALE's verdict recomputed from the per-model, per-(space, w) outcomes the record shows (space v)."""
     rec = records["L-RESCALE"]
-    assert rec.verdict == "pending" and rec.headline.startswith("pending: ")
-    assert "rescale" in rec.evidence["decided_by"] and "image-like" in rec.evidence["decided_by"]
+    _check_structure(rec, "L-RESCALE")
+    models = {m: e for m, e in rec.evidence.items() if isinstance(e, dict) and "tests" in e}
+    assert "gaussian" in models and {t["space"] for t in models["gaussian"]["tests"]} == {"v", "eps"}
+    over, helped, fixed = [], [], []
+    for m, e in models.items():
+        exposed = [t for t in e["tests"] if t["space"] == "v" and t["over_exposed"]]
+        if exposed:
+            over.append(m)
+            if all(t["reduced"] for t in exposed):
+                helped.append(m)
+                if all(t["fixed"] for t in exposed):
+                    fixed.append(m)
+        assert (e["over_exposed"], e["reduced"], e["fixed"]) == (m in over, m in helped, m in fixed)
+        for t in e["tests"]:
+            assert 0.0 <= t["rescaled_out_of_range"] <= 1.0 and 0.0 <= t["residual_test_power_at_half_margin"] <= 1.0
+            assert not t["reduced"] or t["reduction_p"] < 0.01  # Holm never rejects above the family-wise alpha
+    expected = ("conditional" if not over else "holds" if len(fixed) == len(over) else "fails" if not helped
+                else "conditional")
+    assert rec.verdict == expected
+    # the pair's Monte Carlo CFG arm agrees with its exact law (z of a mean over independent samples): |z| > 4.5 has
+    # two-sided probability 7e-6 per w under a correct sampler, below 5e-5 for the family of at most 6 ws
+    assert all(abs(v["monte_carlo_z"]) < 4.5 for v in rec.evidence["gaussian_exact_cfg_law"].values())
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def test_entry_point_one_line_error_in_a_fresh_process(tmp_path):
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.splitlines() == [
         "cfgtruth train: --world: unknown world 'nosuch'; choose one of ['attributes2d', 'bimodal1d', 'gauss1d', "
-        "'highdim', 'ring2d', 'tokens16d']"]
+        "'highdim', 'ring2d', 'shapes16', 'shapes32', 'tokens16d']"]
 
 
 

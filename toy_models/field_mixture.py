@@ -238,6 +238,21 @@ class FieldMixture(LabelledComponents):
         cov = (cols * mean_nu) @ cols.T + (spread.T * self._w64) @ spread
         return (0.5 * (cov + cov.T)).to(self._dtype)
 
+    def moment_matched(self) -> FieldMixture:
+        r"""The one-component field law with this mixture's mean and, for every basis coefficient, its variance:
+        :math:`\mathcal N(m, B\,\mathrm{diag}(\bar\nu)B^\top)` with :math:`m = \sum_k\pi_k m_k` and
+        :math:`\bar\nu_j = \sum_k \pi_k(\nu_{kj} + (c_{kj} - \bar c_j)^2)`, :math:`c_k = B^\top m_k` (the law of
+        total variance per coefficient). It is the Gaussian closest to the mixture among those diagonal in B (it
+        matches the diagonal of :math:`B^\top\Sigma B`, not its off-diagonal part, which the means' spread fills), so
+        a pair (one component of this mixture, its moment-matched law) is a Gaussian conditional/unconditional pair
+        diagonal in one basis: every linear rule's sampled law then factorises over the coefficients (exact)."""
+        k, d = self.n_components, self.dim
+        coef = self._coef64.reshape(k, d)
+        centre = self._w64 @ coef
+        nu = self._w64 @ (self._nu64.reshape(k, d) + (coef - centre) ** 2)
+        mean = (self._w64 @ self._mu64.reshape(k, d)).reshape(1, *self.shape)
+        return FieldMixture(torch.ones(1, dtype=F64), mean, nu.reshape(1, *self.shape), dtype=self._dtype)
+
     def _basis_columns(self) -> torch.Tensor:
         """``[d, d]``, column j the basis image :math:`B e_j` (flattened)."""
         c, h, w = self.shape

@@ -22,6 +22,7 @@ import torch
 from scipy import stats
 
 from toy_models._checks import as_real_tensor, as_scalar, check_generator
+from toy_models.field_mixture import FieldMixture
 from toy_models.gaussian_mixture import GaussianMixture
 
 __all__ = ["holm_reject", "two_sided_p", "z_test_power", "moment_pvalues", "bayes_region_masses",
@@ -298,7 +299,13 @@ def frechet_distance(x, law_or_samples) -> float:
     mean, unbiased covariance). Instead of ``scipy.linalg.sqrtm`` (complex round-off), the trace of the root is the
     sum of the roots of the eigenvalues of the symmetric PSD :math:`S_1^{1/2} S_2 S_1^{1/2}` (symmetric
     eigen-decompositions, rounding negatives clipped); the result is clipped at 0. An estimate, not a test: from
-    samples it is biased upward, by :math:`\operatorname{tr} S / n` from the mean term alone."""
+    samples it is biased upward, by :math:`\operatorname{tr} S / n` from the mean term alone.
+
+    Two single-component :class:`~toy_models.field_mixture.FieldMixture` laws of one image shape share their basis B
+    (both covariances are :math:`B\,\mathrm{diag}(\nu)B^\top`): the matrices commute and the distance is exact in
+    the basis, :math:`\|m_1 - m_2\|^2 + \sum_j(\sqrt{\nu_{1j}} - \sqrt{\nu_{2j}})^2`, at any d (no d x d matrix)."""
+    if isinstance(x, FieldMixture) and isinstance(law_or_samples, FieldMixture):
+        return _field_frechet(x, law_or_samples)
     m1, s1 = _mean_cov(x, "x")
     m2, s2 = _mean_cov(law_or_samples, "law_or_samples", len(m1))
     w, u = np.linalg.eigh(0.5 * (s1 + s1.T))
@@ -306,6 +313,17 @@ def frechet_distance(x, law_or_samples) -> float:
     inner = root1 @ s2 @ root1
     cross = np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (inner + inner.T)), 0.0, None)).sum()
     return max(0.0, float(((m1 - m2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * cross))
+
+
+def _field_frechet(a: FieldMixture, b: FieldMixture) -> float:
+    for name, law in (("x", a), ("law_or_samples", b)):
+        if law.n_components != 1:
+            raise ValueError(f"{name}: the closed form covers single-component field laws, got K = {law.n_components}")
+    if a.shape != b.shape:
+        raise ValueError(f"law_or_samples: image shape {b.shape} differs from x's {a.shape}")
+    mean = (a.mean_images[0] - b.mean_images[0]).pow(2).sum()
+    spread = (a.spectra[0].sqrt() - b.spectra[0].sqrt()).pow(2).sum()
+    return float(mean + spread)
 
 
 # --- precision and recall from exact densities --------------------------------------------------------------

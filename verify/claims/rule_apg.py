@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from verify.evidence.image_guidance import ImageGuidance, image_block
 from verify.evidence.rule_apg import ALPHA, ALTERNATIVES, MARGIN, SCHEDULE, STEPS, APGOversaturation
 from verify.metrics import holm_reject
 
@@ -16,7 +17,7 @@ from . import Decision, claim
                   "eta = 0) removes the oversaturation of high guidance scales while keeping the condition"),
        tests=("tests/test_rule_apg.py", "tests/test_claims_rules_declared.py::test_apg_record",
               "tests/test_claims_rules_declared.py::test_apg_verdict_follows_from_its_evidence"))
-def apg(apg_oversaturation: APGOversaturation) -> Decision:
+def apg(apg_oversaturation: APGOversaturation, image_guidance: ImageGuidance) -> Decision:
     """Holds when, at every scale, Holm (family-wise ``ALPHA``) rejects all three null hypotheses (class lost beyond
     the margin, no fewer out-of-range x0, no less overshoot); fails when some check is significant the wrong way at
     Holm's first threshold; conditional otherwise."""
@@ -44,7 +45,7 @@ def apg(apg_oversaturation: APGOversaturation) -> Decision:
                 f"kept {cfg_.fraction_classified_as_class:.3f} vs {apg_.fraction_classified_as_class:.3f}")
     by_scale = {f"{s.guidance_scale:g}": {**s.arms, "paired_apg_minus_cfg": s.paired_apg_minus_cfg}
                 for s in ev.scales}
-    return Decision(
+    decision = Decision(
         verdict=verdict, headline=headline, conditions=conditions,
         procedure=(f"ring2d class 0, {SCHEDULE}, DDIM {STEPS} steps from the noised conditional at t = 1, n = {ev.n} "
                    f"paired paths per rule (same start points); CFG vs APG (eta = 0, no threshold, no momentum, "
@@ -62,3 +63,4 @@ def apg(apg_oversaturation: APGOversaturation) -> Decision:
                      f"{ALTERNATIVES['out_of_range']:g} reduction of the out-of-range fraction and a "
                      f"{ALTERNATIVES['overshoot']:g} reduction of the overshoot, per scale in evidence"),
     )
+    return decision.with_block("images", image_block(image_guidance, "L-APG"))

@@ -7,6 +7,7 @@ import math
 
 from verify.evidence import rule_cfg_zero_star as zs
 from verify.evidence import to_json
+from verify.evidence.image_guidance import ImageGuidance, image_block
 from verify.evidence.rule_cfg_zero_star import CFGZeroStarCorrection, ZeroStarRun
 from verify.metrics import holm_reject
 
@@ -39,7 +40,7 @@ def _verdict_of(words: dict[str, str]) -> tuple[str, str]:
                   "(b) zeroing the velocity of the first ODE steps (zero-init) improves the samples further"),
        tests=("tests/test_rule_cfg_zero_star.py", "tests/test_claims_rules_declared.py::test_zero_star_record",
               "tests/test_claims_rules_declared.py::test_zero_star_verdict_follows_from_its_evidence"))
-def cfg_zero_star(cfg_zero_star_correction: CFGZeroStarCorrection) -> Decision:
+def cfg_zero_star(cfg_zero_star_correction: CFGZeroStarCorrection, image_guidance: ImageGuidance) -> Decision:
     """Holm over every comparison at family-wise ``ALPHA``; per part, holds / conditional / fails by where it helps
     and hurts; the claim's verdict is the weaker part's."""
     ev = cfg_zero_star_correction
@@ -79,7 +80,7 @@ def cfg_zero_star(cfg_zero_star_correction: CFGZeroStarCorrection) -> Decision:
     headline = (f"g = {g0:g}, pathwise squared error to the exact CFG law: exact model CFG {err(ex['cfg'])}, "
                 f"CFG-Zero* {err(ex['cfg_zero_star'])}; unconditional error {zs.ERRORS[-1]:g}: CFG {err(big['cfg'])}, "
                 f"CFG-Zero* {err(big['cfg_zero_star'])}, + zero-init {err(big['cfg_zero_star_zero_init'])}")
-    return Decision(
+    decision = Decision(
         verdict=verdict, headline=headline,
         procedure=(f"ring2d class 0 on {zs.SCHEDULE}, Euler {zs.STEPS} steps from t = {zs.T_START} to 0, "
                    f"n = {ev.n} paths from the same start points; target: CFG with the exact model at guidance_scale "
@@ -100,3 +101,4 @@ def cfg_zero_star(cfg_zero_star_correction: CFGZeroStarCorrection) -> Decision:
                      f"each paired difference in evidence; family-wise false-alarm rate {zs.ALPHA} (Holm); each "
                      "test's power against a difference of 10 % of the larger mean error in evidence"),
     )
+    return decision.with_block("images", image_block(image_guidance, "L-CFG-ZERO-STAR"))

@@ -14,6 +14,7 @@ exact model; a trained network's laws enter as one more parameter of the decisio
 
 from __future__ import annotations
 
+from verify.evidence.image_guidance import ImageGuidance, image_block
 from verify.evidence.interval import IntervalGuidance, IntervalRow
 from verify.evidence.laws import (
     W_LAWS,
@@ -243,7 +244,7 @@ def quality_diversity(quality_diversity: QualityDiversity, ring2d_overshoot: tup
        statement="for w > 10 values leave the training range; Imagen's dynamic thresholding is recommended",
        tests=(f"{TESTS}::test_sampling_verdicts_follow_from_the_evidence",
               f"{TESTS}::test_x0_range_measured_by_the_callback_is_the_measurement_at_the_state_stepped_from"))
-def thresholding(thresholding: Thresholding) -> Decision:
+def thresholding(thresholding: Thresholding, image_guidance: ImageGuidance) -> Decision:
     """Holds when x0-predictions leave the data range at w = 15 (more than 1 % of them) and more so at w = 20 than
     at w = 1; conditional when they also leave it already at w = 1 or 3 (so not only 'for w > 10'); fails
     otherwise."""
@@ -251,7 +252,7 @@ def thresholding(thresholding: Thresholding) -> Decision:
     leaves = thr.fraction("15") > 0.01
     grows = thr.fraction("20") > thr.fraction("1")
     early = thr.fraction("1") > 0.01 or thr.fraction("3") > 0.01
-    return Decision(
+    decision = Decision(
         verdict="conditional" if leaves and grows and early else ("holds" if leaves and grows else "fails"),
         headline=(f"x0-predictions out of range: {thr.fraction('0'):.3f} at w = 0, {thr.fraction('1'):.3f} at "
                   f"w = 1, {thr.fraction('15'):.3f} at w = 15"),
@@ -264,6 +265,7 @@ def thresholding(thresholding: Thresholding) -> Decision:
         evidence={"data_range": thr.data_range, "x0_out_of_range_by_w": thr.x0_out_of_range_by_w,
                   "dynamic_thresholding_w15": thr.dynamic_thresholding_w15, "paths": thr.n},
         uncertainty="Monte Carlo over the sampled paths (binomial)")
+    return decision.with_block("images", image_block(image_guidance, "S0-THRESHOLDING"))
 
 
 @claim("S1-SCALE-TABLE", order=208, source=f"{S1}, 'Guidance Scale에 따른 변화' table",
@@ -271,7 +273,8 @@ def thresholding(thresholding: Thresholding) -> Decision:
                   "20+ oversaturation and artifacts"),
        tests=(TESTS, "tests/test_exact_law.py"))
 def scale_table(thresholding: Thresholding, gauss1d_discrete_laws: DiscreteLaws,
-                gauss1d_discrete_laws_unguided: DiscreteLaws, network_quality: NetworkQuality) -> Decision:
+                gauss1d_discrete_laws_unguided: DiscreteLaws, network_quality: NetworkQuality,
+                image_guidance: ImageGuidance) -> Decision:
     """Conditional: scales 0 and 1 are exact for an exact model (S1-CFG-FORM), but only a converged sampler
     reproduces the training law at scale 1, and the out-of-range fraction grows with the scale without a
     threshold."""
@@ -294,7 +297,8 @@ def scale_table(thresholding: Thresholding, gauss1d_discrete_laws: DiscreteLaws,
                   "gauss1d_scale_1_relative_variance_error": {str(n): e for n, e in at_scale_1.items()},
                   "gauss1d_discrete_samplers": gauss1d_discrete_laws.laws},
         uncertainty="see S0-THRESHOLDING; discrete laws exact (no sampling)")
-    return decision.with_block("network", network_quality.block_for("S1-SCALE-TABLE"))
+    return decision.with_block("network", network_quality.block_for("S1-SCALE-TABLE")).with_block(
+        "images", image_block(image_guidance, "S1-SCALE-TABLE"))
 
 
 def _interval_json(row: IntervalRow) -> dict:

@@ -64,7 +64,9 @@ __all__ = ["MAIN", "P_UNCOND", "STEPS", "Z", "CFG_W", "default_checkpoints", "lo
            "network_dropout", "imperfect_quality", "main_network_quality", "network_quality", "DensityView",
            "network_ring2d_view"]
 
-MAIN = ("ring2d", "attributes2d", "tokens16d")
+MAIN = ("ring2d", "attributes2d", "tokens16d", "shapes16")
+#: score-error tables cover the null condition and at most this many classes (shapes16 has 48, one per component)
+SCORE_CLASSES = 16
 P_UNCOND = ("0.00", "0.05", "0.10", "0.20", "0.50")
 STEPS = 50  # sampler steps for the paired comparisons (the analytic run uses the same grid, so the
 #             discretisation is common to both and cancels in the paired difference)
@@ -238,10 +240,11 @@ class ScoreErrorTable:
 
 
 def score_errors(den: Any, config: RunConfig) -> ScoreErrorTable:
-    """The score-error table of ``den`` on its world: the null token and every class (quick: null and two classes),
+    """The score-error table of ``den`` on its world: the null token and every class (at most :data:`SCORE_CLASSES`,
+    the first ones; quick: null and two classes),
     1024 draws per cell (quick 256), seed ``config.seed + 7``."""
     world = _world(den)
-    conds = [None, *world.class_conditions()]
+    conds = [None, *world.class_conditions()[:SCORE_CLASSES]]
     if config.quick:
         conds = conds[:3]
     return ScoreErrorTable.from_dict(score_error_table(den, world, conditions=conds, n=256 if config.quick else 1024,
