@@ -17,6 +17,7 @@ import dataclasses
 import math
 
 from verify.evidence import to_json
+from verify.evidence.image_attention import ImageAttention
 from verify.evidence.network import (
     BAND,
     NULL_PAIR,
@@ -108,13 +109,16 @@ XATTN_DECIDED_BY = ("attention mass each position of tokens16d puts on the token
        tests=(f"{TESTS}::test_attention_summary_follows_from_the_maps",
               f"{TESTS}::test_attention_maps_are_probabilities"),
        figure="figures/network_attention.png")
-def cross_attention(network_attention: AttentionMass) -> Decision:
+def cross_attention(network_attention: AttentionMass, image_attention: ImageAttention) -> Decision:
     """Descriptive: holds when, in its best layer, every position's largest attention mass is on its own block's
     token at every t; conditional when at least half of them are; fails otherwise. No threshold to set: the
-    criterion is an argmax."""
+    criterion is an argmax. The shapes16 network's maps over its patch grid (does each token's map follow the
+    object? :mod:`verify.evidence.image_attention`) ride along as the ``images`` block and do not change the
+    verdict."""
     att = network_attention
+    images = image_attention.block()
     if att.skipped:
-        return _pending(XATTN_DECIDED_BY, att.skipped)
+        return _pending(XATTN_DECIDED_BY, att.skipped).with_block("images", images)
     dim = att.dim
     best_layer = {t: max(v.positions_whose_argmax_is_controlling_by_layer) for t, v in att.by_t.items()}
     masses = {t: max(v.mass_on_controlling_token_by_layer) for t, v in att.by_t.items()}
@@ -135,7 +139,7 @@ def cross_attention(network_attention: AttentionMass) -> Decision:
         evidence={"network": {"attention": att.by_t, "checkpoint": att.card},
                   "summary": {"positions_attending_most_to_their_token_best_layer": best_layer,
                               "mass_on_controlling_token_best_layer": masses}},
-    )
+    ).with_block("images", images)
 
 
 DROPOUT_DECIDED_BY = ("networks retrained with p_uncond in {0, 0.05, 0.1, 0.2, 0.5}: conditional and unconditional "
