@@ -227,7 +227,8 @@ class ImageAttention:
         avoiding = [f"{k} avoids it in {count(k, 'avoids')}/{cells}" for k in KINDS if count(k, "avoids")]
         headline = (f"shapes16 network (4 x 4 patches, best layer, t = {'/'.join(self.times)}): mass in the object's "
                     "patches " + ", ".join(f"{k} token {masses(k)}" for k in KINDS) + f" against {chance:.2f} by "
-                    f"area; the map follows the object in {follows} (position, shape, colour) layer x t permutation tests"
+                    f"area; the map follows the object in {follows} (position, shape, colour) layer x t "
+                    "permutation tests"
                     + (f", {', '.join(avoiding)}" if avoiding else "") + f" (Holm {self.alpha:g})")
         notes = []
         for k in KINDS:
