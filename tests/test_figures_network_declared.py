@@ -38,7 +38,7 @@ def test_the_claims_name_these_figures():
     for name in FIGURES:
         assert get_figure(name).module == "verify.figures.network"
     assert get_claim("S0-NULL-TOKEN").figures == ("figures/network_score_error.png",)
-    assert get_claim("S0-XATTN").figures == ("figures/network_attention.png",)
+    assert get_claim("S0-XATTN").figures == ("figures/network_attention.png", "figures/image_attention.png")
     assert get_claim("S1-DROPOUT").figures == ("figures/network_dropout_ablation.png",)
 
 

@@ -108,7 +108,7 @@ XATTN_DECIDED_BY = ("attention mass each position of tokens16d puts on the token
                  "that describe it",
        tests=(f"{TESTS}::test_attention_summary_follows_from_the_maps",
               f"{TESTS}::test_attention_maps_are_probabilities"),
-       figure="figures/network_attention.png")
+       figure=("figures/network_attention.png", "figures/image_attention.png"))
 def cross_attention(network_attention: AttentionMass, image_attention: ImageAttention) -> Decision:
     """Descriptive: holds when, in its best layer, every position's largest attention mass is on its own block's
     token at every t; conditional when at least half of them are; fails otherwise. No threshold to set: the

@@ -20,12 +20,11 @@ import torch
 from tqdm.auto import tqdm
 
 from toy_models import World, get_world
-from toy_models.scenarios import IMAGE_WORLDS, WORLDS
 from verify.config import RunConfig
 from verify.tolerances import bayes_identity_tolerance, score_bounds
 
 from . import provider
-from .shared import alpha_sigma, check_points
+from .shared import alpha_sigma, check_points, dense_world_names
 
 __all__ = ["BayesWorld", "BayesIdentity", "bayes_identity"]
 
@@ -96,7 +95,7 @@ def bayes_identity(config: RunConfig) -> BayesIdentity:
     n_points = 128 if config.quick else 512
     generator = torch.Generator().manual_seed(config.seed)
     acc: dict[str, list[float]] = {}
-    names = [name for name in WORLDS if name not in IMAGE_WORLDS]  # the bounds need dense covariances
+    names = dense_world_names()  # the bounds need dense covariances
     jobs = [(name, t) for name in names for t in times if get_world(name).is_joint]
     for name, t in tqdm(jobs, desc="Bayes identity", disable=not config.show_progress, leave=False):
         world = get_world(name)

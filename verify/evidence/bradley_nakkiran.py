@@ -33,7 +33,6 @@ import torch
 from tqdm.auto import tqdm
 
 from toy_models import AnalyticDenoiser, Condition, GaussianMixture, World, get_schedule, get_world
-from toy_models.scenarios import IMAGE_WORLDS, WORLDS
 from toy_models.schedules import VE
 from verify import rules
 from verify.config import RunConfig
@@ -43,7 +42,7 @@ from verify.tolerances import gamma as rounding_gamma
 from verify.tolerances import score_bounds
 
 from . import provider
-from .shared import SCHEDULE, alpha_sigma, check_points, first_conditions, one_thread
+from .shared import SCHEDULE, alpha_sigma, check_points, dense_world_names, first_conditions, one_thread
 
 __all__ = ["DriftWorld", "DriftIdentity", "bn_drift_identity", "corrector_exponent", "drift_errors",
            "split_scheme_law", "langevin_law", "observed_order", "SplitRun", "SplitScheme", "bn_split_scheme",
@@ -141,7 +140,7 @@ def bn_drift_identity(config: RunConfig) -> DriftIdentity:
     n_points = 32 if config.quick else 128
     generator = torch.Generator().manual_seed(config.seed)
     rows: dict[str, list[float]] = {}
-    names = [name for name in WORLDS if name not in IMAGE_WORLDS]  # the bounds need dense covariances
+    names = dense_world_names()  # the bounds need dense covariances
     jobs = [(name, t) for name in names for t in times]
     for name, t in tqdm(jobs, desc="BN drift identity", disable=not config.show_progress, leave=False):
         world = get_world(name)

@@ -13,7 +13,7 @@ import torch
 from toy_models import AnalyticDenoiser, World, get_schedule, get_world
 from toy_models.denoiser import WrappedDenoiser
 from toy_models.gaussian_mixture import Condition
-from toy_models.scenarios import WORLDS
+from toy_models.scenarios import IMAGE_WORLDS, WORLDS
 from verify.samplers import SAMPLERS
 
 TIMES = (0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -30,8 +30,17 @@ def alpha_sigma(t: float) -> tuple[float, float]:
     return float(a), float(s)
 
 
+def dense_world_names() -> list[str]:
+    """The registered worlds whose laws are :class:`~toy_models.gaussian_mixture.GaussianMixture` (every world but
+    :data:`toy_models.scenarios.IMAGE_WORLDS`): the checks built on :mod:`verify.tolerances`' rounding bounds, which
+    read dense covariances, run on these; the image worlds have their own checks (``image_guidance``,
+    ``image_attention``, ``field_highdim``) and their own bounds (:meth:`FieldMixture.rounding_bounds`)."""
+    return [name for name in WORLDS if name not in IMAGE_WORLDS]
+
+
 def worlds() -> Iterator[World]:
-    for name in WORLDS:
+    """The worlds of :func:`dense_world_names`, built."""
+    for name in dense_world_names():
         yield get_world(name)
 
 
