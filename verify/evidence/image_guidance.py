@@ -56,6 +56,7 @@ from verify.samplers import sample, time_grid
 from . import provider
 from .network import Card, NetworkModels
 from .shared import alpha_sigma, first_sampler_by_limit, one_thread
+from .thresholding import guided_x0_path
 
 __all__ = ["IMAGE_WORLD", "CONDITION", "WS", "HIGH_WS", "VARIANTS", "N", "STEPS", "LIMIT", "Arm", "ModelRuns",
            "ImageGuidance", "image_guidance", "run_variants", "measure_samples", "ImageBlock", "image_block",
@@ -195,21 +196,11 @@ def measure_samples(x: torch.Tensor, mean_image: torch.Tensor, limit: float = LI
 def _run(guided: Any, x_start: torch.Tensor, timesteps: torch.Tensor, mean_image: torch.Tensor,
          shape: tuple[int, int, int]) -> Arm:
     """DDIM on ``guided`` from ``x_start``, measured (module docstring)."""
-    schedule = guided.schedule
-    fractions: list[float] = []
-    stepped_from = [x_start]
-
-    def measure(i: int, t: float, x: torch.Tensor, eps: torch.Tensor) -> None:
-        a, s = (float(v) for v in schedule.alpha_sigma(float(timesteps[i])))
-        x0 = (stepped_from[0] - s * eps) / a
-        fractions.append(float((x0.abs() > LIMIT).double().mean()))
-        stepped_from[0] = x
-
-    out = sample(first_sampler_by_limit()["ode"], guided, x_start, timesteps, callback=measure)
-    m = {k: _mean_se(v) for k, v in measure_samples(out, mean_image).items()}
-    per_sample = measure_samples(out, mean_image)["out_of_range"]
+    fractions, out = guided_x0_path(guided, x_start, timesteps, lambda x0: float((x0.abs() > LIMIT).double().mean()))
+    per = measure_samples(out, mean_image)
+    m = {k: _mean_se(v) for k, v in per.items()}
     return Arm(*m["out_of_range"], *m["excess"], *m["pixel_std"], *m["mean_error"],
-               sum(fractions) / len(fractions), tuple(per_sample.tolist()),
+               sum(fractions) / len(fractions), tuple(per["out_of_range"].tolist()),
                tuple(out[:KEEP].reshape(-1, *shape).tolist()))
 
 

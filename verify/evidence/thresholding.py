@@ -11,6 +11,7 @@ against none: the final sampled mean and Frechet distance to p(x|c) with and wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from .laws import cfg, noised_at_t1, sample_from_marginal
 from .shared import first_sampler_by_limit, one_thread
 
 __all__ = ["THRESHOLD_WS", "OutOfRange", "DynamicThresholding", "Thresholding", "x0_out_of_range_fractions",
-           "thresholding"]
+           "guided_x0_path", "thresholding"]
 
 THRESHOLD_WS = (0.0, 1.0, 3.0, 7.0, 10.0, 15.0, 20.0)
 
@@ -64,23 +65,30 @@ class Thresholding:
         return self.x0_out_of_range_by_w[w].mean_fraction_of_x0_predictions_out_of_range
 
 
-def x0_out_of_range_fractions(guided, x_start: torch.Tensor, timesteps: torch.Tensor, limit: float) -> list[float]:
+def guided_x0_path(guided, x_start: torch.Tensor, timesteps: torch.Tensor,
+                   reduce: Callable[[torch.Tensor], float]) -> tuple[list[float], torch.Tensor]:
     r"""DDIM on ``guided`` from ``x_start`` over ``timesteps``, measured through the sampler's callback: per step,
-    the fraction of points whose x0-prediction :math:`(x_t - \sigma_t\hat\varepsilon)/\alpha_t` (the sampler's
-    own :math:`\hat\varepsilon`, at the state it stepped from) leaves ``[-limit, limit]`` in some coordinate. A
+    ``reduce`` of the x0-predictions :math:`(x_t - \sigma_t\hat\varepsilon)/\alpha_t` (the sampler's own
+    :math:`\hat\varepsilon`, at the state it stepped from). Returns the per-step values and the final samples. A
     measurement, not a rule: the sampled path is DDIM's on ``guided``, unchanged."""
     schedule = guided.schedule
-    fractions: list[float] = []
+    values: list[float] = []
     stepped_from = [x_start]
 
     def measure(i: int, t: float, x: torch.Tensor, eps: torch.Tensor) -> None:
         a, s = (float(v) for v in schedule.alpha_sigma(float(timesteps[i])))
-        x0 = (stepped_from[0] - s * eps) / a
-        fractions.append(float((x0.abs() > limit).any(dim=1).double().mean()))
+        values.append(reduce((stepped_from[0] - s * eps) / a))
         stepped_from[0] = x
 
-    sample(first_sampler_by_limit()["ode"], guided, x_start, timesteps, callback=measure)
-    return fractions
+    out = sample(first_sampler_by_limit()["ode"], guided, x_start, timesteps, callback=measure)
+    return values, out
+
+
+def x0_out_of_range_fractions(guided, x_start: torch.Tensor, timesteps: torch.Tensor, limit: float) -> list[float]:
+    """:func:`guided_x0_path` measuring, per step, the fraction of points whose x0-prediction leaves
+    ``[-limit, limit]`` in some coordinate."""
+    return guided_x0_path(guided, x_start, timesteps,
+                          lambda x0: float((x0.abs() > limit).any(dim=1).double().mean()))[0]
 
 
 @provider
