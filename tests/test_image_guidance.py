@@ -75,7 +75,7 @@ def _evidence(cfg_level: float, rescaled_level: float, n: int = 400, data: float
     runs = ModelRuns("gaussian", arms)
     skipped = ModelRuns("network", {}, None, "no checkpoint")
     return ImageGuidance(IMAGE_WORLD, CONDITION, runs, dataclasses.replace(skipped, model="joint"), skipped, {}, data,
-                         1e-5, 0.3, 0.0, (7.0, 15.0), (7.0, 15.0), (), n, n, 20000, 50, (3, 16, 16))
+                         1e-5, 0.3, 0.0, (7.0, 15.0), (7.0, 15.0), (), n, n, n, 20000, 50, (3, 16, 16))
 
 
 def test_rescale_holds_when_the_excess_is_removed():

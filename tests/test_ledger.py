@@ -197,3 +197,21 @@ def test_run_usage_errors_are_one_line(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_prefetch_in_worker_processes_gives_the_sequential_results():
+    """Providers computed in two spawned workers equal those computed here, one after the other (every provider is a
+    function of the configuration and its needs; cheap quick providers, one of them needing another)."""
+    from verify.evidence import Evidence, RunConfig, to_json
+
+    names = ["bimodal1d_monte_carlo", "bimodal1d_laws", "network_models"]
+    config = RunConfig(quick=True, show_progress=False)
+    here, there = Evidence(config), Evidence(config)
+    there.prefetch(names, jobs=2)
+    assert set(here.closure(names)) <= set(there._results)
+    for name in here.closure(names):
+        if name == "network_models":  # networks, not data: the same checkpoints, loaded in a worker
+            assert {w: d.card for w, d in there.get(name).main.items()} == {
+                w: d.card for w, d in here.get(name).main.items()}
+            continue
+        assert to_json(there.get(name)) == to_json(here.get(name)), name

@@ -2,7 +2,7 @@
 
 Commands
 --------
-``cfgtruth run [--out DIR] [--quick] [--seed N] [--claim ID ...] [--checkpoints DIR] [--update-readme PATH]``
+``cfgtruth run [--out DIR] [--quick] [--seed N] [--claim ID ...] [--checkpoints DIR] [--update-readme PATH] [--jobs N]``
     Evaluate every claim (or only the ``--claim`` ones, with just the evidence they need), write
     ``DIR/ledger.json``, ``DIR/ledger.md`` and, in ``DIR/figures/``, the figures the records name, drawn from the
     same evidence.
@@ -324,10 +324,15 @@ def _claim_ids(given: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(given))
 
 
+def _default_jobs() -> int:
+    """The CPU count (at most 4: the providers' peak memory is about 1 GB each)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from verify.claims import RunConfig, evaluate
-    from verify.evidence import Evidence
-    from verify.figures import plot
+    from verify.claims import RunConfig, claims, evaluate, get_claim
+    from verify.evidence import Evidence, needs_of
+    from verify.figures import get_figure, plot
     from verify.report import ledger_table, write_ledger
 
     ids = _claim_ids(args.claim)
@@ -341,6 +346,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     staging = _Staging(pathlib.Path(args.out), "--out")
     with _interruptible(staging.left), staging:
         evidence = Evidence(config)  # one run's providers, shared by the claims and their figures
+        entries = [get_claim(i) for i in ids] if ids is not None else claims()
+        needed = {n for e in entries for n in needs_of(e.decide)}
+        needed |= {n for e in entries for f in e.figures for n in get_figure(f).needs}
+        evidence.prefetch(sorted(needed), jobs=args.jobs)
         records = evaluate(config, ids, evidence)
         write_ledger(records, staging.path, config)
         names = list(dict.fromkeys(f for r in records for f in r.figures))
@@ -524,6 +533,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="evaluate only this claim and the evidence it needs (repeatable)")
     run.add_argument("--update-readme", metavar="PATH", help="also write the ledger table into PATH between "
                      "<!-- ledger --> markers (how README.md's table is kept true)")
+    run.add_argument("--jobs", type=_positive_int, default=_default_jobs(),
+                     help="processes computing the evidence (default: the CPU count, at most 4; the results do not "
+                          "depend on it)")
     run.set_defaults(func=_cmd_run)
     figs = command("figures", help="regenerate the committed figures")
     figs.add_argument("--out", default="figures", help="output folder (default: figures)")

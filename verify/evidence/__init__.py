@@ -136,6 +136,39 @@ class Evidence:
         check_needs(getattr(function, "__qualname__", repr(function)), needs_of(function))
         return {n: (self.config if n == "config" else self.get(n)) for n in names}
 
+    def prefetch(self, names: Iterable[str], jobs: int) -> None:
+        """Compute the providers ``names`` (and what they need) in ``jobs`` worker processes, and keep their results
+        here as if :meth:`get` had computed them; ``jobs <= 1`` computes them here, one after the other.
+
+        Results do not depend on where or in which order a provider runs: every provider is a function of the
+        configuration and of the providers it names, and draws only from generators it seeds itself (the ledger's
+        tests compare a parallel run with a sequential one). Workers are spawned (not forked: a forked copy of an
+        OpenMP thread pool can hang), run one intra-op thread each, and take the next provider as soon as they are
+        free, the providers taken in dependency order; a need another worker computed is computed again where it is
+        needed (results are returned, not shared), so a few cheap shared needs run twice. ``timings`` holds the time
+        each provider took in its worker."""
+        todo = [n for n in self.closure(names) if n not in self._results]
+        if jobs <= 1 or len(todo) <= 1:
+            for name in todo:
+                self.get(name)
+            return
+        import concurrent.futures
+        import multiprocessing
+
+        from tqdm.auto import tqdm
+
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                                    initargs=(dataclasses.replace(self.config,
+                                                                                  show_progress=False),)) as pool:
+            futures = [pool.submit(_compute_in_worker, name) for name in todo]
+            done = concurrent.futures.as_completed(futures)
+            for future in tqdm(done, total=len(futures), desc="evidence", disable=not self.config.show_progress,
+                               leave=False):
+                name, result, seconds = future.result()
+                self._results[name] = result
+                self.timings[name] = seconds
+
     def closure(self, needs: Iterable[str]) -> list[str]:
         """``needs`` and everything they need, each once, dependencies first."""
         order: list[str] = []
@@ -153,6 +186,24 @@ class Evidence:
         for n in needs:
             visit(n, ())
         return order
+
+
+#: a worker process's own evidence (:meth:`Evidence.prefetch`)
+_WORKER: Evidence | None = None
+
+
+def _start_worker(config: RunConfig) -> None:
+    global _WORKER
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER = Evidence(config)
+
+
+def _compute_in_worker(name: str) -> tuple[str, Any, float]:
+    assert _WORKER is not None
+    result = _WORKER.get(name)
+    return name, result, _WORKER.timings[name]
 
 
 def resolve_call(function: Callable[..., Any], evidence: Evidence) -> Any:
