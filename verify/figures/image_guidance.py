@@ -83,14 +83,14 @@ def image_guidance(image_guidance: ImageGuidance) -> Figure:
     oor.set_yscale("symlog", linthresh=0.01)
     oor.set_ylim(bottom=0.0)
     std.set(xlabel="guidance scale 1 + w", ylabel="std over a sample's values", xscale="log", yscale="log",
-            title="contrast")
+            title="contrast: standard deviation over a sample's values")
     scales = [1 + w for w in ws]
     for ax in (oor, std):
         ax.set_xticks(scales, [f"{s:g}" for s in scales])
         ax.minorticks_off()
     oor.legend(frameon=False, fontsize=7.5, ncol=2, loc="upper left")
     std.legend(frameon=False, fontsize=7.5)
-    fig.suptitle(f"{ev.world}, condition '{' '.join(ev.condition)}', DDIM {ev.steps} steps, same start noise in "
-                 "every tile (two samples each); solid: Gaussian pair (exact model), dashed: trained network; "
-                 "images clipped to [-1, 1] for display only", fontsize=10)
+    fig.suptitle(f"{ev.world}, condition '{' '.join(ev.condition)}', DDIM {ev.steps} steps, the same start noise "
+                 "in every tile (two samples each; images clipped to [-1, 1] for display only)\n"
+                 "right: solid lines the Gaussian pair (exact model), dashed the trained network", fontsize=10)
     return fig
