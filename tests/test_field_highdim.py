@@ -186,3 +186,30 @@ def test_block_from_a_replaced_provider_result():
     block = field_worlds_block(ev)
     assert block.evidence["tests"]["shapes_ddim_w3"]["overshoot"]["call"] == "shrinks"
     assert "shrinks" in block.headline
+
+
+def test_exact_pair_point_is_what_ddim_samples_on_the_pair():
+    """pair_point's overshoot and variance ratio along u (exact) against DDIM samples on shapes8's Gaussian pair:
+    the mean within 4 standard errors, the variance within 4 of its delta-method standard errors (two-sided
+    false-alarm rate 6e-5 each)."""
+    from toy_models import AnalyticDenoiser
+    from toy_models.image_worlds import gaussian_pair
+    from verify import rules
+    from verify.samplers import sample, time_grid
+
+    point = fh.pair_point(8, 3.0)
+    pair = gaussian_pair(shapes(8), fh.CONDITION)
+    cond, uncond = pair.law(fh.CONDITION), pair.law(None)
+    m_c, m_u = cond.mean_images[0].reshape(-1), uncond.mean_images[0].reshape(-1)
+    u = (m_c - m_u) / (m_c - m_u).norm()
+    s_u = float(((cond.to_basis(u.reshape(3, 8, 8)) ** 2) * cond.spectra[0]).sum().sqrt())
+    gen = torch.Generator().manual_seed(5)
+    x = cond.noised(*alpha_sigma(1.0)).sample(4000, gen)
+    guided = rules.get("cfg", w=3.0).guide(AnalyticDenoiser(pair), {"cond": fh.CONDITION})
+    proj = ((sample("ddim", guided, x, time_grid(50)) - m_c) @ u) / s_u
+    n = proj.numel()
+    assert abs(float(proj.mean()) - point.overshoot) < 4 * float(proj.std()) / n**0.5
+    centred = proj - proj.mean()
+    var, m4 = float(centred.pow(2).mean()), float(centred.pow(4).mean())
+    assert abs(var - point.var_ratio) < 4 * ((m4 - var**2) / n) ** 0.5
+    assert point.dim == 192 and point.frechet_to_tilted_per_dim < point.frechet_to_conditional_per_dim

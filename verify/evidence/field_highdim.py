@@ -99,7 +99,8 @@ from .shared import SCHEDULE, alpha_sigma, first_sampler_by_limit, one_thread
 
 __all__ = ["SIZES", "QUICK_SIZES", "WS", "QUICK_WS", "STEPS", "N", "QUICK_N", "CONDITION", "OTHER", "WORLDS",
            "two_class_world", "worlds_at", "Geometry", "geometry", "Measured", "measure", "unguided_law",
-           "FieldPoint", "FieldHighDim", "field_highdim", "run_point"]
+           "FieldPoint", "FieldHighDim", "field_highdim", "run_point", "PAIR_WS", "PairPoint", "PairBySize",
+           "pair_point", "gaussian_pair_by_size"]
 
 F64 = torch.float64
 SIZES = (16, 32, 64)
@@ -339,3 +340,70 @@ def field_highdim(config: RunConfig) -> FieldHighDim:
                         images[size] = x[:KEEP].reshape(-1, 3, size, size).tolist()
     return FieldHighDim(tuple(points), tuple(geo_rows), tuple(sizes), tuple(ws), samplers, n, STEPS, CONDITION,
                         images, image_w, image_sampler, time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the exact series: CFG's DDIM law on the Gaussian pair of each size
+# --------------------------------------------------------------------------------------------------------------
+#: strengths of the exact series (cheap: two sampler runs of three points per size and w)
+PAIR_WS = (1.0, 3.0, 7.0)
+
+
+@dataclass(frozen=True)
+class PairPoint:
+    """CFG's exact DDIM law on the Gaussian pair of ``shapes(size)`` (:func:`toy_models.image_worlds.gaussian_pair`)
+    at strength w: along the class direction u its overshoot and variance ratio in p(x|c)'s units, the expected share
+    of values outside [-1, 1], and the Frechet distances to p(x|c) and to the tilted target, per dimension."""
+
+    size: int
+    dim: int
+    w: float
+    overshoot: float
+    var_ratio: float
+    expected_out_of_range: float
+    frechet_to_conditional_per_dim: float
+    frechet_to_tilted_per_dim: float
+
+
+@dataclass(frozen=True)
+class PairBySize:
+    """The exact series (:class:`PairPoint`) by size and w."""
+
+    points: tuple[PairPoint, ...]
+    sizes: tuple[int, ...]
+    ws: tuple[float, ...]
+
+    def series(self, w: float) -> tuple[PairPoint, ...]:
+        return tuple(sorted((p for p in self.points if p.w == w), key=lambda p: p.size))
+
+
+def pair_point(size: int, w: float) -> PairPoint:
+    r"""One :class:`PairPoint`, exact: the law is a single field Gaussian (mean image M, spectrum v;
+    :func:`verify.evidence.image_guidance.exact_pixel_law`), so along :math:`u = (m_c - \bar m)/|m_c - \bar m|`
+    the overshoot is :math:`u^\top(M - m_c)/s_u` and the variance ratio :math:`\sum_j (B^\top u)_j^2 v_j / s_u^2`
+    with :math:`s_u^2 = \sum_j (B^\top u)_j^2 \nu_{c,j}`."""
+    from toy_models.image_worlds import gaussian_pair
+    from verify.metrics import frechet_distance
+
+    from .image_guidance import exact_pixel_law, expected_out_of_range, tilted_target
+
+    pair = gaussian_pair(shapes(size), CONDITION)
+    cond, uncond = pair.law(CONDITION), pair.law(None)
+    law = exact_pixel_law(pair, CONDITION, w)
+    m_c, m_u = cond.mean_images[0], uncond.mean_images[0]
+    u = (m_c - m_u) / (m_c - m_u).norm()
+    bu2 = cond.to_basis(u) ** 2
+    s_u = float((bu2 * cond.spectra[0]).sum().sqrt())
+    d = cond.dim
+    return PairPoint(size, d, w, float((u * (law.mean_images[0] - m_c)).sum()) / s_u,
+                     float((bu2 * law.spectra[0]).sum()) / s_u**2, expected_out_of_range(law),
+                     frechet_distance(law, cond) / d, frechet_distance(law, tilted_target(cond, uncond, w)) / d)
+
+
+@provider
+@one_thread()
+def gaussian_pair_by_size(config: RunConfig) -> PairBySize:
+    """:func:`pair_point` for every size of :data:`SIZES` (quick: :data:`QUICK_SIZES`) and w of :data:`PAIR_WS`:
+    exact, no sampling."""
+    sizes = QUICK_SIZES if config.quick else SIZES
+    return PairBySize(tuple(pair_point(s, w) for s in sizes for w in PAIR_WS), tuple(sizes), PAIR_WS)
