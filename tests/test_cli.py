@@ -236,7 +236,7 @@ def test_entry_point_one_line_error_in_a_fresh_process(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # outputs: atomic, and Ctrl-C leaves nothing that looks complete
 # --------------------------------------------------------------------------------------------------------------
-def tiny_records(config, ids=None, evidence=None):
+def tiny_records(config, ids=None, evidence=None, jobs=1):
     return [ClaimRecord(id="S0-BAYES", source="s", statement="a claim", procedure="p", verdict="proved",
                         headline=f"seed {config.seed}", figure="figures/worlds.png", figures=("figures/worlds.png",))]
 

@@ -330,9 +330,9 @@ def _default_jobs() -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from verify.claims import RunConfig, claims, evaluate, get_claim
-    from verify.evidence import Evidence, needs_of
-    from verify.figures import get_figure, plot
+    from verify.claims import RunConfig, evaluate
+    from verify.evidence import Evidence
+    from verify.figures import plot
     from verify.report import ledger_table, write_ledger
 
     ids = _claim_ids(args.claim)
@@ -346,11 +346,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     staging = _Staging(pathlib.Path(args.out), "--out")
     with _interruptible(staging.left), staging:
         evidence = Evidence(config)  # one run's providers, shared by the claims and their figures
-        entries = [get_claim(i) for i in ids] if ids is not None else claims()
-        needed = {n for e in entries for n in needs_of(e.decide)}
-        needed |= {n for e in entries for f in e.figures for n in get_figure(f).needs}
-        evidence.prefetch(sorted(needed), jobs=args.jobs)
-        records = evaluate(config, ids, evidence)
+        records = evaluate(config, ids, evidence, jobs=args.jobs)
         write_ledger(records, staging.path, config)
         names = list(dict.fromkeys(f for r in records for f in r.figures))
         figures = plot(names, staging.path / "figures", evidence)

@@ -152,22 +152,25 @@ class Evidence:
             for name in todo:
                 self.get(name)
             return
-        import concurrent.futures
         import multiprocessing
 
         from tqdm.auto import tqdm
 
         context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
-                                                    initargs=(dataclasses.replace(self.config,
-                                                                                  show_progress=False),)) as pool:
-            futures = [pool.submit(_compute_in_worker, name) for name in todo]
-            done = concurrent.futures.as_completed(futures)
-            for future in tqdm(done, total=len(futures), desc="evidence", disable=not self.config.show_progress,
-                               leave=False):
-                name, result, seconds = future.result()
+        pool = context.Pool(jobs, initializer=_start_worker,
+                            initargs=(dataclasses.replace(self.config, show_progress=False),))
+        try:
+            results = pool.imap_unordered(_compute_in_worker, todo)
+            for name, result, seconds in tqdm(results, total=len(todo), desc="evidence",
+                                              disable=not self.config.show_progress, leave=False):
                 self._results[name] = result
                 self.timings[name] = seconds
+            pool.close()
+        except BaseException:
+            pool.terminate()  # an error or Ctrl-C: stop the workers now, not after the providers still queued
+            raise
+        finally:
+            pool.join()
 
     def closure(self, needs: Iterable[str]) -> list[str]:
         """``needs`` and everything they need, each once, dependencies first."""
@@ -194,8 +197,11 @@ _WORKER: Evidence | None = None
 
 def _start_worker(config: RunConfig) -> None:
     global _WORKER
+    import signal
+
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     torch.set_num_threads(1)
     _WORKER = Evidence(config)
 
