@@ -76,10 +76,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
-from ._checks import Tensorish, as_tensor, check_generator, check_magnitude, check_points
+from ._checks import Tensorish, as_tensor, check_magnitude, check_points
 from .gaussian_mixture import (
     Condition,
     GaussianMixture,
@@ -160,17 +159,12 @@ class FieldMixture(LabelledComponents):
         if dtype not in _UNIT_ROUNDOFF:
             raise ValueError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
         self._w64, self._mu64, self._nu64, self._dtype = w, mu, nu, dtype
-        self._set_labels(labels, attributes)
+        self._set_labels(labels, attributes, parent)
         self.shape = tuple(int(s) for s in mu.shape[1:])
         if parent is None:
             self._dh64, self._dw64 = dct_matrix(self.shape[1]), dct_matrix(self.shape[2])
         else:
             self._dh64, self._dw64 = parent._dh64, parent._dw64
-        if parent is not None and labels is parent._labels:
-            self._classes, self._membership = parent._classes, parent._membership
-        else:
-            self._classes = torch.unique(labels)
-            self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
         self._coef64 = self.to_basis(mu) if coef is None else coef  # B^T m_k, [K, C, H, W]
         k, d = self.n_components, self.dim
         # per-point arithmetic in the compute dtype, parameters prepared in float64 and rounded once
@@ -195,14 +189,6 @@ class FieldMixture(LabelledComponents):
     def dim(self) -> int:
         c, h, w = self.shape
         return c * h * w
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self._w64.to(self._dtype)
 
     @property
     def means(self) -> torch.Tensor:
@@ -383,10 +369,6 @@ class FieldMixture(LabelledComponents):
         """``[N]``."""
         return self._evaluate(self._points(x), log_p=True)["log_p"]
 
-    def responsibilities(self, x: Tensorish) -> torch.Tensor:
-        """``[N, K]``: p(k | x)."""
-        return _logsumexp_softmax(self.component_log_prob(x))[1]
-
     def score(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\nabla_x\log p(x) = -B\sum_k r_k (z_k/\nu_k)`, ``[N, d]``."""
         return self._checked_score(self._points(x))
@@ -401,23 +383,6 @@ class FieldMixture(LabelledComponents):
         out = self._evaluate(self._points(x), log_p=True, score=True)
         return out["log_p"], out["score"]
 
-    def log_class_posterior(self, x: Tensorish) -> torch.Tensor:
-        r""":math:`\log p(c \mid x)` for every class, columns in :attr:`classes` order, ``[N, C]``."""
-        log_joint = self.component_log_prob(x)
-        mask = torch.zeros(self._membership.shape, dtype=log_joint.dtype).masked_fill_(~self._membership, -math.inf)
-        per_class = torch.logsumexp(log_joint.unsqueeze(-1) + mask, dim=1)
-        return per_class - torch.logsumexp(log_joint, dim=-1, keepdim=True)
-
-    def class_posterior(self, x: Tensorish) -> torch.Tensor:
-        """``[N, n_classes]``, columns in :attr:`classes` order; rows sum to 1."""
-        return self.responsibilities(x) @ self._membership.to(self._dtype)
-
-    def log_condition_posterior(self, x: Tensorish, condition: Condition) -> torch.Tensor:
-        r""":math:`\log p(c \mid x)` for one condition (label, token or token set), ``[N]``."""
-        mask = self.matches(condition)
-        log_joint = self.component_log_prob(x)
-        return torch.logsumexp(log_joint[:, mask], dim=-1) - torch.logsumexp(log_joint, dim=-1)
-
     def grad_log_posterior(self, x: Tensorish, condition: Condition) -> torch.Tensor:
         r""":math:`\nabla_x \log p(c \mid x) = -B\sum_k (r^c_k - r_k)(z_k/\nu_k)`, ``[N, d]``: one weighted sum,
         equal to ``given(c).score(x) - score(x)`` (Bayes' rule in score form) without subtracting two large scores."""
@@ -425,22 +390,11 @@ class FieldMixture(LabelledComponents):
         return self._evaluate(self._points(x), score=True, condition=mask)["score"]
 
     # --- sampling -----------------------------------------------------------------------------------
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``[n, d]`` draws (see :meth:`sample_with_components`)."""
-        return self.sample_with_components(n, generator)[0]
-
     def sample_with_components(self, n: int, generator: torch.Generator | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Points ``[n, d]`` and the component index ``[n]`` of each: a component by weight, then
         :math:`m_k + B(\sqrt{\nu_k}\,\xi)`, drawn in float64 and cast; randomness only from ``generator``."""
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
-            raise TypeError(f"n: must be a non-negative int, got {type(n).__name__} {n!r}")
-        if n < 0:
-            raise ValueError(f"n: must be a non-negative int, got {n!r}")
-        check_generator(generator)
-        n = int(n)
-        comp = (torch.multinomial(self._w64, n, replacement=True, generator=generator) if n
-                else torch.zeros(0, dtype=torch.long))
+        n, comp = self._draw_components(n, generator)
         xi = torch.randn((n, *self.shape), dtype=F64, generator=generator)
         out = self._mu64[comp] + self.from_basis(self._nu64[comp].sqrt() * xi)
         return out.reshape(n, self.dim).to(self._dtype), comp

@@ -122,23 +122,45 @@ def _input_roundoff(value: Tensorish) -> float:
 
 
 class LabelledComponents:
-    """Labels, attributes and conditions of a mixture's components: what a condition selects, written once for every
+    r"""Labels, attributes and conditions of a mixture's components: what a condition selects, written once for every
     mixture family (:class:`GaussianMixture`, :class:`~toy_models.field_mixture.FieldMixture`).
 
-    A subclass sets ``_w64`` (weights ``[K]``), ``_labels`` (``[K]`` ints), ``_classes`` (sorted unique labels),
-    ``_attributes`` (name -> K tokens) and ``_token_attribute`` (token -> attribute name), e.g. through
-    :meth:`_set_labels`.
+    Also what follows from a family's log joint :math:`\log\pi_k + \log p_k(x)` alone (``component_log_prob``, which
+    each family computes its own way): responsibilities, class and condition posteriors, and the drawing of component
+    indices for sampling.
+
+    A subclass sets ``_w64`` (weights ``[K]``, float64) and ``_dtype`` (the compute dtype), calls :meth:`_set_labels`
+    (``_labels``, ``_attributes``, ``_token_attribute``, ``_classes``, ``_membership``), and defines
+    ``component_log_prob``, ``dim`` and ``sample_with_components``.
     """
 
     _w64: torch.Tensor
+    _dtype: torch.dtype
     _labels: torch.Tensor
     _classes: torch.Tensor
+    _membership: torch.Tensor
     _attributes: dict[str, tuple[str, ...]]
     _token_attribute: dict[str, str]
 
-    def _set_labels(self, labels: torch.Tensor, attributes: dict[str, tuple[str, ...]]) -> None:
+    def _set_labels(self, labels: torch.Tensor, attributes: dict[str, tuple[str, ...]],
+                    parent: LabelledComponents | None = None) -> None:
+        """Labels and attributes, and the classes and the ``[K, C]`` class membership (shared with ``parent`` when it
+        holds the very same labels)."""
         self._labels, self._attributes = labels, attributes
         self._token_attribute = {tok: name for name, values in attributes.items() for tok in values}
+        if parent is not None and labels is parent._labels:
+            self._classes, self._membership = parent._classes, parent._membership
+        else:
+            self._classes = torch.unique(labels)
+            self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def weights(self) -> torch.Tensor:
+        return self._w64.to(self._dtype)
 
     @property
     def n_components(self) -> int:
@@ -186,6 +208,52 @@ class LabelledComponents:
     def tokens(self) -> list[str]:
         """Every token of every attribute, in attribute order."""
         return list(self._token_attribute)
+
+    # --- what follows from the log joint -------------------------------------------------------------------
+    def responsibilities(self, x: Tensorish) -> torch.Tensor:
+        r""":math:`r_k(x) = \pi_k p_k(x)/p(x)`, a softmax of the log joint, ``[N, K]``."""
+        return _logsumexp_softmax(self.component_log_prob(x))[1]
+
+    def log_class_posterior(self, x: Tensorish) -> torch.Tensor:
+        r""":math:`\log p(c \mid x)` for every class, columns in :attr:`classes` order, ``[N, C]``.
+
+        Computed as ``logsumexp`` of the log joint over each class's components minus ``log p(x)``, so tiny
+        posteriors keep their relative precision.
+        """
+        log_joint = self.component_log_prob(x)  # [N, K]
+        mask = torch.zeros(self._membership.shape, dtype=log_joint.dtype)
+        mask.masked_fill_(~self._membership, -math.inf)  # 0 where component k is in class c, -inf elsewhere
+        per_class = torch.logsumexp(log_joint.unsqueeze(-1) + mask, dim=1)  # [N, C]
+        return per_class - torch.logsumexp(log_joint, dim=-1, keepdim=True)
+
+    def class_posterior(self, x: Tensorish) -> torch.Tensor:
+        r""":math:`p(c \mid x)` for every class, columns in :attr:`classes` order, ``[N, C]``; rows sum to 1."""
+        return self.responsibilities(x) @ self._membership.to(self._dtype)
+
+    def log_condition_posterior(self, x: Tensorish, condition: Condition) -> torch.Tensor:
+        r""":math:`\log p(c \mid x)` for one condition (label, token or token set), ``[N]``."""
+        mask = self.matches(condition)
+        log_joint = self.component_log_prob(x)
+        return torch.logsumexp(log_joint[:, mask], dim=-1) - torch.logsumexp(log_joint, dim=-1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``n`` points, ``[n, d]``; randomness only from ``generator`` (torch's global one if None).
+
+        Draws in float64 and casts, so the float32 and float64 mixtures give the same points up to rounding.
+        """
+        return self.sample_with_components(n, generator)[0]
+
+    def _draw_components(self, n: int, generator: torch.Generator | None) -> tuple[int, torch.Tensor]:
+        """``(n, k)``: ``n`` checked (a non-negative int) and ``n`` component indices drawn by weight from
+        ``generator`` (the first draw of :meth:`sample_with_components`)."""
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
+            raise TypeError(f"n: must be a non-negative int, got {type(n).__name__} {n!r}")
+        if n < 0:
+            raise ValueError(f"n: must be a non-negative int, got {n!r}")
+        check_generator(generator)
+        n = int(n)
+        return n, (torch.multinomial(self._w64, n, replacement=True, generator=generator) if n
+                   else torch.zeros(0, dtype=torch.long))
 
 
 class GaussianMixture(LabelledComponents):
@@ -268,8 +336,8 @@ class GaussianMixture(LabelledComponents):
         if dtype not in _UNIT_ROUNDOFF:
             raise ValueError(f"dtype: must be torch.float64 or torch.float32, got {dtype}")
         self._w64, self._mu64, self._cov64, self._chol64 = w, mu, cov, chol
-        self._set_labels(labels, attributes)
         self._dtype = dtype
+        self._set_labels(labels, attributes, parent)
         n_comp, dim = mu.shape
         eye = torch.eye(dim, dtype=torch.float64).expand(n_comp, dim, dim)
         whiten = torch.linalg.solve_triangular(chol, eye, upper=False)  # W_k = L_k^{-1}, [K, d, d]
@@ -295,11 +363,6 @@ class GaussianMixture(LabelledComponents):
         self._mu_lo = (mu - self._mu_hi.double()).to(dtype) if dtype != mu.dtype else None  # [K, d]
         self._precision = precision.contiguous().to(dtype)  # [K, d, d]
         self._log_joint_const = (self._log_w + (-log_det_half - 0.5 * dim * _LOG_2PI).to(dtype))  # [K]
-        if parent is not None and labels is parent._labels:
-            self._classes, self._membership = parent._classes, parent._membership
-        else:
-            self._classes = torch.unique(labels)
-            self._membership = labels[:, None] == self._classes[None, :]  # [K, C]
         self._block_params: _BlockParams | None = None  # built on the block engine's first use
         self._cov_abs_max: float | None = None  # max |Sigma_ij|, built on noised's first use
 
@@ -365,18 +428,6 @@ class GaussianMixture(LabelledComponents):
     @property
     def dim(self) -> int:
         return self._mu64.shape[1]
-
-    @property
-    def n_components(self) -> int:
-        return self._mu64.shape[0]
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self._dtype
-
-    @property
-    def weights(self) -> torch.Tensor:
-        return self._w64.to(self._dtype)
 
     @property
     def means(self) -> torch.Tensor:
@@ -602,10 +653,6 @@ class GaussianMixture(LabelledComponents):
             return self._block_evaluate(x, log_p=True, score=False)[0]
         return _logsumexp_softmax(self._components(x)[0])[0]
 
-    def responsibilities(self, x: Tensorish) -> torch.Tensor:
-        r""":math:`r_k(x) = \pi_k\mathcal N_k(x)/p(x)`, a softmax of the log joint, ``[N, K]``."""
-        return _logsumexp_softmax(self.component_log_prob(x))[1]
-
     def score(self, x: Tensorish) -> torch.Tensor:
         r""":math:`\nabla_x \log p(x) = -\sum_k r_k(x)\, \Sigma_k^{-1}(x - \mu_k)`, ``[N, d] -> [N, d]``."""
         return self._checked_score(self._points(x))
@@ -631,28 +678,6 @@ class GaussianMixture(LabelledComponents):
         return log_p, self._weighted_component_score(r, grads)
 
     # --- class posteriors -----------------------------------------------------------------------------
-    def log_class_posterior(self, x: Tensorish) -> torch.Tensor:
-        r""":math:`\log p(c \mid x)` for every class, columns in :attr:`classes` order, ``[N, C]``.
-
-        Computed as ``logsumexp`` of the log joint over each class's components minus ``log p(x)``, so tiny
-        posteriors keep their relative precision.
-        """
-        log_joint = self.component_log_prob(x)  # [N, K]
-        mask = torch.zeros(self._membership.shape, dtype=log_joint.dtype)
-        mask.masked_fill_(~self._membership, -math.inf)  # 0 where component k is in class c, -inf elsewhere
-        per_class = torch.logsumexp(log_joint.unsqueeze(-1) + mask, dim=1)  # [N, C]
-        return per_class - torch.logsumexp(log_joint, dim=-1, keepdim=True)
-
-    def class_posterior(self, x: Tensorish) -> torch.Tensor:
-        r""":math:`p(c \mid x)` for every class, columns in :attr:`classes` order, ``[N, C]``; rows sum to 1."""
-        return _logsumexp_softmax(self.component_log_prob(x))[1] @ self._membership.to(self._dtype)
-
-    def log_condition_posterior(self, x: Tensorish, condition: Condition) -> torch.Tensor:
-        r""":math:`\log p(c \mid x)` for one condition (label, token or token set), ``[N]``."""
-        mask = self.matches(condition)
-        log_joint = self.component_log_prob(x)
-        return torch.logsumexp(log_joint[:, mask], dim=-1) - torch.logsumexp(log_joint, dim=-1)
-
     def grad_log_posterior(self, x: Tensorish, condition: Condition) -> torch.Tensor:
         r""":math:`\nabla_x \log p(c \mid x) = \sum_k (r^c_k - r_k)\, s_k`, ``[N, d]``.
 
@@ -678,24 +703,10 @@ class GaussianMixture(LabelledComponents):
         return out
 
     # --- sampling -------------------------------------------------------------------------------------
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Draw ``n`` points, ``[n, d]``; randomness only from ``generator`` (torch's global one if None).
-
-        Draws in float64 and casts, so the float32 and float64 mixtures give the same points up to rounding.
-        """
-        return self.sample_with_components(n, generator)[0]
-
     def sample_with_components(self, n: int, generator: torch.Generator | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Points ``[n, d]`` and the index ``[n]`` of the component each was drawn from."""
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
-            raise TypeError(f"n: must be a non-negative int, got {type(n).__name__} {n!r}")
-        if n < 0:
-            raise ValueError(f"n: must be a non-negative int, got {n!r}")
-        check_generator(generator)
-        n = int(n)
-        comp = (torch.multinomial(self._w64, n, replacement=True, generator=generator) if n
-                else torch.zeros(0, dtype=torch.long))
+        n, comp = self._draw_components(n, generator)
         noise = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         out = torch.empty(n, self.dim, dtype=torch.float64)
         for k in range(self.n_components):  # per component: no [n, d, d] gather of Cholesky factors
