@@ -195,8 +195,8 @@ MUTANTS: list[Mutant] = [
 
     # --- toy_models/_checks.py ----------------------------------------------------------------------------------
     Mutant("CHK-NAN", "toy_models/_checks.py",
-           original="    if math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all()):\n",
-           replacement="    if not math.isinf(float(values.sum())) or bool(torch.isfinite(values).all()):\n",
+           original="    return math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all())\n",
+           replacement="    return not math.isinf(float(values.sum())) or bool(torch.isfinite(values).all())\n",
            description="the finiteness check tests isinf only: NaN passes the input policy",
            tests=(f"{GM}::test_bad_construction_raises", f"{GM}::test_bad_calls_raise", *DENOISER)),
     Mutant("CHK-COPY", "toy_models/_checks.py",
@@ -403,8 +403,8 @@ MUTANTS: list[Mutant] = [
            description="reverse-SDE drift with the probability-flow factor g^2/2 instead of g^2",
            tests=SAMPLERS),
     Mutant("SAM-NAN-CHECK", "verify/samplers.py",
-           original="    finite = torch.isfinite(pred.detach())\n    if not bool(finite.all()):\n",
-           replacement="    finite = torch.isfinite(pred.detach())\n    if False:  # mutant: predictions not checked\n",
+           original="    if not all_finite(pred):\n",
+           replacement="    if False:  # mutant: predictions not checked\n",
            description="the check of the denoiser's predictions for NaN/inf removed",
            tests=SAMPLERS),
     Mutant("SAM-DECREASING", "verify/samplers.py",
