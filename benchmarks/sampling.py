@@ -315,15 +315,24 @@ def full_runs_of(loop: Loop, denoiser, x: torch.Tensor, timesteps: torch.Tensor,
     return out, runs, best
 
 
+def side_by_side(loop: Loop, baseline, x: torch.Tensor, n_subset: int, timesteps: torch.Tensor, repeats: int
+                 ) -> tuple[object, dict[str, list[float]], dict[str, torch.Tensor]]:
+    """cfgtruth's guided exact model and ``baseline`` under ``loop`` on the first ``n_subset`` points of ``x``: both
+    warmed up (1000 points, 2 steps), then :func:`run_rounds`. Returns cfgtruth's denoiser, the rounds' wall times
+    and the final points of each."""
+    ours = guided(cfgtruth_base())
+    warm_x, warm_ts = x[:1000].clone(), time_grid(2)
+    loop(ours, warm_x, warm_ts)
+    loop(baseline, warm_x, warm_ts)
+    runs, finals = run_rounds(loop, ours, baseline, x[:n_subset].clone(), timesteps, repeats)
+    return ours, runs, finals
+
+
 def measure_ddim(n_full: int, n_subset: int, steps: int, repeats: int, full_repeats: int) -> Results:
     timesteps = time_grid(steps)
     x = torch.randn(n_full, 2, generator=torch.Generator().manual_seed(SEED), dtype=F64)  # outside every timing
-    subset = x[:n_subset].clone()
-    ours, baseline = guided(cfgtruth_base()), baseline_ddim_denoiser()
-    warm_x, warm_ts = x[:1000].clone(), time_grid(2)
-    run_ddim(ours, warm_x, warm_ts)
-    run_ddim(baseline, warm_x, warm_ts)
-    runs, finals = run_rounds(run_ddim, ours, baseline, subset, timesteps, repeats)
+    baseline = baseline_ddim_denoiser()
+    ours, runs, finals = side_by_side(run_ddim, baseline, x, n_subset, timesteps, repeats)
     _, short_s = timed(run_ddim, baseline, x, timesteps[:SHORT_STEPS + 1])
     ours_full, full_runs, usage = full_runs_of(run_ddim, ours, x, timesteps, full_repeats)
     return Results("DDIM", n_full, n_subset, steps, TIME_TARGET_S, full_runs, runs["cfgtruth"], runs["baseline"], usage,
@@ -342,12 +351,7 @@ def smc_start(n: int) -> torch.Tensor:
 def measure_smc(n_full: int, n_subset: int, steps: int, repeats: int, full_repeats: int) -> Results:
     timesteps = time_grid(steps)
     x = smc_start(n_full)  # outside every timing
-    subset = x[:n_subset].clone()
-    ours, baseline = guided(cfgtruth_base()), baseline_smc_denoiser()
-    warm_x, warm_ts = x[:1000].clone(), time_grid(2)
-    run_fkc(ours, warm_x, warm_ts)
-    run_fkc(baseline, warm_x, warm_ts)
-    runs, finals = run_rounds(run_fkc, ours, baseline, subset, timesteps, repeats)
+    ours, runs, finals = side_by_side(run_fkc, baseline_smc_denoiser(), x, n_subset, timesteps, repeats)
     _, full_runs, usage = full_runs_of(run_fkc, ours, x, timesteps, full_repeats)
     return Results("SMC (fkc)", n_full, n_subset, steps, SMC_TIME_TARGET_S, full_runs, runs["cfgtruth"],
                    runs["baseline"], usage,
