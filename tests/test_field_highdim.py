@@ -197,8 +197,8 @@ def test_exact_pair_point_is_what_ddim_samples_on_the_pair():
     from verify import rules
     from verify.samplers import sample, time_grid
 
-    point = fh.pair_point(8, 3.0)
     pair = gaussian_pair(shapes(8), fh.CONDITION)
+    point = fh.pair_point(pair, 3.0)
     cond, uncond = pair.law(fh.CONDITION), pair.law(None)
     m_c, m_u = cond.mean_images[0].reshape(-1), uncond.mean_images[0].reshape(-1)
     u = (m_c - m_u) / (m_c - m_u).norm()

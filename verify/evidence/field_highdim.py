@@ -377,17 +377,16 @@ class PairBySize:
         return tuple(sorted((p for p in self.points if p.w == w), key=lambda p: p.size))
 
 
-def pair_point(size: int, w: float) -> PairPoint:
+def pair_point(pair: World, w: float) -> PairPoint:
     r"""One :class:`PairPoint`, exact: the law is a single field Gaussian (mean image M, spectrum v;
     :func:`verify.evidence.image_guidance.exact_pixel_law`), so along :math:`u = (m_c - \bar m)/|m_c - \bar m|`
     the overshoot is :math:`u^\top(M - m_c)/s_u` and the variance ratio :math:`\sum_j (B^\top u)_j^2 v_j / s_u^2`
-    with :math:`s_u^2 = \sum_j (B^\top u)_j^2 \nu_{c,j}`."""
-    from toy_models.image_worlds import gaussian_pair
+    with :math:`s_u^2 = \sum_j (B^\top u)_j^2 \nu_{c,j}`. ``pair``: ``gaussian_pair(shapes(size), CONDITION)``
+    for some size."""
     from verify.metrics import frechet_distance
 
     from .image_guidance import exact_pixel_law, expected_out_of_range, tilted_target
 
-    pair = gaussian_pair(shapes(size), CONDITION)
     cond, uncond = pair.law(CONDITION), pair.law(None)
     law = exact_pixel_law(pair, CONDITION, w)
     m_c, m_u = cond.mean_images[0], uncond.mean_images[0]
@@ -395,7 +394,7 @@ def pair_point(size: int, w: float) -> PairPoint:
     bu2 = cond.to_basis(u) ** 2
     s_u = float((bu2 * cond.spectra[0]).sum().sqrt())
     d = cond.dim
-    return PairPoint(size, d, w, float((u * (law.mean_images[0] - m_c)).sum()) / s_u,
+    return PairPoint(cond.shape[1], d, w, float((u * (law.mean_images[0] - m_c)).sum()) / s_u,
                      float((bu2 * law.spectra[0]).sum()) / s_u**2, expected_out_of_range(law),
                      frechet_distance(law, cond) / d, frechet_distance(law, tilted_target(cond, uncond, w)) / d)
 
@@ -405,5 +404,8 @@ def pair_point(size: int, w: float) -> PairPoint:
 def gaussian_pair_by_size(config: RunConfig) -> PairBySize:
     """:func:`pair_point` for every size of :data:`SIZES` (quick: :data:`QUICK_SIZES`) and w of :data:`PAIR_WS`:
     exact, no sampling."""
+    from toy_models.image_worlds import gaussian_pair
+
     sizes = QUICK_SIZES if config.quick else SIZES
-    return PairBySize(tuple(pair_point(s, w) for s in sizes for w in PAIR_WS), tuple(sizes), PAIR_WS)
+    pairs = {s: gaussian_pair(shapes(s), CONDITION) for s in sizes}  # each world built once, for every w
+    return PairBySize(tuple(pair_point(pairs[s], w) for s in sizes for w in PAIR_WS), tuple(sizes), PAIR_WS)
