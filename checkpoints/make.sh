@@ -21,4 +21,4 @@ wait
 # the image world alone: the image preset for 16000 steps, 27 minutes on one thread of a machine running other work
 # (6000 steps, 9 minutes, gave a network whose CFG samples put the object in every quadrant: the conditional signal
 # eps(x, c) - eps(x, null) was not learned yet); the card's score-error table at 256 points per cell
-cfgtruth train --world shapes16 --preset image --steps 16000 --eval-n 256 --out checkpoints/shapes16 --no-progress
+cfgtruth train --world shapes16 --preset image --eval-n 256 --out checkpoints/shapes16 --no-progress

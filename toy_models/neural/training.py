@@ -171,8 +171,9 @@ PRESETS: dict[str, dict] = {
     "imperfect": {"steps": 600, "batch_size": 512, "width": 48},
     "small": {"steps": 150, "batch_size": 256, "width": 32, "depth": 1, "heads": 2, "warmup_steps": 20,
               "ema_decay": 0.95, "eval_every": 50},
-    # image: 78 ms/step on one CPU thread for shapes16 (measured), 6000 steps ~ 8 minutes
-    "image": {"patch": 4, "steps": 6000, "batch_size": 128, "width": 96, "depth": 3, "heads": 4,
+    # image: 78-103 ms/step on one CPU thread for shapes16 (measured), 16000 steps ~ 21-27 minutes; 6000 steps left
+    # the conditional signal unlearned (checkpoints/README.md)
+    "image": {"patch": 4, "steps": 16000, "batch_size": 128, "width": 96, "depth": 3, "heads": 4,
               "learning_rate": 1e-3, "warmup_steps": 200, "eval_every": 500, "eval_n": 64},
     "image-gpu": {"patch": 4, "steps": 6000, "batch_size": 1024, "width": 192, "depth": 4, "heads": 6,
                   "learning_rate": 1e-3, "warmup_steps": 300, "eval_every": 1000, "eval_n": 64},
