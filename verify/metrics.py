@@ -13,6 +13,7 @@ a named family. Power against a shift of the statistic by ``mu`` standard errors
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -46,6 +47,13 @@ def holm_reject(pvalues, alpha: float) -> np.ndarray:
     reject = np.zeros(len(p), dtype=bool)
     reject[order[:n_reject]] = True
     return reject
+
+
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    r"""The mean of independent samples ``[N]`` and its standard error, the Bessel-corrected standard deviation over
+    :math:`\sqrt N` (infinite for a single sample: one draw says nothing about the spread)."""
+    n = values.numel()
+    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else math.inf
 
 
 def two_sided_p(z) -> np.ndarray:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
+from scipy import stats
 
-from verify.evidence.image_guidance import MODELS, ImageGuidance
+from verify.evidence.image_guidance import MODELS, ImageGuidance, paired_difference
 from verify.metrics import holm_reject
 
 from . import Decision, claim
@@ -22,7 +22,8 @@ SPACES = {"v": "rescale_v", "eps": "rescale_eps"}
 
 
 def _normal_sf(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
+    """The standard normal survival function, accurate far in the tail (scipy's)."""
+    return float(stats.norm.sf(z))
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def rescale_tests(ev: ImageGuidance, model: str = "gaussian") -> list[RescaleTes
       unadjusted one-sided quantile (an upper bound on Holm's power).
     """
     data, data_se = ev.data_out_of_range, ev.data_out_of_range_se
-    z_alpha = _quantile(1 - ALPHA)
+    z_alpha = float(stats.norm.isf(ALPHA))
     out = []
     arms = ev.runs(model).arms
     for space, variant in SPACES.items():
@@ -70,10 +71,7 @@ def rescale_tests(ev: ImageGuidance, model: str = "gaussian") -> list[RescaleTes
             continue
         for w in (w for w in ev.high_ws if f"{w:g}" in arms[variant]):
             base, resc = ev.arm(model, "cfg", w), ev.arm(model, variant, w)
-            diff = torch.tensor(base.per_sample_out_of_range, dtype=torch.float64) \
-                - torch.tensor(resc.per_sample_out_of_range, dtype=torch.float64)
-            se_diff = float(diff.std() / math.sqrt(diff.numel()))
-            red_z = float(diff.mean()) / se_diff if se_diff > 0 else (math.inf if float(diff.mean()) > 0 else 0.0)
+            red_z = paired_difference(resc, base)["z"]  # CFG's fraction minus rescale's, paired
             excess_se = math.hypot(base.out_of_range_se, data_se)
             ex_z = (base.out_of_range - data) / excess_se if excess_se > 0 else math.inf
             margin = RESIDUAL * (base.out_of_range - data)
@@ -83,15 +81,6 @@ def rescale_tests(ev: ImageGuidance, model: str = "gaussian") -> list[RescaleTes
             out.append(RescaleTest(space, w, base.out_of_range, resc.out_of_range, red_z, _normal_sf(red_z),
                                    res_z, 1 - _normal_sf(res_z), power, _normal_sf(ex_z)))
     return out
-
-
-def _quantile(p: float) -> float:
-    """The standard normal quantile (bisection on erfc; 60 halvings reach float64 resolution on [-10, 10])."""
-    lo, hi = -10.0, 10.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if 1 - _normal_sf(mid) < p else (lo, mid)
-    return 0.5 * (lo + hi)
 
 
 Outcome = dict[str, dict[tuple[str, float], tuple[bool, bool, bool]]]

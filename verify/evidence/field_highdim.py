@@ -92,6 +92,7 @@ from toy_models.field_mixture import FieldMixture, dct_matrix
 from toy_models.image_worlds import component_index, shapes
 from verify import rules
 from verify.config import RunConfig
+from verify.metrics import mean_and_se
 from verify.samplers import sample, time_grid
 
 from . import provider
@@ -196,11 +197,6 @@ class Measured:
     mahalanobis_se: float
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    n = values.numel()
-    return float(values.mean()), float(values.std() / math.sqrt(n))
-
-
 def measure(x: torch.Tensor, geo: Geometry) -> Measured:
     """The measurements of samples ``x`` ``[N, d]`` (N >= 2) against :math:`p(x \\mid c)` (module docstring)."""
     x = x.to(F64)
@@ -209,7 +205,7 @@ def measure(x: torch.Tensor, geo: Geometry) -> Measured:
         raise ValueError(f"x: needs at least 2 samples for a standard error, got {n}")
     resid = x - geo.mean
     along = resid @ geo.direction / geo.direction_std  # [N], unit variance under p(x|c)
-    overshoot, overshoot_se = _mean_se(along)
+    overshoot, overshoot_se = mean_and_se(along)
     centred = along - along.mean()
     m2, m4 = float(centred.pow(2).mean()), float(centred.pow(4).mean())
     var_ratio = float(along.var())
@@ -220,7 +216,7 @@ def measure(x: torch.Tensor, geo: Geometry) -> Measured:
     loo_rms = loo.pow(2).mean(1).sqrt()
     jack_se = math.sqrt((n - 1) / n * float((loo_rms - loo_rms.mean()).pow(2).sum()))
     z = _to_basis(resid, geo.size).reshape(n, -1)
-    maha, maha_se = _mean_se((z**2 / geo.spectrum).sum(1) / geo.dim)
+    maha, maha_se = mean_and_se((z**2 / geo.spectrum).sum(1) / geo.dim)
     pixel_variance = float(x.var(0).mean())
     return Measured(n, overshoot, overshoot_se, var_ratio, var_ratio_se, math.sqrt(float(sq)), jack_se,
                     pixel_variance, maha, maha_se)

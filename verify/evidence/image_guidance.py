@@ -50,7 +50,7 @@ from toy_models.field_mixture import FieldMixture
 from toy_models.image_worlds import gaussian_pair
 from verify import rules
 from verify.config import RunConfig
-from verify.metrics import frechet_distance
+from verify.metrics import frechet_distance, mean_and_se
 from verify.samplers import sample, time_grid
 
 from . import provider
@@ -60,7 +60,8 @@ from .thresholding import guided_x0_path
 
 __all__ = ["IMAGE_WORLD", "CONDITION", "WS", "HIGH_WS", "VARIANTS", "N", "STEPS", "LIMIT", "Arm", "ModelRuns",
            "ImageGuidance", "image_guidance", "run_variants", "measure_samples", "ImageBlock", "image_block",
-           "ExactPixelLaw", "tilted_target", "exact_pixel_law", "expected_out_of_range", "JOINT_VARIANTS", "MODELS"]
+           "paired_difference", "ExactPixelLaw", "tilted_target", "exact_pixel_law", "expected_out_of_range",
+           "JOINT_VARIANTS", "MODELS"]
 
 IMAGE_WORLD = "shapes16"
 #: the condition every run is guided towards: one component of shapes16
@@ -184,12 +185,6 @@ class ImageGuidance:
         return self.runs(model).arms[variant][f"{w:g}"]
 
 
-def _mean_se(values: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error over independent samples (``[N]``, float64)."""
-    n = values.numel()
-    return float(values.mean()), float(values.std() / math.sqrt(n)) if n > 1 else math.inf
-
-
 def measure_samples(x: torch.Tensor, mean_image: torch.Tensor, limit: float = LIMIT) -> dict[str, torch.Tensor]:
     """Per-sample measurements of final samples ``x`` ``[N, d]`` (module docstring), each ``[N]``, float64."""
     x = x.to(torch.float64)
@@ -203,7 +198,7 @@ def _run(guided: Any, x_start: torch.Tensor, timesteps: torch.Tensor, mean_image
     """DDIM on ``guided`` from ``x_start``, measured (module docstring)."""
     fractions, out = guided_x0_path(guided, x_start, timesteps, lambda x0: float((x0.abs() > LIMIT).double().mean()))
     per = measure_samples(out, mean_image)
-    m = {k: _mean_se(v) for k, v in per.items()}
+    m = {k: mean_and_se(v) for k, v in per.items()}
     return Arm(*m["out_of_range"], *m["excess"], *m["pixel_std"], *m["mean_error"],
                sum(fractions) / len(fractions), tuple(per["out_of_range"].tolist()),
                tuple(out[:KEEP].reshape(-1, *shape).tolist()))
@@ -327,7 +322,7 @@ def image_guidance(config: RunConfig, network_models: NetworkModels) -> ImageGui
         arms = run_variants(net, CONDITION, x_start[:net_n], joint_ws, mean_image, shape, show_progress=show,
                             variants=JOINT_VARIANTS)
         network = ModelRuns("network", arms, Card.of(net))
-    oor, oor_se = _mean_se(data["out_of_range"])
+    oor, oor_se = mean_and_se(data["out_of_range"])
     return ImageGuidance(IMAGE_WORLD, CONDITION, gaussian, joint, network, exact_laws, oor, oor_se,
                          float(data["pixel_std"].mean()), float(data["excess"].mean()), tuple(ws), tuple(high),
                          joint_ws, n, joint_n, net_n, n_data, STEPS, shape)
@@ -346,11 +341,13 @@ class ImageBlock:
     conditions: str = ""
 
 
-def _paired(a: Arm, b: Arm) -> dict:
-    """``b - a`` in out-of-range fraction over the shared start points: mean, SE, z (samples independent)."""
+def paired_difference(a: Arm, b: Arm) -> dict:
+    """``b - a`` in out-of-range fraction over the shared start points (row i of both runs started from the same
+    point): mean, SE and z of the per-sample differences (samples independent; z = +-inf for a constant non-zero
+    difference, 0 for none)."""
     d = torch.tensor(b.per_sample_out_of_range, dtype=torch.float64) \
         - torch.tensor(a.per_sample_out_of_range, dtype=torch.float64)
-    mean, se = _mean_se(d)
+    mean, se = mean_and_se(d)
     return {"difference": mean, "se": se, "z": mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(
         math.inf, mean))}
 
@@ -391,9 +388,11 @@ def image_block(ev: ImageGuidance, claim_id: str) -> ImageBlock:
     variant = {"L-APG": "apg", "L-CFG-ZERO-STAR": "cfg_zero_star"}.get(claim_id)
     if variant is None:
         raise ValueError(f"claim_id: no image block for {claim_id!r}")
-    rows = {f"{w:g}": {"cfg": _summary(g["cfg"][f"{w:g}"]), variant: _summary(g[variant][f"{w:g}"]),
-                       f"paired_{variant}_minus_cfg_out_of_range": _paired(g["cfg"][f"{w:g}"], g[variant][f"{w:g}"])}
-            for w in ev.high_ws}
+    rows = {}
+    for w in ev.high_ws:
+        cfg, rule = g["cfg"][f"{w:g}"], g[variant][f"{w:g}"]
+        rows[f"{w:g}"] = {"cfg": _summary(cfg), variant: _summary(rule),
+                          f"paired_{variant}_minus_cfg_out_of_range": paired_difference(cfg, rule)}
     p = rows[top][f"paired_{variant}_minus_cfg_out_of_range"]
     return ImageBlock({"world": where, "gaussian_by_w": rows},
                       headline=(f"{ev.world} Gaussian pair at w = {top}: values out of range {_pct(g['cfg'][top])}"
