@@ -78,26 +78,19 @@ def _evidence(cfg_level: float, rescaled_level: float, n: int = 400, data: float
                          1e-5, 0.3, 0.0, (7.0, 15.0), (7.0, 15.0), (), n, n, n, 20000, 50, (3, 16, 16))
 
 
-def test_rescale_holds_when_the_excess_is_removed():
+@pytest.mark.parametrize(("cfg_level", "rescaled_level", "verdict", "phrase"), [
     # residual excess 0.0015 - 0.001 = 5e-4, far below RESIDUAL x (0.2 - 0.001) ~ 0.02
-    d = rescale(_evidence(0.2, 0.0015))
-    assert d.verdict == "holds"
-
-
-def test_rescale_is_conditional_when_reduced_but_not_fixed():
+    (0.2, 0.0015, "holds", ""),
     # residual 0.1 - 0.001 is half of CFG's excess: reduced (paired z large), not fixed
-    d = rescale(_evidence(0.2, 0.1))
-    assert d.verdict == "conditional" and "reduced, not fixed" in d.conditions
-
-
-def test_rescale_fails_when_it_does_not_reduce():
-    d = rescale(_evidence(0.2, 0.2))
-    assert d.verdict == "fails"
-
-
-def test_no_over_exposure_means_nothing_to_fix():
-    d = rescale(_evidence(0.001, 0.001))
-    assert d.verdict == "conditional" and "not over-exposed" in d.conditions
+    (0.2, 0.1, "conditional", "reduced, not fixed"),
+    # no reduction at all
+    (0.2, 0.2, "fails", ""),
+    # CFG at the data's rate: nothing to fix
+    (0.001, 0.001, "conditional", "not over-exposed"),
+], ids=["fixed", "reduced-not-fixed", "not-reduced", "nothing-to-fix"])
+def test_rescale_verdict_on_constructed_runs(cfg_level, rescaled_level, verdict, phrase):
+    d = rescale(_evidence(cfg_level, rescaled_level))
+    assert d.verdict == verdict and phrase in d.conditions
 
 
 def test_residual_test_has_power_at_the_documented_alternative():
