@@ -220,19 +220,16 @@ def evaluate(config: RunConfig, ids: Iterable[str] | None = None, evidence: Evid
     """The records of ``ids`` (default: every claim), in ledger order, computing only the evidence they need.
 
     Every need is checked before anything is computed. Pass ``evidence`` to share one run's providers with the
-    figures (:mod:`verify.figures`). ``jobs > 1`` first computes the evidence of the claims and of the figures they
-    name in that many worker processes (:meth:`~verify.evidence.Evidence.prefetch`; the records do not depend on
-    it)."""
+    figures (:mod:`verify.figures`). ``jobs > 1`` first computes the evidence the claims read in that many worker
+    processes (:meth:`~verify.evidence.Evidence.prefetch`; the records do not depend on it). Claims do not look
+    downstream: a figure's own extra providers (portraits, density grids, about a second in all) are computed when
+    the figure is drawn."""
     selected = claims() if ids is None else sorted((get_claim(i) for i in ids), key=lambda c: c.order)
     for entry in selected:
         check_needs(entry.id, entry.needs)
     evidence = evidence if evidence is not None else Evidence(config)
     if jobs > 1:
-        from verify.figures import get_figure
-
-        needed = {n for e in selected for n in e.needs} | {n for e in selected for f in e.figures
-                                                           for n in get_figure(f).needs}
-        evidence.prefetch(sorted(needed), jobs=jobs)
+        evidence.prefetch(sorted({n for e in selected for n in e.needs}), jobs=jobs)
     bar = tqdm(selected, desc="claims", disable=not config.show_progress, leave=False)
     records = []
     for entry in bar:
