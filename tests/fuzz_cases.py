@@ -894,17 +894,18 @@ def gen_noised(rng) -> Case:
     a_val = float(alpha) if accept else None
     s_val = float(sigma) if accept else None
     if accept:
-        # the noised covariances alpha^2 Sigma + sigma^2 I must be representable: otherwise the input is out of
-        # range and the refusal must name whichever of alpha, sigma overflows
+        # the noised means alpha mu and covariances alpha^2 Sigma + sigma^2 I must be representable in the
+        # mixture's compute dtype: otherwise the input is out of range and the refusal must name whichever of
+        # alpha, sigma overflows
         a2 = mp.mpf(a_val) ** 2 * mp.mpf(float(np.abs(p.cov).max()))
         s2 = mp.mpf(s_val) ** 2
-        limit = mp.mpf(float(np.finfo(np.float64).max)) / 4
+        limit = mp.mpf(float(np.finfo(np.float64 if dtype == F64 else np.float32).max)) / 4
         over = [n for n, v in (("alpha", a2), ("sigma", s2)) if v > limit]
         if a_val * float(np.abs(p.mu).max()) > float(limit):
             over.append("alpha")
         if over:
             bad, accept = tuple(over), False
-            kind += " (out of float64 range: must be refused)"
+            kind += f" (out of {dtype} range: must be refused)"
     from toy_models import GaussianMixture  # noqa: F401
 
     def thunk():

@@ -87,7 +87,7 @@ from .gaussian_mixture import (
     _logsumexp_softmax,
     _read_attributes,
     _read_labels,
-    _scalar,
+    checked_noise_levels,
 )
 
 __all__ = ["FieldMixture", "dct_matrix", "DENSE_LIMIT", "COVARIANCE_LIMIT", "BLOCK_ENTRIES"]
@@ -258,16 +258,9 @@ class FieldMixture(LabelledComponents):
     def noised(self, alpha: Tensorish, sigma: Tensorish) -> FieldMixture:
         r"""The law of :math:`\alpha x + \sigma\varepsilon`: means :math:`\alpha m_k`, spectra
         :math:`\alpha^2\nu_k + \sigma^2` (exact: the basis is orthonormal); same weights, labels and attributes.
-        Refuses ``alpha <= 0``, ``sigma < 0``, non-finite values and squares that overflow, as GaussianMixture."""
-        a, s = _scalar(alpha, "alpha"), _scalar(sigma, "sigma")
-        if a <= 0:
-            raise ValueError(f"alpha: must be > 0, got {a!r}")
-        if s < 0:
-            raise ValueError(f"sigma: must be >= 0, got {s!r}")
-        big = math.sqrt(torch.finfo(F64).max) / 4.0
-        check_magnitude(s, big, "sigma", "sigma**2 would overflow float64")
-        check_magnitude(a * math.sqrt(float(self._nu64.max())), big, "alpha",
-                        "alpha**2 times the largest variance would overflow float64")
+        Refuses ``alpha <= 0``, ``sigma < 0``, non-finite values and a law that overflows the compute dtype
+        (:func:`~toy_models.gaussian_mixture.checked_noise_levels`, as GaussianMixture)."""
+        a, s = checked_noise_levels(alpha, sigma, self._dtype, float(self._mu64.abs().max()), float(self._nu64.max()))
         return self._derived(self._w64, a * self._mu64, (self._nu64 * a) * a + s * s, a * self._coef64)
 
     def given(self, condition: Condition) -> FieldMixture:

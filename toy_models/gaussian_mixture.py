@@ -63,7 +63,7 @@ import torch
 
 from ._checks import Tensorish, as_scalar, as_tensor, check_generator, check_magnitude, check_points
 
-__all__ = ["GaussianMixture", "LabelledComponents", "Condition", "normalize_condition"]
+__all__ = ["GaussianMixture", "LabelledComponents", "Condition", "normalize_condition", "checked_noise_levels"]
 
 Condition = None | int | str | Sequence[str]
 _UNIT_ROUNDOFF = {torch.float64: 2.0**-53, torch.float32: 2.0**-24}
@@ -110,6 +110,28 @@ def _scalar(value: Tensorish, name: str) -> float:
     if type(value) is float and math.isfinite(value):
         return value
     return as_scalar(value, name)
+
+
+def checked_noise_levels(alpha: Tensorish, sigma: Tensorish, dtype: torch.dtype, mean_abs_max: float,
+                         variance_abs_max: float) -> tuple[float, float]:
+    r"""``(alpha, sigma)`` as floats, refused unless the noised law :math:`\mathcal N(\alpha\mu, \alpha^2 S +
+    \sigma^2 I)` of a mixture whose largest mean entry is ``mean_abs_max`` and largest (co)variance entry
+    ``variance_abs_max`` is representable in the compute ``dtype``: ``alpha > 0``, ``sigma >= 0``, both finite, and
+    :math:`\alpha|\mu|`, :math:`\alpha^2 S` and :math:`\sigma^2` (and sums of two of them) finite in ``dtype``,
+    each refusal naming the argument that overflows (the noise-level check of every mixture family's ``noised``)."""
+    a, s = _scalar(alpha, "alpha"), _scalar(sigma, "sigma")
+    if a <= 0:
+        raise ValueError(f"alpha: must be > 0, got {a!r}")
+    if s < 0:
+        raise ValueError(f"sigma: must be >= 0, got {s!r}")
+    top = float(torch.finfo(dtype).max)
+    big = math.sqrt(top) / 4.0  # squares, and sums of two of them, stay finite
+    name = str(dtype).removeprefix("torch.")
+    check_magnitude(s, big, "sigma", f"sigma**2 would overflow {name}")
+    check_magnitude(a * math.sqrt(variance_abs_max), big, "alpha",
+                    f"alpha**2 times the largest covariance entry would overflow {name}")
+    check_magnitude(a * mean_abs_max, top / 4.0, "alpha", f"alpha times the largest mean entry would overflow {name}")
+    return a, s
 
 
 def _input_roundoff(value: Tensorish) -> float:
@@ -378,22 +400,15 @@ class GaussianMixture(LabelledComponents):
         r"""The law of :math:`\alpha x_0 + \sigma \varepsilon`: components
         :math:`\mathcal N(\alpha\mu_k, \alpha^2\Sigma_k + \sigma^2 I)`, same weights, labels and attributes.
 
-        Raises ``ValueError`` if ``alpha <= 0``, ``sigma < 0`` or either is not finite.
+        Raises ``ValueError`` if ``alpha <= 0``, ``sigma < 0``, either is not finite, or the noised law overflows
+        the compute dtype (:func:`checked_noise_levels`).
         """
-        a, s = _scalar(alpha, "alpha"), _scalar(sigma, "sigma")
-        if a <= 0:
-            raise ValueError(f"alpha: must be > 0, got {a!r}")
-        if s < 0:
-            raise ValueError(f"sigma: must be >= 0, got {s!r}")
         dim = self.dim
-        # alpha^2 Sigma + sigma^2 I must stay finite (and its Cholesky factor too): refuse, naming the argument
-        # whose square overflows, instead of returning a mixture of NaN
-        big = math.sqrt(torch.finfo(torch.float64).max) / 4.0  # squares and sums of two of them stay finite
-        check_magnitude(s, big, "sigma", "sigma**2 would overflow float64")
+        # alpha mu and alpha^2 Sigma + sigma^2 I must stay finite in the compute dtype (and the Cholesky factor
+        # too): refuse, naming the argument that overflows, instead of returning a mixture of inf or NaN
         if self._cov_abs_max is None:
             self._cov_abs_max = float(self._cov64.abs().max())
-        check_magnitude(a * math.sqrt(self._cov_abs_max), big, "alpha",
-                        "alpha**2 times the largest covariance entry would overflow float64")
+        a, s = checked_noise_levels(alpha, sigma, self._dtype, float(self._mu64.abs().max()), self._cov_abs_max)
         cov = (self._cov64 * a) * a + s * s * torch.eye(dim, dtype=torch.float64)  # (S a) a: a^2 alone may overflow
         chol, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
